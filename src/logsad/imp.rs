@@ -1,0 +1,549 @@
+//! SECTION:element-logsad
+//!
+//! Training-free anomaly detection (LogSAD). Each analysed frame is cut into tiles as the profile
+//! says, run through the profile's backbone, matched patch by patch against the profile's memory
+//! bank of anomaly-free references, and judged with the profile's calibration. The result is
+//! attached to the buffer as a `LogsadAnomalyMeta` custom meta (scores, verdict and anomaly map;
+//! see `meta.rs` for the fields), plus one `GstVideoRegionOfInterestMeta` of type "anomaly" per
+//! connected region above the threshold. Anomalous frames also post a `logsad-anomaly` element
+//! message on the bus.
+//!
+//! ## Example launch line
+//! ```text
+//! gst-launch-1.0 filesrc location=line.mp4 ! decodebin ! videoconvert ! \
+//!     logsad profile=textile.logsad interval=2 ! videoconvert ! anomalyoverlay ! autovideosink
+//! ```
+//!
+//! Inference runs in the streaming thread, one frame at a time: the thread is never blocked for
+//! longer than one inference. Put a leaky queue before the element on live sources, or raise
+//! `interval`, when frames arrive faster than they can be analysed.
+
+use crate::detect::preprocess::RgbImage;
+use crate::detect::regions::regions_above;
+use crate::detector::{Analysis, Detector, Verdict};
+use crate::engine::{self, EngineOptions};
+use crate::meta::{AnomalyMap, AnomalyResult, DetectorScore};
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::subclass::prelude::*;
+use std::path::PathBuf;
+use std::sync::{LazyLock, Mutex};
+
+use super::LogsadDevice;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "logsad",
+        gst::DebugColorFlags::empty(),
+        Some("LogSAD anomaly detector"),
+    )
+});
+
+const DEFAULT_INTERVAL: u32 = 1;
+/// A negative threshold means: use the profile's.
+const DEFAULT_THRESHOLD: f64 = -1.0;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    profile: Option<PathBuf>,
+    model: Option<PathBuf>,
+    device: LogsadDevice,
+    gpu_id: u32,
+    fp16: bool,
+    engine_cache_dir: Option<PathBuf>,
+    threads: u32,
+    threshold: f64,
+    interval: u32,
+    min_region_area: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            profile: None,
+            model: None,
+            device: LogsadDevice::Cpu,
+            gpu_id: 0,
+            fp16: false,
+            engine_cache_dir: None,
+            threads: 0,
+            threshold: DEFAULT_THRESHOLD,
+            interval: DEFAULT_INTERVAL,
+            min_region_area: 1,
+        }
+    }
+}
+
+/// Converts negotiated frames to packed RGB for the detector.
+struct Converter {
+    in_info: gst_video::VideoInfo,
+    rgb_info: gst_video::VideoInfo,
+    converter: gst_video::VideoConverter,
+    rgb: gst::Buffer,
+}
+
+impl Converter {
+    fn new(in_info: &gst_video::VideoInfo) -> Result<Self, glib::BoolError> {
+        let rgb_info = gst_video::VideoInfo::builder(
+            gst_video::VideoFormat::Rgb,
+            in_info.width(),
+            in_info.height(),
+        )
+        .fps(in_info.fps())
+        .interlace_mode(in_info.interlace_mode())
+        .build()?;
+        let converter = gst_video::VideoConverter::new(in_info, &rgb_info, None)?;
+        let rgb = gst::Buffer::with_size(rgb_info.size())
+            .map_err(|_| glib::bool_error!("cannot allocate the RGB frame"))?;
+        Ok(Converter {
+            in_info: in_info.clone(),
+            rgb_info,
+            converter,
+            rgb,
+        })
+    }
+
+    fn convert(&mut self, buffer: &gst::BufferRef) -> Result<RgbImage, String> {
+        let src = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &self.in_info)
+            .map_err(|_| "cannot map the input frame".to_string())?;
+        let rgb = self.rgb.make_mut();
+        let mut dst = gst_video::VideoFrameRef::from_buffer_ref_writable(rgb, &self.rgb_info)
+            .map_err(|_| "cannot map the RGB frame".to_string())?;
+        self.converter.frame_ref(&src, &mut dst);
+        let (w, h) = (
+            self.rgb_info.width() as usize,
+            self.rgb_info.height() as usize,
+        );
+        let stride = self.rgb_info.stride()[0] as usize;
+        let data = dst.plane_data(0).map_err(|e| e.to_string())?;
+        // GStreamer pads RGB rows to 4 bytes; the detector wants them packed.
+        let mut pixels = Vec::with_capacity(w * h * 3);
+        for row in data.chunks(stride).take(h) {
+            pixels.extend_from_slice(&row[..w * 3]);
+        }
+        RgbImage::new(w as u32, h as u32, pixels)
+    }
+}
+
+struct State {
+    detector: Detector,
+    converter: Option<Converter>,
+    frames: u64,
+    last: Option<(AnomalyResult, Vec<RegionBox>)>,
+}
+
+/// A region in frame pixels, with its peak map value.
+#[derive(Debug, Clone, Copy)]
+struct RegionBox {
+    rect: (u32, u32, u32, u32),
+    score: f64,
+}
+
+#[derive(Default)]
+pub struct Logsad {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for Logsad {
+    const NAME: &'static str = "GstLogsad";
+    type Type = super::Logsad;
+    type ParentType = gst_base::BaseTransform;
+}
+
+impl ObjectImpl for Logsad {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("profile")
+                    .nick("Profile")
+                    .blurb("Profile file written by `logsad enroll` (memory bank, calibration, tiling, model identity)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("model")
+                    .nick("Model manifest")
+                    .blurb("Model manifest JSON overriding the default model; must be the model the profile was built with")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("device", LogsadDevice::Cpu)
+                    .nick("Device")
+                    .blurb("Execution provider; an unavailable one falls back to CPU with a warning")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("gpu-id")
+                    .nick("GPU id")
+                    .blurb("GPU to run on with the cuda and tensorrt devices")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("fp16")
+                    .nick("FP16")
+                    .blurb("Build half-precision TensorRT engines")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("engine-cache-dir")
+                    .nick("Engine cache directory")
+                    .blurb("Where TensorRT keeps built engines so that later starts skip the build")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("threads")
+                    .nick("Threads")
+                    .blurb("Threads ONNX Runtime may use within an operator (0: its default)")
+                    .maximum(1024)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecDouble::builder("threshold")
+                    .nick("Threshold")
+                    .blurb("Verdict threshold on the calibrated score, 0..1; negative uses the profile's")
+                    .minimum(-1.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("interval")
+                    .nick("Interval")
+                    .blurb("Analyse every Nth frame; the others carry the last result, marked stale")
+                    .minimum(1)
+                    .default_value(DEFAULT_INTERVAL)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("min-region-area")
+                    .nick("Minimum region area")
+                    .blurb("Smallest region, in anomaly-map cells, reported as a region of interest")
+                    .minimum(1)
+                    .default_value(1)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder("provider")
+                    .nick("Provider")
+                    .blurb("Execution provider in use once started: cpu, cuda or tensorrt")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock().unwrap();
+        let path = |v: &glib::Value| v.get::<Option<String>>().unwrap().map(PathBuf::from);
+        match pspec.name() {
+            "profile" => s.profile = path(value),
+            "model" => s.model = path(value),
+            "device" => s.device = value.get().unwrap(),
+            "gpu-id" => s.gpu_id = value.get().unwrap(),
+            "fp16" => s.fp16 = value.get().unwrap(),
+            "engine-cache-dir" => s.engine_cache_dir = path(value),
+            "threads" => s.threads = value.get().unwrap(),
+            "threshold" => s.threshold = value.get().unwrap(),
+            "interval" => s.interval = value.get().unwrap(),
+            "min-region-area" => s.min_region_area = value.get().unwrap(),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = self.settings.lock().unwrap();
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).to_value();
+        match pspec.name() {
+            "profile" => path(&s.profile),
+            "model" => path(&s.model),
+            "device" => s.device.to_value(),
+            "gpu-id" => s.gpu_id.to_value(),
+            "fp16" => s.fp16.to_value(),
+            "engine-cache-dir" => path(&s.engine_cache_dir),
+            "threads" => s.threads.to_value(),
+            "threshold" => s.threshold.to_value(),
+            "interval" => s.interval.to_value(),
+            "min-region-area" => s.min_region_area.to_value(),
+            "provider" => {
+                drop(s);
+                let state = self.state.lock().unwrap();
+                state
+                    .as_ref()
+                    .map(|st| st.detector.extractor.backbone().provider().to_string())
+                    .to_value()
+            }
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for Logsad {}
+
+impl ElementImpl for Logsad {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "LogSAD anomaly detector",
+                "Filter/Analyzer/Video",
+                "Training-free anomaly detection: scores, verdict and anomaly map as metadata",
+                "gst-logsad developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            use gst_video::VideoFormat::*;
+            let caps = gst_video::VideoCapsBuilder::new()
+                .format_list([
+                    Rgb, Bgr, Rgbx, Bgrx, Xrgb, Xbgr, Rgba, Bgra, Argb, Abgr, I420, Yv12, Nv12,
+                    Nv21, Yuy2, Uyvy, Y444, Y42b, Gray8,
+                ])
+                .build();
+            vec![
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .unwrap(),
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .unwrap(),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl BaseTransformImpl for Logsad {
+    const MODE: gst_base::subclass::BaseTransformMode =
+        gst_base::subclass::BaseTransformMode::AlwaysInPlace;
+    const PASSTHROUGH_ON_SAME_CAPS: bool = false;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let profile = settings.profile.ok_or_else(|| {
+            gst::error_msg!(
+                gst::ResourceError::NotFound,
+                ["No profile set: set the `profile` property to a file written by `logsad enroll`"]
+            )
+        })?;
+        let model = settings.model.unwrap_or_else(engine::default_model);
+        let options = EngineOptions {
+            device: settings.device.into(),
+            gpu_id: settings.gpu_id,
+            fp16: settings.fp16,
+            engine_cache_dir: settings.engine_cache_dir,
+            threads: settings.threads as usize,
+        };
+        let loaded = std::panic::catch_unwind(|| Detector::load(&profile, &model, &options))
+            .map_err(|_| {
+                gst::error_msg!(gst::LibraryError::Init, ["Loading the detector panicked"])
+            })?;
+        let (detector, warnings) =
+            loaded.map_err(|e| gst::error_msg!(gst::ResourceError::OpenRead, ["{}", e]))?;
+        for w in warnings {
+            gst::element_imp_warning!(self, gst::LibraryError::Init, ["{}", w]);
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "loaded profile {} with model {} on {}",
+            profile.display(),
+            detector.extractor.backbone().manifest().name,
+            detector.extractor.backbone().provider()
+        );
+        *self.state.lock().unwrap() = Some(State {
+            detector,
+            converter: None,
+            frames: 0,
+            last: None,
+        });
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        *self.state.lock().unwrap() = None;
+        Ok(())
+    }
+
+    fn set_caps(&self, incaps: &gst::Caps, _outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let info = gst_video::VideoInfo::from_caps(incaps)
+            .map_err(|_| gst::loggable_error!(CAT, "unsupported caps {incaps}"))?;
+        let converter = Converter::new(&info)
+            .map_err(|e| gst::loggable_error!(CAT, "cannot convert {incaps} to RGB: {e}"))?;
+        let mut state = self.state.lock().unwrap();
+        let state = state
+            .as_mut()
+            .ok_or_else(|| gst::loggable_error!(CAT, "caps set before start"))?;
+        state.converter = Some(converter);
+        Ok(())
+    }
+
+    fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let (interval, threshold, min_area) = {
+            let s = self.settings.lock().unwrap();
+            (
+                s.interval.max(1) as u64,
+                s.threshold,
+                s.min_region_area as usize,
+            )
+        };
+        let mut guard = self.state.lock().unwrap();
+        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        let frame = state.frames;
+        state.frames += 1;
+
+        let carried = match &state.last {
+            Some(last) if frame % interval != 0 => Some(last.clone()),
+            _ => None,
+        };
+        let (result, regions) = match carried {
+            Some((mut result, regions)) => {
+                result.stale = true;
+                (result, regions)
+            }
+            None => {
+                let fresh = self.analyse(state, buf, frame, threshold, min_area)?;
+                state.last = Some(fresh.clone());
+                if fresh.0.anomalous {
+                    self.post_anomaly(buf, &fresh.0, &fresh.1);
+                }
+                fresh
+            }
+        };
+        drop(guard);
+
+        result.attach(buf).map_err(|e| {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Failed,
+                ["cannot attach metadata: {}", e]
+            );
+            gst::FlowError::Error
+        })?;
+        for region in &regions {
+            let mut roi = gst_video::VideoRegionOfInterestMeta::add(buf, "anomaly", region.rect);
+            roi.add_param(
+                gst::Structure::builder("anomaly")
+                    .field("score", region.score)
+                    .build(),
+            );
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+}
+
+impl Logsad {
+    fn analyse(
+        &self,
+        state: &mut State,
+        buf: &gst::BufferRef,
+        frame: u64,
+        threshold: f64,
+        min_area: usize,
+    ) -> Result<(AnomalyResult, Vec<RegionBox>), gst::FlowError> {
+        let converter = state.converter.as_mut().ok_or_else(|| {
+            gst::element_imp_error!(self, gst::CoreError::Negotiation, ["no caps negotiated"]);
+            gst::FlowError::NotNegotiated
+        })?;
+        let image = converter.convert(buf).map_err(|e| {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Format,
+                ["cannot read frame {}: {}", frame, e]
+            );
+            gst::FlowError::Error
+        })?;
+        let detector = &mut state.detector;
+        let analysis =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| detector.analyse(&image)))
+                .map_err(|_| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::LibraryError::Failed,
+                        ["analysis of frame {} panicked", frame]
+                    );
+                    gst::FlowError::Error
+                })?
+                .map_err(|e| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::LibraryError::Failed,
+                        ["analysis of frame {} failed: {}", frame, e]
+                    );
+                    gst::FlowError::Error
+                })?;
+        let threshold = (threshold >= 0.0).then_some(threshold);
+        let verdict = detector.judge(analysis.score, threshold);
+        let regions = region_boxes(&analysis, &verdict, image.width, image.height, min_area);
+        let result = AnomalyResult {
+            score: analysis.score,
+            calibrated: verdict.calibrated,
+            anomalous: verdict.anomalous,
+            threshold: threshold.unwrap_or(detector.profile.header.threshold),
+            stale: false,
+            frame,
+            detectors: vec![DetectorScore {
+                name: "patch".into(),
+                raw: analysis.score,
+                calibrated: verdict.calibrated,
+            }],
+            map: Some(AnomalyMap::from_values(
+                analysis.map_width as u32,
+                analysis.map_height as u32,
+                &analysis.map,
+            )),
+            map_threshold: verdict.map_threshold,
+        };
+        Ok((result, regions))
+    }
+
+    fn post_anomaly(&self, buf: &gst::BufferRef, result: &AnomalyResult, regions: &[RegionBox]) {
+        let s = gst::Structure::builder("logsad-anomaly")
+            .field("frame", result.frame)
+            .field(
+                "timestamp",
+                buf.pts().map(|t| t.nseconds()).unwrap_or(u64::MAX),
+            )
+            .field("score", result.score)
+            .field("calibrated", result.calibrated)
+            .field("regions", regions.len() as u32)
+            .build();
+        let _ = self
+            .obj()
+            .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+    }
+}
+
+/// Connected regions of the map above the verdict's map threshold, scaled to frame pixels.
+fn region_boxes(
+    analysis: &Analysis,
+    verdict: &Verdict,
+    frame_w: u32,
+    frame_h: u32,
+    min_area: usize,
+) -> Vec<RegionBox> {
+    let sx = frame_w as f64 / analysis.map_width as f64;
+    let sy = frame_h as f64 / analysis.map_height as f64;
+    regions_above(
+        &analysis.map,
+        analysis.map_width,
+        analysis.map_height,
+        verdict.map_threshold as f32,
+        min_area,
+    )
+    .into_iter()
+    .map(|r| {
+        let x0 = (r.x as f64 * sx).floor() as u32;
+        let y0 = (r.y as f64 * sy).floor() as u32;
+        let x1 = (((r.x + r.width) as f64 * sx).ceil() as u32).min(frame_w);
+        let y1 = (((r.y + r.height) as f64 * sy).ceil() as u32).min(frame_h);
+        RegionBox {
+            rect: (x0, y0, x1 - x0, y1 - y0),
+            score: r.max as f64,
+        }
+    })
+    .collect()
+}

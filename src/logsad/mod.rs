@@ -1,0 +1,46 @@
+//! The `logsad` detector element.
+
+use gst::glib;
+use gst::prelude::*;
+
+mod imp;
+
+glib::wrapper! {
+    pub struct Logsad(ObjectSubclass<imp::Logsad>) @extends gst_base::BaseTransform, gst::Element, gst::Object;
+}
+
+/// Where inference runs; mirrors [`crate::engine::Device`] as a GStreamer enum.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstLogsadDevice")]
+pub enum LogsadDevice {
+    #[default]
+    #[enum_value(name = "CPU", nick = "cpu")]
+    Cpu = 0,
+    #[enum_value(name = "CUDA (falls back to CPU when unavailable)", nick = "cuda")]
+    Cuda = 1,
+    #[enum_value(
+        name = "TensorRT (falls back to CPU when unavailable)",
+        nick = "tensorrt"
+    )]
+    Tensorrt = 2,
+}
+
+impl From<LogsadDevice> for crate::engine::Device {
+    fn from(d: LogsadDevice) -> Self {
+        match d {
+            LogsadDevice::Cpu => crate::engine::Device::Cpu,
+            LogsadDevice::Cuda => crate::engine::Device::Cuda,
+            LogsadDevice::Tensorrt => crate::engine::Device::Tensorrt,
+        }
+    }
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(
+        Some(plugin),
+        "logsad",
+        gst::Rank::NONE,
+        Logsad::static_type(),
+    )
+}

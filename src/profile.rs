@@ -1,0 +1,289 @@
+//! The enrolled reference set on disk: everything the detector needs at run time.
+//!
+//! File layout (little-endian): magic `LOGSADPF`, u32 format version, u64 header length, the
+//! header as JSON, u64 bank value count, the bank's f32 values (stage after stage), and a CRC-32
+//! of everything before it. A truncated, corrupt or foreign file fails to load with a message
+//! saying which part is wrong.
+
+use crate::detect::calibrate::Calibration;
+use crate::detect::patch::MemoryBank;
+use crate::detect::tiling::Tiling;
+use crate::engine::ModelIdentity;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"LOGSADPF";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How the profile was built and is to be applied; stored as the file's JSON header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileHeader {
+    /// The backbone the bank was computed with; checked against the model at load time.
+    pub model: ModelIdentity,
+    /// How frames are cut into model inputs; enrollment and detection must agree.
+    pub tiling: Tiling,
+    /// Token grid upsampling factor before matching (2 in the reference).
+    pub upsample: usize,
+    pub feature_dim: usize,
+    pub stages: usize,
+    /// Patch-score calibration over the validation images.
+    pub calibration: Calibration,
+    /// Verdict threshold on the calibrated score (0..1).
+    pub threshold: f64,
+    /// Coreset ratio used to reduce the bank, if any.
+    pub coreset_ratio: Option<f32>,
+    pub references: Vec<String>,
+    pub validation: Vec<String>,
+    /// Raw validation scores, kept so that thresholds can be re-derived without the images.
+    pub validation_scores: Vec<f64>,
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub header: ProfileHeader,
+    pub bank: MemoryBank,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("cannot read profile {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid logsad profile: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "profile {path} was built for model {expected} (sha256 {expected_sha}), but the model loaded \
+         is {actual} (sha256 {actual_sha}); enroll again with this model or load the profile's model"
+    )]
+    WrongModel {
+        path: PathBuf,
+        expected: String,
+        expected_sha: String,
+        actual: String,
+        actual_sha: String,
+    },
+}
+
+impl Profile {
+    pub fn save(&self, path: &Path) -> Result<(), ProfileError> {
+        let header = serde_json::to_vec_pretty(&self.header).expect("profile header serialises");
+        let values: usize = self.bank.stages.iter().map(Vec::len).sum();
+        let mut out = Vec::with_capacity(32 + header.len() + values * 4);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&(values as u64).to_le_bytes());
+        for stage in &self.bank.stages {
+            for v in stage {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        // Write then rename, so a reader never sees half a profile.
+        let tmp = path.with_extension("tmp");
+        let io = |source| ProfileError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::write(&tmp, &out).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ProfileError> {
+        let bytes = std::fs::read(path).map_err(|source| ProfileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&bytes).map_err(|reason| ProfileError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let mut reader = Reader { bytes, at: 0 };
+        if reader.take(8)? != MAGIC {
+            return Err("it does not start with the LOGSADPF signature".into());
+        }
+        let version = u32::from_le_bytes(reader.take(4)?.try_into().unwrap());
+        if version != FORMAT_VERSION {
+            return Err(format!(
+                "format version {version}, this build reads version {FORMAT_VERSION}"
+            ));
+        }
+        if bytes.len() < 4 {
+            return Err("truncated".into());
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
+            return Err("checksum mismatch: the file is truncated or damaged".into());
+        }
+        let header_len = reader.u64()? as usize;
+        let header: ProfileHeader =
+            serde_json::from_slice(reader.take(header_len)?).map_err(|e| format!("header: {e}"))?;
+        header
+            .tiling
+            .validate()
+            .map_err(|e| format!("tiling: {e}"))?;
+        let values = reader.u64()? as usize;
+        let dim = header.feature_dim;
+        if header.stages == 0 || dim == 0 || values % (header.stages * dim) != 0 {
+            return Err(format!(
+                "bank of {values} values does not fit {} stages of dimension {dim}",
+                header.stages
+            ));
+        }
+        let data = reader.take(values * 4)?;
+        let rows = values / (header.stages * dim);
+        if rows == 0 {
+            return Err("the memory bank is empty".into());
+        }
+        let all: Vec<f32> = data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        if all.iter().any(|v| !v.is_finite()) {
+            return Err("the memory bank holds non-finite values".into());
+        }
+        let stages = all.chunks_exact(rows * dim).map(<[f32]>::to_vec).collect();
+        if reader.at != body.len() {
+            return Err("unexpected bytes after the memory bank".into());
+        }
+        Ok(Profile {
+            header,
+            bank: MemoryBank { dim, rows, stages },
+        })
+    }
+
+    /// Fails unless the profile was built with exactly this model.
+    pub fn check_model(&self, path: &Path, model: &ModelIdentity) -> Result<(), ProfileError> {
+        if &self.header.model == model {
+            return Ok(());
+        }
+        Err(ProfileError::WrongModel {
+            path: path.to_path_buf(),
+            expected: self.header.model.name.clone(),
+            expected_sha: self.header.model.sha256.clone(),
+            actual: model.name.clone(),
+            actual_sha: model.sha256.clone(),
+        })
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or_else(|| format!("truncated at byte {}", self.at))?;
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Profile {
+        Profile {
+            header: ProfileHeader {
+                model: ModelIdentity {
+                    name: "tiny".into(),
+                    sha256: "ab".into(),
+                },
+                tiling: Tiling::whole(),
+                upsample: 2,
+                feature_dim: 2,
+                stages: 2,
+                calibration: Calibration::fit(&[0.1, 0.2, 0.3]).unwrap(),
+                threshold: 0.95,
+                coreset_ratio: None,
+                references: vec!["a.png".into()],
+                validation: vec!["b.png".into()],
+                validation_scores: vec![0.1, 0.2, 0.3],
+                created_by: "test".into(),
+            },
+            bank: MemoryBank {
+                dim: 2,
+                rows: 3,
+                stages: vec![
+                    vec![1., 0., 0., 1., 0.6, 0.8],
+                    vec![0., 1., 1., 0., 0.8, 0.6],
+                ],
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.logsad");
+        sample().save(&path).unwrap();
+        assert_eq!(Profile::load(&path).unwrap(), sample());
+    }
+
+    #[test]
+    fn rejects_damage_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.logsad");
+        sample().save(&path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"PNG\x89 not a profile at all".to_vec(), "signature"),
+            (good[..good.len() - 9].to_vec(), "checksum"),
+            (
+                {
+                    let mut b = good.clone();
+                    let n = b.len();
+                    b[n - 10] ^= 0xff;
+                    b
+                },
+                "checksum",
+            ),
+            (
+                {
+                    let mut b = good.clone();
+                    b[8] = 99;
+                    b
+                },
+                "format version 99",
+            ),
+            (Vec::new(), "truncated"),
+        ];
+        for (bytes, reason) in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            let err = Profile::load(&path).unwrap_err().to_string();
+            assert!(err.contains(reason), "{err:?} should mention {reason:?}");
+            assert!(err.contains("p.logsad"), "{err:?} should name the file");
+        }
+    }
+
+    #[test]
+    fn model_check_names_both_models() {
+        let p = sample();
+        let other = ModelIdentity {
+            name: "big".into(),
+            sha256: "cd".into(),
+        };
+        let err = p
+            .check_model(Path::new("x"), &other)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tiny") && err.contains("big"), "{err}");
+        assert!(p.check_model(Path::new("x"), &p.header.model).is_ok());
+    }
+}
