@@ -80,14 +80,15 @@ struct EnrollArgs {
     #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
     threshold: f64,
     /// Tile grid ROWSxCOLS (default 1x1: the faithful whole-frame resize).
-    #[arg(long, default_value = "1x1")]
-    tiles: String,
+    #[arg(long, conflicts_with = "upscale")]
+    tiles: Option<String>,
     /// Fraction of a tile shared with its neighbour.
     #[arg(long, default_value_t = 0.0)]
     overlap: f32,
-    /// Upscale the frame by this factor before tiling.
-    #[arg(long, default_value_t = 1.0)]
-    upscale: f32,
+    /// Upscale frames by this factor and cut them into tiles of the model's input size; the grid
+    /// is worked out from the first reference image and recorded in the profile.
+    #[arg(long)]
+    upscale: Option<f32>,
     /// Seed of the coreset's random projection.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -140,17 +141,27 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn parse_tiling(args: &EnrollArgs) -> Result<Tiling> {
-    let (rows, cols) = args
-        .tiles
-        .split_once(['x', 'X'])
-        .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
-        .with_context(|| format!("--tiles {:?} is not ROWSxCOLS", args.tiles))?;
-    let tiling = Tiling {
-        upscale: args.upscale,
-        rows,
-        cols,
-        overlap: args.overlap,
+fn parse_tiling(args: &EnrollArgs, first_reference: &Path) -> Result<Tiling> {
+    let tiling = if let Some(upscale) = args.upscale {
+        if !(upscale.is_finite() && upscale > 0.0) {
+            bail!("--upscale {upscale} must be a positive factor");
+        }
+        let manifest = engine::Manifest::load(&args.engine.manifest())?;
+        let (w, h) = image::image_dimensions(first_reference)
+            .with_context(|| format!("cannot read {}", first_reference.display()))?;
+        let input = (manifest.input.width, manifest.input.height);
+        Tiling::for_upscale(upscale, args.overlap, (w, h), input)
+    } else {
+        let tiles = args.tiles.as_deref().unwrap_or("1x1");
+        let (rows, cols) = tiles
+            .split_once(['x', 'X'])
+            .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
+            .with_context(|| format!("--tiles {tiles:?} is not ROWSxCOLS"))?;
+        Tiling {
+            rows,
+            cols,
+            overlap: args.overlap,
+        }
     };
     tiling.validate().map_err(anyhow::Error::msg)?;
     Ok(tiling)
@@ -169,6 +180,9 @@ fn bar(len: usize, what: &str) -> ProgressBar {
 
 fn run_enroll(args: EnrollArgs) -> Result<()> {
     let mut references = expand(&args.references)?;
+    if references.is_empty() {
+        bail!("no reference images found in {:?}", args.references);
+    }
     if let Some(k) = args.shots {
         if k == 0 || k > references.len() {
             bail!(
@@ -180,7 +194,7 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
     }
     let validation = expand(&args.validation)?;
     let options = EnrollOptions {
-        tiling: parse_tiling(&args)?,
+        tiling: parse_tiling(&args, &references[0])?,
         coreset_ratio: args.coreset_ratio,
         threshold: args.threshold,
         seed: args.seed,
@@ -208,9 +222,11 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
     profile.save(&args.out)?;
     let h = &profile.header;
     eprintln!(
-        "profile {}: {} reference images, bank of {} patches, validation mean {:.4} std {:.4}",
+        "profile {}: {} reference images, {}x{} tiles, bank of {} patches, validation mean {:.4} std {:.4}",
         args.out.display(),
         references.len(),
+        h.tiling.rows,
+        h.tiling.cols,
         profile.bank.rows,
         h.calibration.mean,
         h.calibration.std

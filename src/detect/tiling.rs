@@ -10,18 +10,15 @@ use serde::{Deserialize, Serialize};
 pub const MAX_OVERLAP: f32 = 0.9;
 /// Largest accepted number of tile rows or columns.
 pub const MAX_TILES_PER_AXIS: u32 = 64;
-/// Largest accepted upscale factor.
-pub const MAX_UPSCALE: f32 = 16.0;
 
 /// How a frame is cut into tiles.
 ///
-/// The frame is conceptually upscaled by `upscale` and covered by `rows` x `cols` equal tiles,
-/// each sharing the fraction `overlap` of its size with its neighbour. Because every tile is
-/// resized to the model input anyway, `upscale` does not move the tile rectangles in source
-/// pixels: it records the resolution the layout aims at (see [`Tiling::magnification`]).
+/// The frame is covered by `rows` x `cols` equal tiles, each sharing the fraction `overlap` of
+/// its size with its neighbour; every tile is resized to the model input. Upscaling the frame
+/// first and cutting it into tiles of the model's size is the same as choosing the grid: see
+/// [`Tiling::for_upscale`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Tiling {
-    pub upscale: f32,
     pub rows: u32,
     pub cols: u32,
     pub overlap: f32,
@@ -71,10 +68,30 @@ impl Tiling {
     /// One tile covering the whole frame: the faithful squash-resize of the full frame.
     pub fn whole() -> Self {
         Tiling {
-            upscale: 1.0,
             rows: 1,
             cols: 1,
             overlap: 0.0,
+        }
+    }
+
+    /// The grid that cuts a `frame_w x frame_h` frame, upscaled by `upscale`, into tiles of
+    /// about the model input's size (`input_w x input_h`) with the given overlap.
+    pub fn for_upscale(
+        upscale: f32,
+        overlap: f32,
+        (frame_w, frame_h): (u32, u32),
+        (input_w, input_h): (usize, usize),
+    ) -> Self {
+        // n tiles of length L with overlap o span L * ((n - 1)(1 - o) + 1).
+        let count = |frame: u32, input: usize| {
+            let span = frame as f64 * upscale as f64 / input as f64;
+            let n = ((span - 1.0) / (1.0 - overlap as f64) + 1.0).round();
+            n.clamp(1.0, MAX_TILES_PER_AXIS as f64) as u32
+        };
+        Tiling {
+            rows: count(frame_h, input_h),
+            cols: count(frame_w, input_w),
+            overlap,
         }
     }
 
@@ -88,14 +105,8 @@ impl Tiling {
         self.rows as usize * self.cols as usize
     }
 
-    /// Checks `1 <= upscale <= 16`, `1 <= rows, cols <= 64`, `0 <= overlap <= 0.9`.
+    /// Checks `1 <= rows, cols <= 64`, `0 <= overlap <= 0.9`.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.upscale.is_finite() && (1.0..=MAX_UPSCALE).contains(&self.upscale)) {
-            return Err(format!(
-                "tiling upscale must be in [1, {MAX_UPSCALE}], got {}",
-                self.upscale
-            ));
-        }
         for (name, v) in [("rows", self.rows), ("cols", self.cols)] {
             if !(1..=MAX_TILES_PER_AXIS).contains(&v) {
                 return Err(format!(
@@ -115,19 +126,17 @@ impl Tiling {
     /// Tile rectangles in source pixels, row-major (index = row * cols + col). The first tile of
     /// each axis starts at 0 and the last ends exactly at the frame edge.
     pub fn tiles(&self, frame_w: u32, frame_h: u32) -> Vec<Tile> {
-        // Lay out in the upscaled frame, then map back to source pixels.
-        let s = self.upscale as f64;
         let o = self.overlap as f64;
-        let xs = axis_segments(frame_w as f64 * s, self.cols, o);
-        let ys = axis_segments(frame_h as f64 * s, self.rows, o);
+        let xs = axis_segments(frame_w as f64, self.cols, o);
+        let ys = axis_segments(frame_h as f64, self.rows, o);
         let mut out = Vec::with_capacity(xs.len() * ys.len());
         for &(y, h) in &ys {
             for &(x, w) in &xs {
                 out.push(Tile {
-                    x: (x / s) as f32,
-                    y: (y / s) as f32,
-                    width: (w / s) as f32,
-                    height: (h / s) as f32,
+                    x: x as f32,
+                    y: y as f32,
+                    width: w as f32,
+                    height: h as f32,
                 });
             }
         }
@@ -239,7 +248,7 @@ impl Stitcher {
             ));
         }
         let (out_w, out_h) = tiling.map_size(tile_grid_w, tile_grid_h);
-        // Plans in source pixels (equivalent to the upscaled frame: only ratios matter).
+        // Plans in source pixels .
         let o = tiling.overlap as f64;
         let (fw, fh) = (frame_w as f64, frame_h as f64);
         let col_plans = axis_segments(fw, tiling.cols, o)
@@ -332,7 +341,6 @@ mod tests {
 
     fn grid(rows: u32, cols: u32, overlap: f32) -> Tiling {
         Tiling {
-            upscale: 1.0,
             rows,
             cols,
             overlap,
@@ -429,19 +437,22 @@ mod tests {
     }
 
     #[test]
-    fn upscale_does_not_move_rectangles() {
-        let mut t = grid(2, 2, 0.25);
-        let base = t.tiles(333, 251);
-        t.upscale = 2.0;
-        assert!(t.validate().is_ok());
-        assert_tiles_close(&t.tiles(333, 251), &base);
-        let t2 = Tiling {
-            upscale: 2.0,
-            rows: 2,
-            cols: 2,
-            overlap: 0.0,
-        };
-        assert_eq!(t2.tiles(250, 250)[3], tile(125.0, 125.0, 125.0, 125.0));
+    fn upscale_picks_the_grid_of_model_sized_tiles() {
+        // 250 px upscaled 2x is 500 px: about two 224-px tiles per axis.
+        assert_eq!(
+            Tiling::for_upscale(2.0, 0.0, (250, 250), (224, 224)),
+            grid(2, 2, 0.0)
+        );
+        // No upscale of a frame the model's size: one tile.
+        assert_eq!(
+            Tiling::for_upscale(1.0, 0.0, (224, 224), (224, 224)),
+            grid(1, 1, 0.0)
+        );
+        // 1920x1080 at 1x with 25% overlap: spans 8.57 x 4.82 tiles -> 11 x 6 with overlap.
+        assert_eq!(
+            Tiling::for_upscale(1.0, 0.25, (1920, 1080), (224, 224)),
+            grid(6, 11, 0.25)
+        );
     }
 
     #[test]
@@ -453,13 +464,6 @@ mod tests {
         assert!(grid(2, 2, 0.95).validate().is_err());
         assert!(grid(2, 2, -0.1).validate().is_err());
         assert!(grid(2, 2, f32::NAN).validate().is_err());
-        for up in [0.0, 0.5, f32::NAN, f32::INFINITY, 17.0] {
-            let t = Tiling {
-                upscale: up,
-                ..Tiling::whole()
-            };
-            assert!(t.validate().is_err(), "upscale {up}");
-        }
         assert!(Stitcher::new(&grid(0, 1, 0.0), 10, 10, 4, 4).is_err());
         assert!(Stitcher::new(&Tiling::whole(), 0, 10, 4, 4).is_err());
         assert!(Stitcher::new(&Tiling::whole(), 10, 10, 0, 4).is_err());

@@ -1,0 +1,33 @@
+# One entry point. `make demo` and `make test` set everything up first (idempotent).
+SHELL := /bin/bash
+CARGO ?= cargo
+export LOGSAD_DATA_DIR ?= $(CURDIR)/.deps
+PLUGIN_DIR := $(CURDIR)/target/release
+export GST_PLUGIN_PATH := $(PLUGIN_DIR)$(if $(GST_PLUGIN_PATH),:$(GST_PLUGIN_PATH))
+
+.PHONY: all deps build demo test bench clean
+
+all: build
+
+deps:
+	./scripts/setup-deps.sh
+
+build: deps
+	$(CARGO) build --release --locked
+
+# The main job: enroll 4 textile images, annotate a short video, write JSON lines to out/.
+demo: build
+	./pipelines/demo.sh
+
+# Every test: unit and integration tests (release: the matching step is slow unoptimised),
+# then every script in pipelines/ on short input.
+test: build
+	$(CARGO) test --release --locked
+	./tests/pipelines.sh
+
+bench: build
+	$(CARGO) bench --locked --bench throughput
+
+clean:
+	$(CARGO) clean
+	rm -rf out
