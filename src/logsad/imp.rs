@@ -326,7 +326,7 @@ impl BaseTransformImpl for Logsad {
         let profile = settings.profile.ok_or_else(|| {
             gst::error_msg!(
                 gst::ResourceError::NotFound,
-                ["No profile set: set the `profile` property to a file written by `logsad enroll`"]
+                ("No profile set: set the `profile` property to a file written by `logsad enroll`")
             )
         })?;
         let model = settings.model.unwrap_or_else(engine::default_model);
@@ -339,12 +339,12 @@ impl BaseTransformImpl for Logsad {
         };
         let loaded = std::panic::catch_unwind(|| Detector::load(&profile, &model, &options))
             .map_err(|_| {
-                gst::error_msg!(gst::LibraryError::Init, ["Loading the detector panicked"])
+                gst::error_msg!(gst::LibraryError::Init, ("Loading the detector panicked"))
             })?;
         let (detector, warnings) =
-            loaded.map_err(|e| gst::error_msg!(gst::ResourceError::OpenRead, ["{}", e]))?;
+            loaded.map_err(|e| gst::error_msg!(gst::ResourceError::OpenRead, ("{}", e)))?;
         for w in warnings {
-            gst::element_imp_warning!(self, gst::LibraryError::Init, ["{}", w]);
+            gst::element_imp_warning!(self, gst::LibraryError::Init, ("{}", w));
         }
         gst::info!(
             CAT,
@@ -378,7 +378,19 @@ impl BaseTransformImpl for Logsad {
             .as_mut()
             .ok_or_else(|| gst::loggable_error!(CAT, "caps set before start"))?;
         state.converter = Some(converter);
+        // A carried result's regions are in the old frame's pixels: analyse the next frame.
+        state.last = None;
         Ok(())
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        // After a flush (a seek) the carried result describes a frame from before the seek.
+        if let gst::EventView::FlushStop(_) = event.view() {
+            if let Some(state) = self.state.lock().unwrap().as_mut() {
+                state.last = None;
+            }
+        }
+        self.parent_sink_event(event)
     }
 
     fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
@@ -419,7 +431,7 @@ impl BaseTransformImpl for Logsad {
             gst::element_imp_error!(
                 self,
                 gst::CoreError::Failed,
-                ["cannot attach metadata: {}", e]
+                ("cannot attach metadata: {}", e)
             );
             gst::FlowError::Error
         })?;
@@ -445,14 +457,14 @@ impl Logsad {
         min_area: usize,
     ) -> Result<(AnomalyResult, Vec<RegionBox>), gst::FlowError> {
         let converter = state.converter.as_mut().ok_or_else(|| {
-            gst::element_imp_error!(self, gst::CoreError::Negotiation, ["no caps negotiated"]);
+            gst::element_imp_error!(self, gst::CoreError::Negotiation, ("no caps negotiated"));
             gst::FlowError::NotNegotiated
         })?;
         let image = converter.convert(buf).map_err(|e| {
             gst::element_imp_error!(
                 self,
                 gst::StreamError::Format,
-                ["cannot read frame {}: {}", frame, e]
+                ("cannot read frame {}: {}", frame, e)
             );
             gst::FlowError::Error
         })?;
@@ -463,7 +475,7 @@ impl Logsad {
                     gst::element_imp_error!(
                         self,
                         gst::LibraryError::Failed,
-                        ["analysis of frame {} panicked", frame]
+                        ("analysis of frame {} panicked", frame)
                     );
                     gst::FlowError::Error
                 })?
@@ -471,7 +483,7 @@ impl Logsad {
                     gst::element_imp_error!(
                         self,
                         gst::LibraryError::Failed,
-                        ["analysis of frame {} failed: {}", frame, e]
+                        ("analysis of frame {} failed: {}", frame, e)
                     );
                     gst::FlowError::Error
                 })?;
