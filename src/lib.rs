@@ -10,6 +10,7 @@ pub mod detect;
 pub mod detector;
 pub mod engine;
 pub mod enroll;
+pub mod eval;
 pub mod meta;
 pub mod profile;
 

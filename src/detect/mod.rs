@@ -9,3 +9,4 @@ pub mod preprocess;
 pub mod regions;
 pub mod resize;
 pub mod tiling;
+pub mod score;

@@ -189,7 +189,11 @@ impl Backbone {
         }
         let identity = ModelIdentity::of(&manifest)?;
         let mut warnings = Vec::new();
-        let mut builder = Session::builder(&env).map_err(|e| model_error(e.to_string()))?;
+        // Without spinning, ONNX Runtime's idle threads leave the cores to the matching step
+        // that follows every inference (measured: about 30% more frames/s on 2 cores).
+        let mut builder = Session::builder(&env)
+            .and_then(|b| b.with_intra_op_spinning(false).map_err(|e| e.into()))
+            .map_err(|e| model_error(e.to_string()))?;
         if options.threads > 0 {
             builder = builder
                 .with_intra_threads(options.threads)

@@ -1,0 +1,955 @@
+//! Throughput of gst-logsad, measured in one run on the same frames (`make bench`, or
+//! `cargo bench --bench throughput`):
+//!
+//! * frames/s of bare ONNX Runtime calls of the backbone (`Backbone::run`, batch 1, input
+//!   preprocessed outside the timed region), of the in-process detector (`Detector::analyse`:
+//!   preprocessing, backbone, nearest-neighbour matching, stitching) and of the `logsad` element
+//!   in a pipeline (`appsrc ! logsad ! fakesink`, and the same with `anomalyoverlay`);
+//! * GFLOP/s of the nearest-neighbour step (`max_similarity`) against a plain
+//!   `matrixmultiply::sgemm` of the same shape on the same machine.
+//!
+//! Nothing is asserted: the figures are printed as a table and written to `target/bench.json`.
+//!
+//! The configurations are loaded side by side (separate sessions of the same model, same thread
+//! settings), warmed up, and fed the same frames in chunks in rotating order, so that a burst of
+//! load on a shared machine hits all of them alike; overheads are given from the best rounds and
+//! as the median of per-chunk paired ratios.
+//!
+//! Environment: `BENCH_FRAMES` (frames per timed pass, default 40), `BENCH_ROUNDS` (timed passes
+//! per configuration, best kept; default 2), `BENCH_CHUNK` (frames each configuration processes
+//! before the next takes over, default 5), `BENCH_NN_REPS` (repetitions of each
+//! nearest-neighbour measurement, best kept; default 10), `BENCH_THREADS` (ONNX Runtime
+//! intra-op threads for every configuration; default 0 = ONNX Runtime's choice),
+//! `BENCH_DEVICE` (cpu, cuda, tensorrt; default cpu), `BENCH_SKIP` (comma list of `pipeline`,
+//! `nn` to skip parts). `MATMUL_NUM_THREADS` sets matrixmultiply's threads as usual.
+
+use gst::prelude::*;
+use gstlogsad::detect::features::{patch_features, Grid};
+use gstlogsad::detect::patch::{anomaly_map, max_score, max_similarity, MemoryBank};
+use gstlogsad::detect::preprocess::{Preprocessor, RgbImage};
+use gstlogsad::detect::tiling::{Stitcher, Tiling};
+use gstlogsad::detector::Detector;
+use gstlogsad::engine::{self, Backbone, Device, EngineOptions, Manifest};
+use gstlogsad::enroll::{enroll, load_image, EnrollOptions};
+use gstlogsad::profile::Profile;
+use serde_json::json;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+const WARMUP_FRAMES: usize = 2;
+const REFERENCES: usize = 4;
+const VALIDATION: usize = 4;
+/// Frames of the per-step breakdown of the detector (per round).
+const BREAKDOWN_FRAMES: usize = 10;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        _ => default,
+    }
+}
+
+struct Config {
+    frames: usize,
+    rounds: usize,
+    chunk: usize,
+    nn_reps: usize,
+    threads: usize,
+    device: Device,
+    device_nick: String,
+    skip_pipeline: bool,
+    skip_nn: bool,
+}
+
+impl Config {
+    fn from_env() -> Self {
+        let device_nick = std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+        let device: Device = device_nick.parse().expect("BENCH_DEVICE");
+        let skip = std::env::var("BENCH_SKIP").unwrap_or_default();
+        let skips: Vec<&str> = skip.split(',').map(str::trim).collect();
+        Config {
+            frames: env_usize("BENCH_FRAMES", 40).max(1),
+            rounds: env_usize("BENCH_ROUNDS", 2).max(1),
+            chunk: env_usize("BENCH_CHUNK", 5).max(1),
+            nn_reps: env_usize("BENCH_NN_REPS", 10).max(1),
+            threads: env_usize("BENCH_THREADS", 0),
+            device,
+            device_nick,
+            skip_pipeline: skips.contains(&"pipeline"),
+            skip_nn: skips.contains(&"nn"),
+        }
+    }
+
+    fn engine(&self) -> EngineOptions {
+        EngineOptions {
+            device: self.device,
+            threads: self.threads,
+            ..EngineOptions::default()
+        }
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+fn textile(index: usize) -> PathBuf {
+    engine::data_dir().join(format!("data/textile/nominal/textile_{index:04}.jpg"))
+}
+
+/// The best (highest) frames/s over rounds, with every round kept for the report.
+#[derive(Default, Clone)]
+struct Rate {
+    rounds: Vec<f64>,
+}
+
+impl Rate {
+    fn add(&mut self, frames: usize, elapsed: Duration) {
+        self.rounds.push(frames as f64 / elapsed.as_secs_f64());
+    }
+    fn best(&self) -> f64 {
+        self.rounds.iter().copied().fold(0.0, f64::max)
+    }
+    fn median(&self) -> f64 {
+        let mut r = self.rounds.clone();
+        r.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        if r.is_empty() {
+            return 0.0;
+        }
+        let mid = r.len() / 2;
+        if r.len() % 2 == 1 {
+            r[mid]
+        } else {
+            (r[mid - 1] + r[mid]) / 2.0
+        }
+    }
+    fn json(&self) -> serde_json::Value {
+        json!({ "best_fps": self.best(), "median_fps": self.median(), "rounds_fps": self.rounds })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bare ONNX Runtime
+
+struct Bare {
+    backbone: Backbone,
+    /// Each frame preprocessed once, outside any timed region.
+    tensors: Vec<Vec<f32>>,
+}
+
+impl Bare {
+    fn new(
+        manifest_path: &Path,
+        options: &EngineOptions,
+        frames: &[RgbImage],
+        warmup: &[RgbImage],
+    ) -> Self {
+        let manifest = Manifest::load(manifest_path).expect("model manifest");
+        let (mut backbone, warnings) = Backbone::load(manifest, options).expect("backbone");
+        for w in warnings {
+            eprintln!("warning (bare backbone): {w}");
+        }
+        let mut pre = Preprocessor::new(&backbone.manifest().input);
+        let whole = Tiling::whole();
+        let mut prepare = |image: &RgbImage| {
+            let tiles = whole.tiles(image.width, image.height);
+            let mut out = Vec::new();
+            pre.push_tile(image, &tiles[0], &mut out)
+                .expect("preprocess");
+            out
+        };
+        let tensors = frames.iter().map(&mut prepare).collect();
+        for image in warmup {
+            backbone.run(prepare(image), 1).expect("backbone run");
+        }
+        Bare { backbone, tensors }
+    }
+
+    fn chunk(&mut self, range: Range<usize>) -> Duration {
+        // `run` takes its input by value: copy outside the timed region.
+        let inputs = self.tensors[range].to_vec();
+        let start = Instant::now();
+        for t in inputs {
+            std::hint::black_box(self.backbone.run(t, 1).expect("backbone run"));
+        }
+        start.elapsed()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-process detector
+
+fn detector_chunk(detector: &mut Detector, frames: &[RgbImage]) -> Duration {
+    let start = Instant::now();
+    for f in frames {
+        let analysis = detector.analyse(f).expect("analyse");
+        std::hint::black_box(detector.judge(analysis.score, None));
+    }
+    start.elapsed()
+}
+
+/// Where the detector's time goes: the steps of `Detector::analyse` (whole-frame tiling) timed one
+/// by one with the public building blocks, on the bare backbone. Totals over all frames.
+#[derive(Default, Clone, Copy)]
+struct Breakdown {
+    frames: usize,
+    preprocess: Duration,
+    backbone: Duration,
+    features: Duration,
+    matching: Duration,
+    stitching: Duration,
+}
+
+impl Breakdown {
+    fn total(&self) -> Duration {
+        self.preprocess + self.backbone + self.features + self.matching + self.stitching
+    }
+    fn per_frame_ms(&self, d: Duration) -> f64 {
+        d.as_secs_f64() * 1e3 / self.frames.max(1) as f64
+    }
+    /// Keeps the faster of two passes over the same frames.
+    fn best(self, o: Breakdown) -> Breakdown {
+        if o.total() < self.total() {
+            o
+        } else {
+            self
+        }
+    }
+    fn add(&mut self, o: Breakdown) {
+        self.frames += o.frames;
+        self.preprocess += o.preprocess;
+        self.backbone += o.backbone;
+        self.features += o.features;
+        self.matching += o.matching;
+        self.stitching += o.stitching;
+    }
+}
+
+fn breakdown_chunk(
+    backbone: &mut Backbone,
+    bank: &MemoryBank,
+    upsample: usize,
+    frames: &[RgbImage],
+) -> Breakdown {
+    let m = backbone.manifest().clone();
+    let grid = Grid {
+        prefix_tokens: m.tokens.prefix_tokens,
+        height: m.tokens.grid_height,
+        width: m.tokens.grid_width,
+        dim: m.feature_dim,
+    };
+    let whole = Tiling::whole();
+    let mut pre = Preprocessor::new(&m.input);
+    let mut b = Breakdown::default();
+    for image in frames {
+        b.frames += 1;
+        let t = Instant::now();
+        let tiles = whole.tiles(image.width, image.height);
+        let mut pixels = Vec::with_capacity(3 * m.input.width * m.input.height);
+        pre.push_tile(image, &tiles[0], &mut pixels)
+            .expect("preprocess");
+        b.preprocess += t.elapsed();
+        let t = Instant::now();
+        let outputs = backbone.run(pixels, 1).expect("backbone run");
+        b.backbone += t.elapsed();
+        let t = Instant::now();
+        let features = patch_features(&outputs.stages, 0, grid, upsample);
+        b.features += t.elapsed();
+        let t = Instant::now();
+        let map = anomaly_map(&features, bank);
+        b.matching += t.elapsed();
+        let t = Instant::now();
+        let mut stitcher = Stitcher::new(
+            &whole,
+            image.width,
+            image.height,
+            features.width,
+            features.height,
+        )
+        .expect("stitcher");
+        stitcher.add(0, &map);
+        let (stitched, _, _) = stitcher.finish();
+        std::hint::black_box(max_score(&stitched));
+        b.stitching += t.elapsed();
+    }
+    b
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipeline
+
+/// Frames as GStreamer RGB buffers (rows padded to the stride GStreamer expects).
+fn to_buffer(image: &RgbImage, info: &gst_video::VideoInfo, index: usize) -> gst::Buffer {
+    let stride = info.stride()[0] as usize;
+    let row = image.width as usize * 3;
+    let mut data = vec![0u8; info.size()];
+    for (y, src) in image.pixels.chunks_exact(row).enumerate() {
+        data[y * stride..y * stride + row].copy_from_slice(src);
+    }
+    let mut buffer = gst::Buffer::from_mut_slice(data);
+    {
+        let b = buffer.get_mut().unwrap();
+        let frame = gst::ClockTime::from_nseconds(1_000_000_000 / 30);
+        b.set_pts(frame * index as u64);
+        b.set_duration(frame);
+    }
+    buffer
+}
+
+fn video_info(frames: &[RgbImage]) -> gst_video::VideoInfo {
+    let (w, h) = (frames[0].width, frames[0].height);
+    assert!(
+        frames.iter().all(|f| f.width == w && f.height == h),
+        "all frames must have the same size"
+    );
+    gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w, h)
+        .fps(gst::Fraction::new(30, 1))
+        .build()
+        .expect("video info")
+}
+
+/// `appsrc ! logsad [! anomalyoverlay] ! fakesink`, started once (model loaded, warmed up) and
+/// fed chunk by chunk: a chunk's time runs from its first push until its last buffer has reached
+/// the sink. `finish` ends the stream with EOS and checks every buffer arrived.
+struct PipelineRunner {
+    pipeline: gst::Pipeline,
+    src: gst::Element,
+    bus: gst::Bus,
+    info: gst_video::VideoInfo,
+    arrived: Arc<(Mutex<usize>, Condvar)>,
+    pushed: usize,
+}
+
+impl PipelineRunner {
+    fn new(
+        cfg: &Config,
+        profile: &Path,
+        manifest: &Path,
+        overlay: bool,
+        frames: &[RgbImage],
+        warmup: &[RgbImage],
+    ) -> Self {
+        let info = video_info(frames);
+        let description = format!(
+            "appsrc name=src format=time is-live=false block=false max-bytes=0 ! logsad name=det \
+             {} ! fakesink name=sink sync=false async=false",
+            if overlay { "! anomalyoverlay" } else { "" }
+        );
+        let pipeline = gst::parse::launch(&description)
+            .expect("pipeline")
+            .downcast::<gst::Pipeline>()
+            .expect("a pipeline");
+        let src = pipeline.by_name("src").unwrap();
+        src.set_property("caps", info.to_caps().unwrap());
+        let det = pipeline.by_name("det").unwrap();
+        det.set_property("profile", profile.display().to_string());
+        det.set_property("model", manifest.display().to_string());
+        det.set_property("threads", cfg.threads as u32);
+        det.set_property_from_str("device", &cfg.device_nick);
+        let sink = pipeline.by_name("sink").unwrap();
+        let arrived = Arc::new((Mutex::new(0usize), Condvar::new()));
+        {
+            let arrived = arrived.clone();
+            sink.static_pad("sink")
+                .unwrap()
+                .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                    let (count, cond) = &*arrived;
+                    *count.lock().unwrap() += 1;
+                    cond.notify_all();
+                    gst::PadProbeReturn::Ok
+                });
+        }
+        let bus = pipeline.bus().unwrap();
+        pipeline
+            .set_state(gst::State::Playing)
+            .expect("pipeline to PLAYING");
+        let mut runner = PipelineRunner {
+            pipeline,
+            src,
+            bus,
+            info,
+            arrived,
+            pushed: 0,
+        };
+        runner.chunk(warmup);
+        runner
+    }
+
+    fn check_errors(&self) {
+        if let Some(msg) = self
+            .bus
+            .timed_pop_filtered(gst::ClockTime::ZERO, &[gst::MessageType::Error])
+        {
+            if let gst::MessageView::Error(e) = msg.view() {
+                panic!("pipeline error: {} ({:?})", e.error(), e.debug());
+            }
+        }
+    }
+
+    fn chunk(&mut self, frames: &[RgbImage]) -> Duration {
+        // Buffers are made before the clock starts; each is handed over with its only reference
+        // so that the in-place element does not have to copy it.
+        let buffers: Vec<gst::Buffer> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, f)| to_buffer(f, &self.info, self.pushed + i))
+            .collect();
+        let target = self.pushed + buffers.len();
+        let start = Instant::now();
+        for buffer in buffers {
+            let ret = self
+                .src
+                .emit_by_name::<gst::FlowReturn>("push-buffer", &[&buffer]);
+            assert_eq!(ret, gst::FlowReturn::Ok, "push-buffer");
+        }
+        let (count, cond) = &*self.arrived;
+        let mut n = count.lock().unwrap();
+        while *n < target {
+            n = cond.wait_timeout(n, Duration::from_millis(200)).unwrap().0;
+            if *n < target {
+                self.check_errors();
+            }
+        }
+        let elapsed = start.elapsed();
+        drop(n);
+        self.pushed = target;
+        elapsed
+    }
+
+    fn finish(self) {
+        let _ = self
+            .src
+            .emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+        let msg = self
+            .bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(60),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            )
+            .expect("EOS");
+        if let gst::MessageView::Error(e) = msg.view() {
+            panic!("pipeline error: {} ({:?})", e.error(), e.debug());
+        }
+        assert_eq!(
+            *self.arrived.0.lock().unwrap(),
+            self.pushed,
+            "frames reaching the sink"
+        );
+        self.pipeline.set_state(gst::State::Null).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nearest neighbour vs plain matrix product
+
+/// Deterministic unit rows (a small LCG is enough: GEMM time does not depend on the values).
+fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut v: Vec<f32> = (0..n * dim)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    for row in v.chunks_exact_mut(dim) {
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+fn time(mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    f();
+    start.elapsed()
+}
+
+struct NnResult {
+    n: usize,
+    m: usize,
+    d: usize,
+    nn: Duration,
+    /// Plain sgemm, B given as the bank transposed through strides (what `max_similarity` does).
+    gemm_strided: Duration,
+    /// Plain sgemm, B a row-major d x m matrix.
+    gemm_rowmajor: Duration,
+}
+
+impl NnResult {
+    fn flops(&self) -> f64 {
+        2.0 * self.n as f64 * self.m as f64 * self.d as f64
+    }
+    fn gflops(&self, t: Duration) -> f64 {
+        self.flops() / t.as_secs_f64() / 1e9
+    }
+    fn gemm(&self) -> Duration {
+        self.gemm_strided.min(self.gemm_rowmajor)
+    }
+    fn ratio(&self) -> f64 {
+        self.gemm().as_secs_f64() / self.nn.as_secs_f64()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    n: usize,
+    d: usize,
+    m: usize,
+    a: &[f32],
+    b: &[f32],
+    rsb: isize,
+    csb: isize,
+    c: &mut [f32],
+) {
+    assert!(a.len() >= n * d && b.len() >= d * m && c.len() >= n * m);
+    unsafe {
+        matrixmultiply::sgemm(
+            n,
+            d,
+            m,
+            1.0,
+            a.as_ptr(),
+            d as isize,
+            1,
+            b.as_ptr(),
+            rsb,
+            csb,
+            0.0,
+            c.as_mut_ptr(),
+            m as isize,
+            1,
+        );
+    }
+}
+
+fn measure_nn(n: usize, m: usize, d: usize, reps: usize) -> NnResult {
+    let queries = unit_rows(n, d, 1);
+    let bank = unit_rows(m, d, 2);
+    // The same bank as a row-major d x m matrix.
+    let mut bank_t = vec![0.0f32; d * m];
+    for r in 0..m {
+        for k in 0..d {
+            bank_t[k * m + r] = bank[r * d + k];
+        }
+    }
+    let mut out = vec![0.0f32; n * m];
+    let mut best = Vec::new();
+    // Interleave the three measurements, so that drift in the machine's load hits all of them.
+    // The first repetition is a warm-up (thread pool start, page faults of scratch buffers).
+    let (mut nn, mut gs, mut gr) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    for rep in 0..=reps {
+        let t_nn = time(|| {
+            best = max_similarity(&queries, &bank, d);
+            std::hint::black_box(&best);
+        });
+        let t_gs = time(|| {
+            sgemm(n, d, m, &queries, &bank, 1, d as isize, &mut out);
+            std::hint::black_box(&out);
+        });
+        let t_gr = time(|| {
+            sgemm(n, d, m, &queries, &bank_t, m as isize, 1, &mut out);
+            std::hint::black_box(&out);
+        });
+        if rep > 0 {
+            nn = nn.min(t_nn);
+            gs = gs.min(t_gs);
+            gr = gr.min(t_gr);
+        }
+    }
+    // Sanity: the NN result is the row maximum of the full product.
+    sgemm(n, d, m, &queries, &bank, 1, d as isize, &mut out);
+    for (i, row) in out.chunks_exact(m).enumerate().step_by(97) {
+        let want = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert!(
+            (want - best[i]).abs() < 1e-4,
+            "max_similarity disagrees with sgemm"
+        );
+    }
+    NnResult {
+        n,
+        m,
+        d,
+        nn,
+        gemm_strided: gs,
+        gemm_rowmajor: gr,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() {
+    // `cargo bench` passes `--bench`; there is nothing to filter.
+    let cfg = Config::from_env();
+    let started = Instant::now();
+    let manifest_path = engine::default_model();
+
+    let manifest = Manifest::load(&manifest_path).expect("model manifest");
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let matmul_threads = std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "default".into());
+
+    println!(
+        "gst-logsad throughput: model {} on {}, {} CPUs, ORT threads {}, MATMUL_NUM_THREADS {}",
+        manifest.name,
+        cfg.device_nick,
+        cpus,
+        if cfg.threads == 0 {
+            "default".to_string()
+        } else {
+            cfg.threads.to_string()
+        },
+        matmul_threads
+    );
+
+    // 1. Profile: 4 references + 4 validation images, whole-frame tiling.
+    let t = Instant::now();
+    let references: Vec<PathBuf> = (1..=REFERENCES).map(textile).collect();
+    let validation: Vec<PathBuf> = (REFERENCES + 1..=REFERENCES + VALIDATION)
+        .map(textile)
+        .collect();
+    let options = EnrollOptions {
+        tiling: Tiling::whole(),
+        engine: cfg.engine(),
+        ..EnrollOptions::default()
+    };
+    let (profile, warnings) = enroll(
+        &manifest_path,
+        &references,
+        &validation,
+        &options,
+        &mut |_, _, _| {},
+    )
+    .expect("enrollment");
+    for w in warnings {
+        eprintln!("warning (enroll): {w}");
+    }
+    let bank_rows = profile.bank.rows;
+    let profile_dir = tempfile::tempdir().expect("temporary directory");
+    let profile_path = profile_dir.path().join("bench.logsad");
+    profile.save(&profile_path).expect("saving the profile");
+    let Profile { header, bank } = profile;
+    println!(
+        "profile: {REFERENCES} references + {VALIDATION} validation, whole frame, bank {bank_rows} rows ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 2. Frames: nominal textile images not used for enrollment.
+    let first = REFERENCES + VALIDATION + 1;
+    let decode = |range: std::ops::Range<usize>| -> Vec<RgbImage> {
+        range
+            .map(|i| load_image(&textile(first + i)).expect("frame"))
+            .collect()
+    };
+    let frames = decode(WARMUP_FRAMES..WARMUP_FRAMES + cfg.frames);
+    let warmup = decode(0..WARMUP_FRAMES);
+    let (fw, fh) = (frames[0].width, frames[0].height);
+    println!(
+        "frames: {} timed (+{WARMUP_FRAMES} warm-up) {fw}x{fh} RGB, {} interleaved rounds, best kept",
+        cfg.frames, cfg.rounds
+    );
+
+    // 3./4. Backbone alone, detector, pipelines: separately loaded sessions of the same model,
+    // all warmed up, then fed the same frames chunk by chunk in rotating order, so that a burst
+    // of load on the machine hits every configuration alike.
+    let engine_options = cfg.engine();
+    let mut bare = Bare::new(&manifest_path, &engine_options, &frames, &warmup);
+    let (mut detector, warnings) =
+        Detector::load(&profile_path, &manifest_path, &engine_options).expect("detector");
+    for w in warnings {
+        eprintln!("warning (detector): {w}");
+    }
+    detector_chunk(&mut detector, &warmup);
+    let mut pipelines = Vec::new();
+    if !cfg.skip_pipeline {
+        gst::init().expect("gst::init");
+        gstlogsad::plugin_register_static().expect("registering the logsad plugin");
+        for overlay in [false, true] {
+            pipelines.push(PipelineRunner::new(
+                &cfg,
+                &profile_path,
+                &manifest_path,
+                overlay,
+                &frames,
+                &warmup,
+            ));
+        }
+    }
+    // Runner 0: bare, 1: detector, 2: pipeline, 3: pipeline with overlay, 4: step breakdown
+    // (first chunks only).
+    let runners = 2 + pipelines.len() + 1;
+    let mut rates = vec![Rate::default(); 4];
+    let mut breakdown: Option<Breakdown> = None;
+    // Per (round, chunk): each configuration's time on the same frames, back to back.
+    let mut paired: Vec<[f64; 4]> = Vec::new();
+    let chunks: Vec<Range<usize>> = (0..cfg.frames)
+        .step_by(cfg.chunk)
+        .map(|s| s..(s + cfg.chunk).min(cfg.frames))
+        .collect();
+    for round in 0..cfg.rounds {
+        let mut elapsed = [Duration::ZERO; 4];
+        let mut steps = Breakdown::default();
+        for (c, range) in chunks.iter().enumerate() {
+            let before = elapsed;
+            for k in 0..runners {
+                let runner = (k + c + round) % runners;
+                match runner {
+                    0 => elapsed[0] += bare.chunk(range.clone()),
+                    1 => elapsed[1] += detector_chunk(&mut detector, &frames[range.clone()]),
+                    r if r < runners - 1 => {
+                        elapsed[r] += pipelines[r - 2].chunk(&frames[range.clone()])
+                    }
+                    _ => {
+                        if range.start < BREAKDOWN_FRAMES {
+                            let end = range.end.min(BREAKDOWN_FRAMES);
+                            steps.add(breakdown_chunk(
+                                &mut bare.backbone,
+                                &bank,
+                                header.upsample,
+                                &frames[range.start..end],
+                            ));
+                        }
+                    }
+                }
+            }
+            let mut t = [f64::NAN; 4];
+            for r in 0..2 + pipelines.len() {
+                t[r] = (elapsed[r] - before[r]).as_secs_f64();
+            }
+            paired.push(t);
+        }
+        for r in 0..2 + pipelines.len() {
+            rates[r].add(cfg.frames, elapsed[r]);
+        }
+        breakdown = Some(breakdown.map_or(steps, |old| old.best(steps)));
+        eprintln!(
+            "round {}: bare {:.2}  detector {:.2}  pipeline {:.2}  +overlay {:.2} frames/s",
+            round + 1,
+            rates[0].rounds[round],
+            rates[1].rounds[round],
+            rates[2].rounds.get(round).copied().unwrap_or(f64::NAN),
+            rates[3].rounds.get(round).copied().unwrap_or(f64::NAN),
+        );
+    }
+    for p in pipelines {
+        p.finish();
+    }
+    drop(detector);
+    drop(bare);
+    let [r_bare, r_det, r_pipe, r_over]: [Rate; 4] = rates.try_into().ok().unwrap();
+
+    // 5. Nearest neighbour vs plain GEMM.
+    let d = manifest.feature_dim;
+    let queries = manifest.tokens.grid_height
+        * header.upsample
+        * manifest.tokens.grid_width
+        * header.upsample;
+    let per_shot = queries;
+    let nn: Vec<NnResult> = if cfg.skip_nn {
+        Vec::new()
+    } else {
+        vec![
+            measure_nn(queries, 4 * per_shot, d, cfg.nn_reps),
+            measure_nn(queries, 16 * per_shot, d, (cfg.nn_reps / 2).max(3)),
+        ]
+    };
+
+    // Report.
+    let bare_fps = r_bare.best();
+    let det_fps = r_det.best();
+    let pipe_fps = r_pipe.best();
+    let over_fps = r_over.best();
+    let ms = |fps: f64| 1000.0 / fps;
+    println!();
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>9}",
+        "frames (same frames, batch 1)", "best f/s", "median", "ms/frame", "vs bare"
+    );
+    let row = |name: &str, r: &Rate| {
+        if r.rounds.is_empty() {
+            return;
+        }
+        println!(
+            "{:<44} {:>9.2} {:>9.2} {:>9.1} {:>8.1}%",
+            name,
+            r.best(),
+            r.median(),
+            ms(r.best()),
+            100.0 * r.best() / bare_fps
+        );
+    };
+    row("bare ONNX Runtime (Backbone::run)", &r_bare);
+    row("detector in-process (Detector::analyse)", &r_det);
+    row("appsrc ! logsad ! fakesink", &r_pipe);
+    row("appsrc ! logsad ! anomalyoverlay ! fakesink", &r_over);
+    println!();
+    // Overhead of X against Y: 1 - fps(X)/fps(Y), from the best rounds and, more robust to bursts
+    // of load, as the median over chunks of the paired ratio t(Y)/t(X) on the same frames.
+    let paired_ratio = |x: usize, y: usize| {
+        let mut r: Vec<f64> = paired.iter().map(|t| t[y] / t[x]).collect();
+        r.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        r[r.len() / 2]
+    };
+    let fps = [bare_fps, det_fps, pipe_fps, over_fps];
+    let mut overheads = Vec::new();
+    let mut overhead_row = |label: &str, key: &str, x: usize, y: usize| {
+        let best = 1.0 - fps[x] / fps[y];
+        let chunked = 1.0 - paired_ratio(x, y);
+        println!(
+            "{:<52} {:>9.1}% {:>9.1}% {:>+9.1}",
+            label,
+            100.0 * best,
+            100.0 * chunked,
+            ms(fps[x]) - ms(fps[y])
+        );
+        overheads.push((
+            key.to_string(),
+            json!({ "best_rounds": best, "paired_median": chunked }),
+        ));
+    };
+    println!(
+        "{:<52} {:>10} {:>10} {:>9}",
+        "overhead = 1 - fps ratio", "best rnds", "paired", "ms/frame"
+    );
+    overhead_row("algorithm: detector vs bare backbone", "algorithm", 1, 0);
+    if !cfg.skip_pipeline {
+        overhead_row("GStreamer: pipeline vs detector", "gstreamer", 2, 1);
+        overhead_row(
+            "total:     pipeline vs bare backbone (goal <= 10%)",
+            "pipeline_vs_bare",
+            2,
+            0,
+        );
+        overhead_row(
+            "overlay:   +anomalyoverlay vs pipeline",
+            "overlay_vs_pipeline",
+            3,
+            2,
+        );
+        overhead_row(
+            "           +anomalyoverlay vs bare backbone",
+            "overlay_vs_bare",
+            3,
+            0,
+        );
+    }
+    if let Some(b) = breakdown {
+        let per = |d: Duration| b.per_frame_ms(d);
+        println!(
+            "\ndetector steps, ms/frame (best round, first {} frames, one session): preprocess {:.1}, \
+             backbone {:.1}, features {:.1}, NN matching {:.1}, stitching {:.1}; sum {:.1}",
+            b.frames,
+            per(b.preprocess),
+            per(b.backbone),
+            per(b.features),
+            per(b.matching),
+            per(b.stitching),
+            per(b.total())
+        );
+    }
+    if !nn.is_empty() {
+        println!();
+        println!(
+            "{:<34} {:>10} {:>10} {:>10} {:>10} {:>8}",
+            "nearest neighbour (n x d . d x m)",
+            "NN ms",
+            "NN GF/s",
+            "GEMM ms",
+            "GEMM GF/s",
+            "NN/GEMM"
+        );
+        for r in &nn {
+            println!(
+                "{:<34} {:>10.2} {:>10.1} {:>10.2} {:>10.1} {:>7.1}%",
+                format!("{} x {} . {} x {}", r.n, r.d, r.d, r.m),
+                r.nn.as_secs_f64() * 1e3,
+                r.gflops(r.nn),
+                r.gemm().as_secs_f64() * 1e3,
+                r.gflops(r.gemm()),
+                100.0 * r.ratio()
+            );
+        }
+        println!(
+            "(GEMM: the faster of B as strided transpose {} and row-major {}; goal NN >= 70% of GEMM)",
+            nn.iter()
+                .map(|r| format!("{:.1}", r.gflops(r.gemm_strided)))
+                .collect::<Vec<_>>()
+                .join("/"),
+            nn.iter()
+                .map(|r| format!("{:.1}", r.gflops(r.gemm_rowmajor)))
+                .collect::<Vec<_>>()
+                .join("/"),
+        );
+        let stages = manifest.stage_outputs.len();
+        println!(
+            "NN per frame ({stages} stages, bank {bank_rows}): {:.1} ms of the detector's {:.1} ms",
+            stages as f64 * nn[0].nn.as_secs_f64() * 1e3 * (bank_rows as f64 / nn[0].m as f64),
+            ms(det_fps)
+        );
+    }
+    let total = started.elapsed().as_secs_f64();
+    println!(
+        "\nwhole run {total:.0} s; figures in {}",
+        target_dir().join("bench.json").display()
+    );
+
+    let nn_json: Vec<serde_json::Value> = nn
+        .iter()
+        .map(|r| {
+            json!({
+                "n": r.n, "m": r.m, "d": r.d,
+                "nn_ms": r.nn.as_secs_f64() * 1e3,
+                "nn_gflops": r.gflops(r.nn),
+                "gemm_strided_ms": r.gemm_strided.as_secs_f64() * 1e3,
+                "gemm_strided_gflops": r.gflops(r.gemm_strided),
+                "gemm_rowmajor_ms": r.gemm_rowmajor.as_secs_f64() * 1e3,
+                "gemm_rowmajor_gflops": r.gflops(r.gemm_rowmajor),
+                "nn_over_gemm": r.ratio(),
+            })
+        })
+        .collect();
+    let report = json!({
+        "command": "cargo bench --bench throughput",
+        "model": manifest.name,
+        "device": cfg.device_nick,
+        "cpus": cpus,
+        "ort_threads": cfg.threads,
+        "matmul_num_threads": matmul_threads,
+        "frames": cfg.frames,
+        "frame_size": [fw, fh],
+        "rounds": cfg.rounds,
+        "bank_rows": bank_rows,
+        "bare": r_bare.json(),
+        "detector": r_det.json(),
+        "pipeline": if cfg.skip_pipeline { serde_json::Value::Null } else { r_pipe.json() },
+        "pipeline_overlay": if cfg.skip_pipeline { serde_json::Value::Null } else { r_over.json() },
+        "overhead": serde_json::Value::Object(overheads.into_iter().collect()),
+        "nearest_neighbour": nn_json,
+        "detector_steps_ms_per_frame": breakdown.map(|b| {
+            let per = |d: Duration| b.per_frame_ms(d);
+            json!({
+                "frames": b.frames,
+                "preprocess": per(b.preprocess),
+                "backbone": per(b.backbone),
+                "features": per(b.features),
+                "nn_matching": per(b.matching),
+                "stitching": per(b.stitching),
+            })
+        }),
+        "seconds": total,
+    });
+    let out = target_dir().join("bench.json");
+    std::fs::create_dir_all(target_dir()).ok();
+    std::fs::write(&out, serde_json::to_vec_pretty(&report).unwrap()).expect("writing bench.json");
+}

@@ -1,0 +1,3 @@
+pub mod dataset;
+pub mod plot;
+pub mod report;

@@ -1,0 +1,924 @@
+//! Evaluation reporting, GStreamer-free: per-image scores, exact pixel-level metrics over whole
+//! test sets, per-category reports with the MVTec LOCO logical/structural splits, a mean row, an
+//! aligned terminal table and JSON.
+//!
+//! Image-level metrics come from [`crate::detect::metrics`]. Pixel-level metrics are computed by
+//! [`PixelAccumulator`], which gives the same exact AUROC and F1-max as those functions over the
+//! concatenation of all pixels, in 2 bytes per pixel.
+
+use std::fmt;
+
+use image::GrayImage;
+use serde::{Deserialize, Serialize};
+
+use crate::detect::metrics;
+use crate::detect::resize::resize_bilinear_map;
+
+pub use super::plot::{plot_roc, render_roc};
+
+/// The result for one test image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredImage {
+    /// Image path (as listed by the dataset).
+    pub path: String,
+    /// Ground truth: `true` for a defective image.
+    pub anomalous: bool,
+    /// Defect type (the test folder name, `"good"` for normal images).
+    pub defect: String,
+    /// MVTec LOCO anomaly kind of a defective image: `"logical"` or `"structural"`; `None` for
+    /// normal images and datasets without the distinction.
+    pub split: Option<String>,
+    /// Image anomaly score, higher is more anomalous.
+    pub score: f64,
+}
+
+/// Pixel-wise union of ground-truth masks of equal size: 255 where any mask is nonzero, else 0.
+///
+/// Errors when `masks` is empty or the sizes differ.
+pub fn union_masks(masks: &[GrayImage]) -> Result<GrayImage, String> {
+    let first = masks.first().ok_or("no masks to union")?;
+    let (w, h) = first.dimensions();
+    let mut out = GrayImage::new(w, h);
+    for (i, m) in masks.iter().enumerate() {
+        if m.dimensions() != (w, h) {
+            return Err(format!(
+                "mask {i} is {}x{}, mask 0 is {w}x{h}",
+                m.width(),
+                m.height()
+            ));
+        }
+        let dst: &mut [u8] = &mut out;
+        for (o, &v) in dst.iter_mut().zip(m.as_raw()) {
+            if v != 0 {
+                *o = 255;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Pixel-level metrics over all pixels of all test images of a category.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PixelMetrics {
+    /// Pixel AUROC; `None` without anomalous or without normal pixels, or with a NaN score.
+    pub auroc: Option<f64>,
+    /// Pixel F1-max; `None` without anomalous pixels or with a NaN score.
+    pub f1_max: Option<f64>,
+    /// Number of pixels evaluated.
+    pub pixels: u64,
+}
+
+const BUCKETS: usize = 1 << 16;
+/// Buckets with more samples than this are ordered by counting instead of sorting.
+const COUNTING_MIN: usize = 1 << 16;
+
+/// Order-preserving map of a (non-NaN) `f32` to `u32`: `a < b` iff `key(a) < key(b)` and
+/// `a == b` iff `key(a) == key(b)` (`-0.0` and `0.0` share a key).
+fn order_key(s: f32) -> u32 {
+    let s = if s == 0.0 { 0.0f32 } else { s };
+    let bits = s.to_bits();
+    if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    }
+}
+
+/// Accumulates (score, label) pairs for exact pixel AUROC and F1-max over many images.
+///
+/// Each score is stored as the low 16 bits of its order-preserving key in one of 2^16 buckets
+/// (indexed by the high 16 bits), one list per label: 2 bytes per pixel, and [`finish`] orders
+/// the values bucket by bucket (a radix sort), so the result is the same as sorting all pixels.
+/// Ties (equal `f32` values) are never split by a threshold, as in [`crate::detect::metrics`].
+///
+/// [`finish`]: PixelAccumulator::finish
+pub struct PixelAccumulator {
+    /// `buckets[high 16 bits] = [normal low halves, anomalous low halves]`.
+    buckets: Vec<[Vec<u16>; 2]>,
+    pixels: u64,
+    anomalous: u64,
+    nan: bool,
+}
+
+impl Default for PixelAccumulator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for PixelAccumulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PixelAccumulator")
+            .field("pixels", &self.pixels)
+            .field("anomalous", &self.anomalous)
+            .field("nan", &self.nan)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PixelAccumulator {
+    pub fn new() -> Self {
+        Self {
+            buckets: (0..BUCKETS).map(|_| [Vec::new(), Vec::new()]).collect(),
+            pixels: 0,
+            anomalous: 0,
+            nan: false,
+        }
+    }
+
+    /// Pixels accumulated so far.
+    pub fn pixels(&self) -> u64 {
+        self.pixels
+    }
+
+    /// Anomalous pixels accumulated so far.
+    pub fn anomalous_pixels(&self) -> u64 {
+        self.anomalous
+    }
+
+    #[inline]
+    fn push(&mut self, score: f32, anomalous: bool) {
+        self.pixels += 1;
+        self.anomalous += anomalous as u64;
+        if score.is_nan() {
+            self.nan = true;
+            return;
+        }
+        let k = order_key(score);
+        self.buckets[(k >> 16) as usize][anomalous as usize].push(k as u16);
+    }
+
+    /// Adds one test image: its anomaly map (`map_w x map_h`, row-major) is resized bilinearly
+    /// with half-pixel centres to `size` = (width, height) of the image, and each pixel is
+    /// labelled by `mask` (nonzero = anomalous; `None` = all normal). A given mask must be
+    /// `size`; union several masks first with [`union_masks`].
+    pub fn add(
+        &mut self,
+        map: &[f32],
+        map_w: usize,
+        map_h: usize,
+        mask: Option<&GrayImage>,
+        size: (u32, u32),
+    ) -> Result<(), String> {
+        if map_w == 0 || map_h == 0 || map.len() != map_w * map_h {
+            return Err(format!(
+                "anomaly map has {} values, expected {map_w}x{map_h} (nonempty)",
+                map.len()
+            ));
+        }
+        if let Some(m) = mask {
+            if m.dimensions() != size {
+                return Err(format!(
+                    "mask is {}x{}, image is {}x{}",
+                    m.width(),
+                    m.height(),
+                    size.0,
+                    size.1
+                ));
+            }
+        }
+        let resized = resize_bilinear_map(map, map_w, map_h, size.0 as usize, size.1 as usize);
+        self.add_pixels(&resized, mask.map(|m| m.as_raw().as_slice()))
+    }
+
+    /// Adds pixels whose scores are already aligned with the labels: `labels[i] != 0` marks
+    /// `scores[i]` anomalous; `None` = all normal.
+    pub fn add_pixels(&mut self, scores: &[f32], labels: Option<&[u8]>) -> Result<(), String> {
+        match labels {
+            Some(l) => {
+                if l.len() != scores.len() {
+                    return Err(format!("{} scores but {} labels", scores.len(), l.len()));
+                }
+                for (&s, &v) in scores.iter().zip(l) {
+                    self.push(s, v != 0);
+                }
+            }
+            None => {
+                for &s in scores {
+                    self.push(s, false);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves all pixels of `other` into `self` (e.g. after accumulating in parallel).
+    pub fn merge(&mut self, mut other: PixelAccumulator) {
+        self.pixels += other.pixels;
+        self.anomalous += other.anomalous;
+        self.nan |= other.nan;
+        for (dst, src) in self.buckets.iter_mut().zip(other.buckets.iter_mut()) {
+            for c in 0..2 {
+                if dst[c].is_empty() {
+                    dst[c] = std::mem::take(&mut src[c]);
+                } else {
+                    dst[c].extend_from_slice(&src[c]);
+                }
+            }
+        }
+    }
+
+    /// Exact pixel AUROC (ties count 1/2) and F1-max (thresholds between distinct values) over
+    /// all accumulated pixels; frees the storage bucket by bucket while sweeping.
+    pub fn finish(mut self) -> PixelMetrics {
+        let pixels = self.pixels;
+        let pos = self.anomalous;
+        let neg = pixels - pos;
+        if self.nan || pos == 0 {
+            return PixelMetrics {
+                auroc: None,
+                f1_max: None,
+                pixels,
+            };
+        }
+        // Descending sweep over distinct values: `fp`/`tp` count samples above the current group.
+        let (mut tp, mut fp) = (0u64, 0u64);
+        let mut auc2: u128 = 0; // 2 * (pairs ranked correctly + ties / 2)
+        let mut best_f1 = 0.0f64;
+        for hi in (0..BUCKETS).rev() {
+            let [mut nb, mut pb] = std::mem::take(&mut self.buckets[hi]);
+            if nb.is_empty() && pb.is_empty() {
+                continue;
+            }
+            groups_desc(&mut nb, &mut pb, |gn, gp| {
+                let neg_below = neg - fp - gn;
+                auc2 += gp as u128 * (2 * neg_below as u128 + gn as u128);
+                tp += gp;
+                fp += gn;
+                let f1 = 2.0 * tp as f64 / (tp + fp + pos) as f64;
+                best_f1 = best_f1.max(f1);
+            });
+        }
+        let auroc = (neg > 0).then(|| auc2 as f64 / (2 * pos as u128 * neg as u128) as f64);
+        PixelMetrics {
+            auroc,
+            f1_max: Some(best_f1),
+            pixels,
+        }
+    }
+}
+
+/// Calls `f(normal count, anomalous count)` once per distinct value of the union of `neg` and
+/// `pos`, from the largest value down.
+fn groups_desc(neg: &mut [u16], pos: &mut [u16], mut f: impl FnMut(u64, u64)) {
+    if neg.len() + pos.len() > COUNTING_MIN {
+        let mut cn = vec![0u64; 1 << 16];
+        let mut cp = vec![0u64; 1 << 16];
+        for &v in neg.iter() {
+            cn[v as usize] += 1;
+        }
+        for &v in pos.iter() {
+            cp[v as usize] += 1;
+        }
+        for v in (0..1usize << 16).rev() {
+            if cn[v] != 0 || cp[v] != 0 {
+                f(cn[v], cp[v]);
+            }
+        }
+        return;
+    }
+    neg.sort_unstable();
+    pos.sort_unstable();
+    let (mut i, mut j) = (neg.len(), pos.len());
+    while i > 0 || j > 0 {
+        let v = match (i > 0, j > 0) {
+            (true, true) => neg[i - 1].max(pos[j - 1]),
+            (true, false) => neg[i - 1],
+            _ => pos[j - 1],
+        };
+        let (mut gn, mut gp) = (0u64, 0u64);
+        while i > 0 && neg[i - 1] == v {
+            gn += 1;
+            i -= 1;
+        }
+        while j > 0 && pos[j - 1] == v {
+            gp += 1;
+            j -= 1;
+        }
+        f(gn, gp);
+    }
+}
+
+/// Image-level metrics on a subset of a category (MVTec LOCO logical or structural anomalies,
+/// together with all normal images).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SplitMetrics {
+    pub images: usize,
+    pub anomalies: usize,
+    pub auroc: Option<f64>,
+    pub f1_max: Option<f64>,
+}
+
+impl SplitMetrics {
+    fn of<'a>(images: impl Iterator<Item = &'a ScoredImage>) -> Self {
+        let (scores, labels): (Vec<f64>, Vec<bool>) =
+            images.map(|s| (s.score, s.anomalous)).unzip();
+        Self {
+            images: scores.len(),
+            anomalies: labels.iter().filter(|&&l| l).count(),
+            auroc: metrics::auroc(&scores, &labels),
+            f1_max: metrics::f1_max(&scores, &labels),
+        }
+    }
+}
+
+/// Wall-clock timings of a category run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Seconds spent in model inference (feature extraction).
+    pub model_s: f64,
+    /// Seconds spent in memory-bank matching and scoring.
+    pub matching_s: f64,
+    /// Mean end-to-end milliseconds per test image.
+    pub per_image_ms: f64,
+}
+
+/// Results of one category.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CategoryReport {
+    pub category: String,
+    /// Test images.
+    pub images: usize,
+    /// Defective test images.
+    pub anomalies: usize,
+    pub image_auroc: Option<f64>,
+    pub image_f1_max: Option<f64>,
+    /// Normal images plus logical anomalies; `None` when there are no logical anomalies.
+    pub logical: Option<SplitMetrics>,
+    /// Normal images plus structural anomalies; `None` when there are no structural anomalies.
+    pub structural: Option<SplitMetrics>,
+    pub pixel: Option<PixelMetrics>,
+    pub timing: Timing,
+    /// Free-form run settings (model, resolution, thresholds...).
+    pub settings: serde_json::Value,
+}
+
+fn is_split(s: &ScoredImage, name: &str) -> bool {
+    s.split
+        .as_deref()
+        .is_some_and(|x| x.eq_ignore_ascii_case(name))
+}
+
+impl CategoryReport {
+    /// Computes image-level metrics from per-image scores. Normal images count in both LOCO
+    /// splits; a split is reported only when some anomalous image carries it.
+    pub fn from_scores(
+        category: impl Into<String>,
+        scores: &[ScoredImage],
+        pixel: Option<PixelMetrics>,
+        timing: Timing,
+        settings: serde_json::Value,
+    ) -> Self {
+        let all = SplitMetrics::of(scores.iter());
+        let split = |name: &str| {
+            scores
+                .iter()
+                .any(|s| s.anomalous && is_split(s, name))
+                .then(|| {
+                    SplitMetrics::of(scores.iter().filter(|s| !s.anomalous || is_split(s, name)))
+                })
+        };
+        Self {
+            category: category.into(),
+            images: all.images,
+            anomalies: all.anomalies,
+            image_auroc: all.auroc,
+            image_f1_max: all.f1_max,
+            logical: split("logical"),
+            structural: split("structural"),
+            pixel,
+            timing,
+            settings,
+        }
+    }
+}
+
+/// Each metric averaged over the categories where it is defined (`None` where it is nowhere).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeanRow {
+    pub categories: usize,
+    /// Total test images over all categories.
+    pub images: usize,
+    pub image_auroc: Option<f64>,
+    pub image_f1_max: Option<f64>,
+    pub logical_auroc: Option<f64>,
+    pub logical_f1_max: Option<f64>,
+    pub structural_auroc: Option<f64>,
+    pub structural_f1_max: Option<f64>,
+    pub pixel_auroc: Option<f64>,
+    pub pixel_f1_max: Option<f64>,
+    /// Mean of the categories' ms per image (finite values only).
+    pub per_image_ms: Option<f64>,
+}
+
+fn mean_of(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let (sum, n) = values
+        .flatten()
+        .filter(|v| v.is_finite())
+        .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+impl MeanRow {
+    pub fn of(categories: &[CategoryReport]) -> Self {
+        let m = |f: &dyn Fn(&CategoryReport) -> Option<f64>| mean_of(categories.iter().map(f));
+        Self {
+            categories: categories.len(),
+            images: categories.iter().map(|c| c.images).sum(),
+            image_auroc: m(&|c| c.image_auroc),
+            image_f1_max: m(&|c| c.image_f1_max),
+            logical_auroc: m(&|c| c.logical.and_then(|s| s.auroc)),
+            logical_f1_max: m(&|c| c.logical.and_then(|s| s.f1_max)),
+            structural_auroc: m(&|c| c.structural.and_then(|s| s.auroc)),
+            structural_f1_max: m(&|c| c.structural.and_then(|s| s.f1_max)),
+            pixel_auroc: m(&|c| c.pixel.and_then(|p| p.auroc)),
+            pixel_f1_max: m(&|c| c.pixel.and_then(|p| p.f1_max)),
+            per_image_ms: m(&|c| (c.images > 0).then_some(c.timing.per_image_ms)),
+        }
+    }
+}
+
+/// A whole evaluation run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub categories: Vec<CategoryReport>,
+    pub mean: MeanRow,
+}
+
+/// Percentage with one decimal (`0.9876` -> `98.8`), `-` when undefined.
+fn pct(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{:.1}", v * 100.0),
+        _ => "-".to_string(),
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.1}"),
+        _ => "-".to_string(),
+    }
+}
+
+const HEADER: [&str; 9] = [
+    "category",
+    "images",
+    "image AUROC",
+    "F1-max",
+    "logical AUROC",
+    "structural AUROC",
+    "pixel AUROC",
+    "pixel F1-max",
+    "ms/image",
+];
+
+impl Report {
+    /// Builds a report, computing the mean row.
+    pub fn new(categories: Vec<CategoryReport>) -> Self {
+        let mean = MeanRow::of(&categories);
+        Self { categories, mean }
+    }
+
+    /// Pretty-printed JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serialises")
+    }
+
+    pub fn from_json(s: &str) -> Result<Self, String> {
+        serde_json::from_str(s).map_err(|e| e.to_string())
+    }
+
+    /// Aligned table: one row per category and a final `mean` row; metrics in percent with one
+    /// decimal, `-` where undefined. The category column is left-aligned, the rest right-aligned,
+    /// columns are separated by two spaces, and dashed rules follow the header and precede the
+    /// mean row. Every line ends with a newline.
+    pub fn table(&self) -> String {
+        let row = |c: &CategoryReport| -> [String; 9] {
+            [
+                c.category.clone(),
+                c.images.to_string(),
+                pct(c.image_auroc),
+                pct(c.image_f1_max),
+                pct(c.logical.and_then(|s| s.auroc)),
+                pct(c.structural.and_then(|s| s.auroc)),
+                pct(c.pixel.and_then(|p| p.auroc)),
+                pct(c.pixel.and_then(|p| p.f1_max)),
+                ms((c.images > 0).then_some(c.timing.per_image_ms)),
+            ]
+        };
+        let m = &self.mean;
+        let mean_row = [
+            "mean".to_string(),
+            m.images.to_string(),
+            pct(m.image_auroc),
+            pct(m.image_f1_max),
+            pct(m.logical_auroc),
+            pct(m.structural_auroc),
+            pct(m.pixel_auroc),
+            pct(m.pixel_f1_max),
+            ms(m.per_image_ms),
+        ];
+        let header = HEADER.map(str::to_string);
+        let body: Vec<[String; 9]> = self.categories.iter().map(row).collect();
+        let mut widths = [0usize; 9];
+        for r in std::iter::once(&header)
+            .chain(&body)
+            .chain(std::iter::once(&mean_row))
+        {
+            for (w, cell) in widths.iter_mut().zip(r) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |r: &[String; 9]| -> String {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(widths)
+                .enumerate()
+                .map(|(i, (cell, w))| {
+                    if i == 0 {
+                        format!("{cell:<w$}")
+                    } else {
+                        format!("{cell:>w$}")
+                    }
+                })
+                .collect();
+            format!("{}\n", cells.join("  ").trim_end())
+        };
+        let rule = format!(
+            "{}\n",
+            "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
+        );
+        let mut out = line(&header);
+        out.push_str(&rule);
+        for r in &body {
+            out.push_str(&line(r));
+        }
+        out.push_str(&rule);
+        out.push_str(&line(&mean_row));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn close(a: Option<f64>, b: Option<f64>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() < 1e-12,
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    fn img(score: f64, anomalous: bool, split: Option<&str>) -> ScoredImage {
+        ScoredImage {
+            path: format!("{score}.png"),
+            anomalous,
+            defect: if anomalous { "defect" } else { "good" }.to_string(),
+            split: split.map(str::to_string),
+            score,
+        }
+    }
+
+    #[test]
+    fn order_key_is_monotonic() {
+        let v = [
+            f32::NEG_INFINITY,
+            f32::MIN,
+            -1.5,
+            -1.0e-40, // subnormal
+            0.0,
+            1.0e-40,
+            f32::MIN_POSITIVE,
+            0.25,
+            1.0,
+            f32::MAX,
+            f32::INFINITY,
+        ];
+        for w in v.windows(2) {
+            assert!(order_key(w[0]) < order_key(w[1]), "{} vs {}", w[0], w[1]);
+        }
+        assert_eq!(order_key(-0.0), order_key(0.0));
+    }
+
+    #[test]
+    fn union_of_masks() {
+        let a = GrayImage::from_raw(3, 1, vec![0, 7, 0]).unwrap();
+        let b = GrayImage::from_raw(3, 1, vec![0, 0, 1]).unwrap();
+        let u = union_masks(&[a.clone(), b]).unwrap();
+        assert_eq!(u.as_raw(), &vec![0, 255, 255]);
+        assert_eq!(
+            union_masks(std::slice::from_ref(&a)).unwrap().as_raw(),
+            &vec![0, 255, 0]
+        );
+        assert!(union_masks(&[]).is_err());
+        assert!(union_masks(&[a, GrayImage::new(1, 3)]).is_err());
+    }
+
+    #[test]
+    fn pixel_hand_computed() {
+        // Descending 0.8 P, 0.4 N, 0.35 P, 0.1 N: AUROC 3/4; F1 at t=0.35: tp2 fp1 -> 4/5.
+        let mut acc = PixelAccumulator::new();
+        acc.add_pixels(&[0.1, 0.4], Some(&[0, 0])).unwrap();
+        acc.add_pixels(&[0.35, 0.8], Some(&[1, 255])).unwrap();
+        let m = acc.finish();
+        assert_eq!(m.pixels, 4);
+        assert!(close(m.auroc, Some(0.75)));
+        assert!(close(m.f1_max, Some(0.8)));
+        assert!(PixelAccumulator::new()
+            .add_pixels(&[0.1], Some(&[0, 1]))
+            .is_err());
+    }
+
+    #[test]
+    fn pixel_map_is_resized_to_mask() {
+        // 2x2 map [[0, 1], [2, 3]] resized to 4x4 with half-pixel centres: taps 0, 1/4, 3/4, 1
+        // per axis, value = 2 * ty + tx. Rows: [0, .25, .75, 1], [.5, .75, 1.25, 1.5],
+        // [1.5, 1.75, 2.25, 2.5], [2, 2.25, 2.75, 3]. The bottom half is anomalous: of the 64
+        // (anomalous, normal) pairs only 1.5 vs 1.5 ties -> AUROC (63 + 1/2) / 64. F1-max is at
+        // t = 1.5: tp 8, fp 1 -> 16/17 (t = 1.75 gives tp 7, fp 0 -> 14/15).
+        let map = [0.0f32, 1.0, 2.0, 3.0];
+        let mut mask = GrayImage::new(4, 4);
+        for y in 2..4 {
+            for x in 0..4 {
+                mask.put_pixel(x, y, image::Luma([255]));
+            }
+        }
+        let mut acc = PixelAccumulator::new();
+        acc.add(&map, 2, 2, Some(&mask), (4, 4)).unwrap();
+        let m = acc.finish();
+        assert_eq!(m.pixels, 16);
+        assert_eq!(m.auroc, Some(63.5 / 64.0));
+        assert!(close(m.f1_max, Some(16.0 / 17.0)));
+
+        let mut acc = PixelAccumulator::new();
+        assert!(acc.add(&map, 2, 2, Some(&mask), (4, 5)).is_err());
+        assert!(acc.add(&map, 3, 2, None, (4, 4)).is_err());
+        assert!(acc.add(&map, 0, 0, None, (4, 4)).is_err());
+        assert_eq!(acc.pixels(), 0);
+    }
+
+    #[test]
+    fn pixel_all_normal_and_degenerate() {
+        let mut acc = PixelAccumulator::new();
+        acc.add(&[0.1, 0.2, 0.3, 0.4], 2, 2, None, (5, 3)).unwrap();
+        let m = acc.finish();
+        assert_eq!(
+            m,
+            PixelMetrics {
+                auroc: None,
+                f1_max: None,
+                pixels: 15
+            }
+        );
+        // All anomalous: AUROC undefined, F1-max 1 (as detect::metrics).
+        let mut acc = PixelAccumulator::new();
+        acc.add_pixels(&[0.3, 0.1], Some(&[1, 1])).unwrap();
+        let m = acc.finish();
+        assert_eq!((m.auroc, m.f1_max), (None, Some(1.0)));
+        // A NaN makes both undefined.
+        let mut acc = PixelAccumulator::new();
+        acc.add_pixels(&[0.3, f32::NAN, 0.1], Some(&[1, 0, 0]))
+            .unwrap();
+        let m = acc.finish();
+        assert_eq!((m.auroc, m.f1_max, m.pixels), (None, None, 3));
+        // Empty.
+        let m = PixelAccumulator::new().finish();
+        assert_eq!((m.auroc, m.f1_max, m.pixels), (None, None, 0));
+    }
+
+    /// Random images (some without mask), few distinct levels (ties, including -0.0 vs 0.0 and
+    /// negative values), against detect::metrics over the concatenated resized pixels.
+    #[test]
+    fn pixel_random_against_reference() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for round in 0..40 {
+            let mut acc = PixelAccumulator::new();
+            let mut half = PixelAccumulator::new(); // second half, merged at the end
+            let (mut ref_s, mut ref_l) = (Vec::new(), Vec::new());
+            let levels = rng.random_range(1..10);
+            let n_images = rng.random_range(1..5);
+            for i in 0..n_images {
+                let (mw, mh) = (rng.random_range(1..5), rng.random_range(1..5));
+                let map: Vec<f32> = (0..mw * mh)
+                    .map(|_| match rng.random_range(0..levels) {
+                        0 => -0.0,
+                        1 => 0.0,
+                        k => (k as f32 - 4.0) / 3.0,
+                    })
+                    .collect();
+                let (w, h) = (rng.random_range(1..9u32), rng.random_range(1..9u32));
+                let mask = rng.random_bool(0.7).then(|| {
+                    let p = rng.random_range(0.0..1.0);
+                    GrayImage::from_fn(w, h, |_, _| image::Luma([rng.random_bool(p) as u8 * 200]))
+                });
+                let target = if i % 2 == 0 { &mut acc } else { &mut half };
+                target.add(&map, mw, mh, mask.as_ref(), (w, h)).unwrap();
+                let resized = resize_bilinear_map(&map, mw, mh, w as usize, h as usize);
+                ref_s.extend(resized.iter().map(|&v| v as f64));
+                match &mask {
+                    Some(m) => ref_l.extend(m.as_raw().iter().map(|&v| v != 0)),
+                    None => ref_l.extend(std::iter::repeat_n(false, resized.len())),
+                }
+            }
+            acc.merge(half);
+            let m = acc.finish();
+            assert_eq!(m.pixels, ref_s.len() as u64);
+            assert!(
+                close(m.auroc, metrics::auroc(&ref_s, &ref_l)),
+                "round {round}"
+            );
+            assert!(
+                close(m.f1_max, metrics::f1_max(&ref_s, &ref_l)),
+                "round {round}"
+            );
+        }
+    }
+
+    /// Enough pixels in single buckets to take the counting path.
+    #[test]
+    fn pixel_large_buckets_against_reference() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let n = 150_000;
+        // Values within [1, 1.0078) share the high 16 key bits; a few in other buckets.
+        let scores: Vec<f32> = (0..n)
+            .map(|i| {
+                if i % 1000 == 0 {
+                    rng.random_range(0.0..4.0)
+                } else {
+                    1.0 + rng.random_range(0..3000) as f32 * 1e-6
+                }
+            })
+            .collect();
+        let labels: Vec<u8> = scores
+            .iter()
+            .map(|&s| rng.random_bool(if s > 1.0015 { 0.7 } else { 0.2 }) as u8)
+            .collect();
+        let mut acc = PixelAccumulator::new();
+        acc.add_pixels(&scores, Some(&labels)).unwrap();
+        let m = acc.finish();
+        let s64: Vec<f64> = scores.iter().map(|&v| v as f64).collect();
+        let l: Vec<bool> = labels.iter().map(|&v| v != 0).collect();
+        assert!(close(m.auroc, metrics::auroc(&s64, &l)));
+        assert!(close(m.f1_max, metrics::f1_max(&s64, &l)));
+        assert!(m.auroc.unwrap() > 0.6);
+    }
+
+    fn loco_scores() -> Vec<ScoredImage> {
+        vec![
+            img(0.1, false, None),
+            img(0.2, false, None),
+            img(0.3, false, None),
+            img(0.25, true, Some("logical")),
+            img(0.9, true, Some("logical")),
+            img(0.35, true, Some("structural")),
+            img(0.05, true, Some("structural")),
+        ]
+    }
+
+    #[test]
+    fn category_from_scores_hand_computed() {
+        let timing = Timing {
+            model_s: 1.0,
+            matching_s: 0.5,
+            per_image_ms: 20.0,
+        };
+        let c = CategoryReport::from_scores(
+            "juice_bottle",
+            &loco_scores(),
+            None,
+            timing,
+            serde_json::json!({"k": 3}),
+        );
+        assert_eq!((c.images, c.anomalies), (7, 4));
+        // Pairs won: 0.25 beats 2 normals, 0.9 and 0.35 beat 3, 0.05 none: 8 / 12.
+        assert!(close(c.image_auroc, Some(8.0 / 12.0)));
+        // Descending P P N P N N P: best at t=0.25, tp 3 fp 1 fn 1 -> 6/8.
+        assert!(close(c.image_f1_max, Some(0.75)));
+        let l = c.logical.unwrap();
+        assert_eq!((l.images, l.anomalies), (5, 2));
+        // 0.25 beats 2, 0.9 beats 3: 5/6. F1 at t=0.25: tp 2 fp 1 -> 4/5.
+        assert!(close(l.auroc, Some(5.0 / 6.0)));
+        assert!(close(l.f1_max, Some(0.8)));
+        let s = c.structural.unwrap();
+        assert_eq!((s.images, s.anomalies), (5, 2));
+        // 0.35 beats 3, 0.05 none: 3/6. F1 at t=0.35: tp 1 fp 0 fn 1 -> 2/3.
+        assert!(close(s.auroc, Some(0.5)));
+        assert!(close(s.f1_max, Some(2.0 / 3.0)));
+        assert_eq!(c.timing, timing);
+
+        // MVTec AD style: no splits.
+        let ad: Vec<ScoredImage> = vec![img(0.1, false, None), img(0.6, true, None)];
+        let c = CategoryReport::from_scores(
+            "bottle",
+            &ad,
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        assert_eq!((c.image_auroc, c.image_f1_max), (Some(1.0), Some(1.0)));
+        assert!(c.logical.is_none() && c.structural.is_none());
+    }
+
+    fn sample_report() -> Report {
+        let a = CategoryReport::from_scores(
+            "juice_bottle",
+            &loco_scores(),
+            None,
+            Timing {
+                model_s: 1.0,
+                matching_s: 0.5,
+                per_image_ms: 20.0,
+            },
+            serde_json::json!({"k": 3}),
+        );
+        let ad: Vec<ScoredImage> = vec![
+            img(0.1, false, None),
+            img(0.6, true, None),
+            img(0.7, true, None),
+        ];
+        let b = CategoryReport::from_scores(
+            "bottle",
+            &ad,
+            Some(PixelMetrics {
+                auroc: Some(0.98765),
+                f1_max: Some(0.5),
+                pixels: 12,
+            }),
+            Timing {
+                model_s: 0.1,
+                matching_s: 0.1,
+                per_image_ms: 10.5,
+            },
+            serde_json::Value::Null,
+        );
+        Report::new(vec![a, b])
+    }
+
+    #[test]
+    fn mean_row_over_defined_categories() {
+        let r = sample_report();
+        let m = r.mean;
+        assert_eq!((m.categories, m.images), (2, 10));
+        assert!(close(m.image_auroc, Some((8.0 / 12.0 + 1.0) / 2.0)));
+        assert!(close(m.image_f1_max, Some((0.75 + 1.0) / 2.0)));
+        // Only juice_bottle has splits, only bottle pixel metrics.
+        assert!(close(m.logical_auroc, Some(5.0 / 6.0)));
+        assert!(close(m.structural_auroc, Some(0.5)));
+        assert!(close(m.structural_f1_max, Some(2.0 / 3.0)));
+        assert!(close(m.pixel_auroc, Some(0.98765)));
+        assert!(close(m.pixel_f1_max, Some(0.5)));
+        assert!(close(m.per_image_ms, Some(15.25)));
+        let empty = Report::new(Vec::new());
+        assert_eq!(empty.mean, MeanRow::default());
+    }
+
+    #[test]
+    fn table_layout() {
+        let t = sample_report().table();
+        // juice_bottle: 66.7 / 75.0 / 83.3 / 50.0; bottle: 100.0 / 100.0, pixel 98.8 / 50.0.
+        // Rules span 95 column characters + 8 separators of 2 = 111.
+        // mean: image (66.67+100)/2 = 83.3, F1 87.5, ms (20 + 10.5)/2 = 15.25 -> "15.2" (the f64
+        // nearest 15.25 is exact and Rust rounds half to even).
+        let expected = "\
+category      images  image AUROC  F1-max  logical AUROC  structural AUROC  pixel AUROC  pixel F1-max  ms/image
+---------------------------------------------------------------------------------------------------------------
+juice_bottle       7         66.7    75.0           83.3              50.0            -             -      20.0
+bottle             3        100.0   100.0              -                 -         98.8          50.0      10.5
+---------------------------------------------------------------------------------------------------------------
+mean              10         83.3    87.5           83.3              50.0         98.8          50.0      15.2
+";
+        assert_eq!(t, expected, "\n{t}");
+        let undefined = Report::new(vec![CategoryReport::from_scores(
+            "x",
+            &[img(0.5, false, None)],
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        )]);
+        let t = undefined.table();
+        let row = t.lines().nth(2).unwrap();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            ["x", "1", "-", "-", "-", "-", "-", "-", "0.0"]
+        );
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let r = sample_report();
+        let j = r.to_json();
+        let back = Report::from_json(&j).unwrap();
+        assert_eq!(back, r);
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["categories"][0]["category"], "juice_bottle");
+        assert_eq!(v["categories"][0]["pixel"], serde_json::Value::Null);
+        assert_eq!(v["categories"][1]["pixel"]["pixels"], 12);
+        assert_eq!(v["categories"][0]["settings"]["k"], 3);
+        assert_eq!(v["mean"]["images"], 10);
+        assert!(Report::from_json("{").is_err());
+    }
+}
