@@ -190,7 +190,7 @@ fn detector_chunk(detector: &mut Detector, frames: &[RgbImage]) -> Duration {
     let start = Instant::now();
     for f in frames {
         let analysis = detector.analyse(f).expect("analyse");
-        std::hint::black_box(detector.judge(analysis.score, None));
+        std::hint::black_box(detector.judge(&analysis, None));
     }
     start.elapsed()
 }
@@ -620,7 +620,6 @@ fn main() {
         .map(textile)
         .collect();
     let options = EnrollOptions {
-        tiling: Tiling::whole(),
         engine: cfg.engine(),
         ..EnrollOptions::default()
     };
@@ -635,11 +634,12 @@ fn main() {
     for w in warnings {
         eprintln!("warning (enroll): {w}");
     }
-    let bank_rows = profile.bank.rows;
+    let bank_rows = profile.banks[0].rows;
     let profile_dir = tempfile::tempdir().expect("temporary directory");
     let profile_path = profile_dir.path().join("bench.logsad");
     profile.save(&profile_path).expect("saving the profile");
-    let Profile { header, bank } = profile;
+    let Profile { header, mut banks } = profile;
+    let bank = banks.remove(0);
     println!(
         "profile: {REFERENCES} references + {VALIDATION} validation, whole frame, bank {bank_rows} rows ({:.1} s)",
         t.elapsed().as_secs_f64()

@@ -1,14 +1,17 @@
-//! The detector: frame -> tiles -> backbone -> patch features -> anomaly map -> score.
-//! Shared by the `logsad` element and the `logsad` command; knows nothing of GStreamer.
+//! The detector: frame -> tiles -> backbone -> patch features -> anomaly maps -> scores ->
+//! calibrated, fused verdict. Shared by the `logsad` element and the `logsad` command; knows
+//! nothing of GStreamer.
 
-use crate::detect::calibrate::Calibration;
+use crate::detect::calibrate::sigmoid;
 use crate::detect::features::{patch_features, Grid, PatchFeatures};
-use crate::detect::patch::{anomaly_map, max_score, MemoryBank};
+use crate::detect::patch::{anomaly_map, MemoryBank};
 use crate::detect::preprocess::{Preprocessor, RgbImage};
+use crate::detect::score::{gaussian_blur, reduce};
 use crate::detect::tiling::{Stitcher, Tiling};
 use crate::engine::{Backbone, EngineError, EngineOptions, Manifest};
-use crate::profile::{Profile, ProfileError};
+use crate::profile::{BranchSpec, Profile, ProfileError};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Token grid upsampling before matching, as in the reference (32x32 -> 64x64).
 pub const REFERENCE_UPSAMPLE: usize = 2;
@@ -29,31 +32,36 @@ pub enum DetectorError {
     Image(String),
 }
 
+/// Where the time of analysing images went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    /// Preprocessing and the backbone.
+    pub model: Duration,
+    /// Nearest-neighbour matching, stitching and scoring.
+    pub matching: Duration,
+}
+
 /// Turns images into per-tile patch features with one backbone.
 pub struct Extractor {
     backbone: Backbone,
     preprocessor: Preprocessor,
-    tiling: Tiling,
     upsample: usize,
+    pub timing: Timing,
 }
 
 impl Extractor {
-    pub fn new(backbone: Backbone, tiling: Tiling, upsample: usize) -> Self {
+    pub fn new(backbone: Backbone, upsample: usize) -> Self {
         let preprocessor = Preprocessor::new(&backbone.manifest().input);
         Extractor {
             backbone,
             preprocessor,
-            tiling,
             upsample,
+            timing: Timing::default(),
         }
     }
 
     pub fn backbone(&self) -> &Backbone {
         &self.backbone
-    }
-
-    pub fn tiling(&self) -> &Tiling {
-        &self.tiling
     }
 
     fn grid(&self) -> Grid {
@@ -67,8 +75,13 @@ impl Extractor {
     }
 
     /// Features of every tile of `image`, tiles batched into one inference.
-    pub fn features(&mut self, image: &RgbImage) -> Result<Vec<PatchFeatures>, DetectorError> {
-        let tiles = self.tiling.tiles(image.width, image.height);
+    pub fn features(
+        &mut self,
+        image: &RgbImage,
+        tiling: &Tiling,
+    ) -> Result<Vec<PatchFeatures>, DetectorError> {
+        let start = Instant::now();
+        let tiles = tiling.tiles(image.width, image.height);
         let m = self.backbone.manifest();
         let mut pixels = Vec::with_capacity(tiles.len() * 3 * m.input.width * m.input.height);
         for tile in &tiles {
@@ -78,67 +91,102 @@ impl Extractor {
         }
         let outputs = self.backbone.run(pixels, tiles.len())?;
         let grid = self.grid();
-        Ok((0..tiles.len())
+        let features = (0..tiles.len())
             .map(|i| patch_features(&outputs.stages, i, grid, self.upsample))
-            .collect())
+            .collect();
+        self.timing.model += start.elapsed();
+        Ok(features)
     }
 }
 
-/// The result of analysing one image.
+/// One branch's result on one image.
 #[derive(Debug, Clone)]
-pub struct Analysis {
-    /// Raw patch score: the maximum of the map.
-    pub score: f64,
-    /// The stitched anomaly map, covering the whole image.
+pub struct BranchResult {
+    /// Raw image score under the branch's reduction.
+    pub raw: f64,
+    /// The stitched (and, if asked, smoothed) anomaly map, covering the whole image.
     pub map: Vec<f32>,
     pub map_width: usize,
     pub map_height: usize,
 }
 
-/// The anomaly map of an image, stitched from its tiles.
-pub fn analyse(
-    extractor: &mut Extractor,
+/// Scores the tile features of one image against a branch's bank.
+pub fn score_branch(
+    spec: &BranchSpec,
     bank: &MemoryBank,
+    tiles: &[PatchFeatures],
     image: &RgbImage,
-) -> Result<Analysis, DetectorError> {
-    let features = extractor.features(image)?;
-    let (grid_w, grid_h) = (features[0].width, features[0].height);
-    let mut stitcher = Stitcher::new(
-        extractor.tiling(),
-        image.width,
-        image.height,
-        grid_w,
-        grid_h,
-    )
-    .map_err(DetectorError::Image)?;
-    for (i, tile) in features.iter().enumerate() {
+) -> Result<BranchResult, DetectorError> {
+    let (grid_w, grid_h) = (tiles[0].width, tiles[0].height);
+    let mut stitcher = Stitcher::new(&spec.tiling, image.width, image.height, grid_w, grid_h)
+        .map_err(DetectorError::Image)?;
+    for (i, tile) in tiles.iter().enumerate() {
         stitcher.add(i, &anomaly_map(tile, bank));
     }
     let (map, map_width, map_height) = stitcher.finish();
-    Ok(Analysis {
-        score: max_score(&map) as f64,
+    let map = gaussian_blur(&map, map_width, map_height, spec.smoothing);
+    Ok(BranchResult {
+        raw: reduce(&map, spec.score),
         map,
         map_width,
         map_height,
     })
 }
 
-/// A verdict on one analysis under a profile's calibration.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Verdict {
-    pub calibrated: f64,
-    pub anomalous: bool,
-    /// The raw map value at which a cell counts as anomalous under the same threshold.
-    pub map_threshold: f64,
+/// Features per distinct tiling, so that branches sharing a tiling run the backbone once.
+pub fn features_by_tiling(
+    extractor: &mut Extractor,
+    specs: &[&BranchSpec],
+    image: &RgbImage,
+) -> Result<Vec<(Tiling, Vec<PatchFeatures>)>, DetectorError> {
+    let mut cache: Vec<(Tiling, Vec<PatchFeatures>)> = Vec::new();
+    for spec in specs {
+        if !cache.iter().any(|(t, _)| *t == spec.tiling) {
+            let features = extractor.features(image, &spec.tiling)?;
+            cache.push((spec.tiling.clone(), features));
+        }
+    }
+    Ok(cache)
 }
 
-pub fn judge(calibration: &Calibration, threshold: f64, score: f64) -> Verdict {
-    let calibrated = calibration.calibrated(score);
-    Verdict {
-        calibrated,
-        anomalous: calibrated >= threshold,
-        map_threshold: calibration.raw_at(threshold),
+/// The result of analysing one image: every branch, and their fusion.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub branches: Vec<BranchResult>,
+    /// Each branch's calibrated score, (raw - mean) / std.
+    pub z: Vec<f64>,
+}
+
+impl Analysis {
+    /// The fused score (paper eq. 5): the largest calibrated branch score.
+    pub fn fused_z(&self) -> f64 {
+        self.z.iter().copied().fold(f64::NEG_INFINITY, f64::max)
     }
+
+    /// The reported raw score: the single branch's raw score; with several branches, whose raw
+    /// scores have different units, the fused calibrated score.
+    pub fn score(&self) -> f64 {
+        match self.branches.as_slice() {
+            [one] => one.raw,
+            _ => self.fused_z(),
+        }
+    }
+
+    /// The reported map: the first branch's.
+    pub fn map(&self) -> &BranchResult {
+        &self.branches[0]
+    }
+}
+
+/// A verdict on one analysis under a threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// sigmoid of the fused calibrated score.
+    pub calibrated: f64,
+    pub anomalous: bool,
+    pub threshold: f64,
+    /// The raw value of the reported map at which a cell counts as anomalous.
+    pub map_threshold: f64,
 }
 
 /// A loaded profile with the backbone it was built for.
@@ -158,32 +206,62 @@ impl Detector {
         let profile = Profile::load(profile_path)?;
         let manifest = Manifest::load(manifest_path).map_err(EngineError::from)?;
         let h = &profile.header;
-        let incompatible = |reason: String| DetectorError::Incompatible {
-            path: profile_path.display().to_string(),
-            model: manifest.name.clone(),
-            reason,
-        };
         if h.feature_dim != manifest.feature_dim || h.stages != manifest.stage_outputs.len() {
-            return Err(incompatible(format!(
-                "profile has {} stages of dimension {}, model has {} of {}",
-                h.stages,
-                h.feature_dim,
-                manifest.stage_outputs.len(),
-                manifest.feature_dim
-            )));
+            return Err(DetectorError::Incompatible {
+                path: profile_path.display().to_string(),
+                model: format!("{} ({})", manifest.name, manifest_path.display()),
+                reason: format!(
+                    "profile has {} stages of dimension {}, model has {} of {}",
+                    h.stages,
+                    h.feature_dim,
+                    manifest.stage_outputs.len(),
+                    manifest.feature_dim
+                ),
+            });
         }
         let (backbone, warnings) = Backbone::load(manifest, options)?;
         profile.check_model(profile_path, backbone.identity())?;
-        let extractor = Extractor::new(backbone, h.tiling.clone(), h.upsample);
+        let extractor = Extractor::new(backbone, h.upsample);
         Ok((Detector { extractor, profile }, warnings))
     }
 
     pub fn analyse(&mut self, image: &RgbImage) -> Result<Analysis, DetectorError> {
-        analyse(&mut self.extractor, &self.profile.bank, image)
+        let branches = &self.profile.header.branches;
+        let specs: Vec<&BranchSpec> = branches.iter().map(|b| &b.spec).collect();
+        let features = features_by_tiling(&mut self.extractor, &specs, image)?;
+        let start = Instant::now();
+        let mut results = Vec::with_capacity(branches.len());
+        for (branch, bank) in branches.iter().zip(&self.profile.banks) {
+            let tiles = &features
+                .iter()
+                .find(|(t, _)| *t == branch.spec.tiling)
+                .expect("features computed for every tiling")
+                .1;
+            results.push(score_branch(&branch.spec, bank, tiles, image)?);
+        }
+        self.extractor.timing.matching += start.elapsed();
+        let z = branches
+            .iter()
+            .zip(&results)
+            .map(|(b, r)| b.calibration.z(r.raw))
+            .collect();
+        Ok(Analysis {
+            branches: results,
+            z,
+        })
     }
 
-    pub fn judge(&self, score: f64, threshold: Option<f64>) -> Verdict {
-        let h = &self.profile.header;
-        judge(&h.calibration, threshold.unwrap_or(h.threshold), score)
+    /// The verdict under `threshold` (on the calibrated score), or the profile's.
+    pub fn judge(&self, analysis: &Analysis, threshold: Option<f64>) -> Verdict {
+        let threshold = threshold.unwrap_or(self.profile.header.threshold);
+        let calibrated = sigmoid(analysis.fused_z());
+        Verdict {
+            calibrated,
+            anomalous: calibrated >= threshold,
+            threshold,
+            map_threshold: self.profile.header.branches[0]
+                .calibration
+                .raw_at(threshold),
+        }
     }
 }

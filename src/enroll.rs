@@ -1,13 +1,17 @@
-//! Enrollment: reference images -> memory bank; validation images -> calibration; both -> profile.
+//! Enrollment: reference images -> memory banks; validation images -> calibration; both ->
+//! profile. Also the presets of detector branches.
 
 use crate::detect::calibrate::Calibration;
 use crate::detect::coreset::greedy_coreset;
 use crate::detect::patch::MemoryBank;
 use crate::detect::preprocess::RgbImage;
+use crate::detect::score::Reduction;
 use crate::detect::tiling::Tiling;
-use crate::detector::{analyse, DetectorError, Extractor, REFERENCE_UPSAMPLE};
+use crate::detector::{
+    features_by_tiling, score_branch, DetectorError, Extractor, REFERENCE_UPSAMPLE,
+};
 use crate::engine::{Backbone, EngineOptions, Manifest};
-use crate::profile::{Profile, ProfileHeader};
+use crate::profile::{Branch, BranchSpec, Profile, ProfileHeader};
 use std::path::{Path, PathBuf};
 
 /// Full-data enrollment reduces the bank group by group, as the authors do, so memory stays
@@ -15,13 +19,49 @@ use std::path::{Path, PathBuf};
 pub const CORESET_GROUP: usize = 4;
 /// PatchCore projects features to this many dimensions before the k-center search.
 const CORESET_PROJECTION: usize = 128;
-/// Default verdict threshold: sigmoid(3), a raw score three validation standard deviations above
+/// Default verdict threshold: sigmoid(3), a score three validation standard deviations above
 /// the validation mean.
 pub const DEFAULT_THRESHOLD: f64 = 0.952_574_126_822_433_2;
+/// Names accepted by [`preset`].
+pub const PRESETS: [&str; 2] = ["faithful", "multiscale"];
+
+/// Detector branches by preset name. `tiling` is the user's tiling, if any.
+///
+/// - `faithful`: one branch, the reference detector (whole frame unless `tiling` is given).
+/// - `multiscale`: a local branch (the maximum of a tiled map, 2x2 tiles unless `tiling` is
+///   given) for small defects, and a global branch (the mean of the whole-frame map) for changes
+///   that cover the frame; each calibrated, fused by the largest calibrated score (eq. 5).
+pub fn preset(name: &str, tiling: Option<Tiling>) -> Result<Vec<BranchSpec>, String> {
+    match name {
+        "faithful" => Ok(vec![BranchSpec {
+            tiling: tiling.unwrap_or_else(Tiling::whole),
+            ..BranchSpec::faithful()
+        }]),
+        "multiscale" => Ok(vec![
+            BranchSpec {
+                name: "patch-local".into(),
+                tiling: tiling.unwrap_or(Tiling {
+                    rows: 2,
+                    cols: 2,
+                    overlap: 0.0,
+                }),
+                score: Reduction::Max,
+                smoothing: 0.0,
+            },
+            BranchSpec {
+                name: "patch-global".into(),
+                tiling: Tiling::whole(),
+                score: Reduction::Mean,
+                smoothing: 0.0,
+            },
+        ]),
+        other => Err(format!("unknown preset {other:?} (one of {PRESETS:?})")),
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct EnrollOptions {
-    pub tiling: Tiling,
+    pub branches: Vec<BranchSpec>,
     pub coreset_ratio: Option<f32>,
     pub threshold: f64,
     pub seed: u64,
@@ -31,7 +71,7 @@ pub struct EnrollOptions {
 impl Default for EnrollOptions {
     fn default() -> Self {
         EnrollOptions {
-            tiling: Tiling::whole(),
+            branches: vec![BranchSpec::faithful()],
             coreset_ratio: None,
             threshold: DEFAULT_THRESHOLD,
             seed: 0,
@@ -56,6 +96,16 @@ pub fn load_image(path: &Path) -> Result<RgbImage, DetectorError> {
     RgbImage::new(w, h, decoded.into_raw()).map_err(DetectorError::Image)
 }
 
+/// Loads the model of `manifest_path` for enrollment.
+pub fn load_extractor(
+    manifest_path: &Path,
+    engine: &EngineOptions,
+) -> Result<(Extractor, Vec<String>), DetectorError> {
+    let manifest = Manifest::load(manifest_path).map_err(crate::engine::EngineError::from)?;
+    let (backbone, warnings) = Backbone::load(manifest, engine)?;
+    Ok((Extractor::new(backbone, REFERENCE_UPSAMPLE), warnings))
+}
+
 /// Builds a profile. `progress(phase, done, total)` is called after each image.
 pub fn enroll(
     manifest_path: &Path,
@@ -64,6 +114,19 @@ pub fn enroll(
     options: &EnrollOptions,
     progress: &mut dyn FnMut(Phase, usize, usize),
 ) -> Result<(Profile, Vec<String>), DetectorError> {
+    let (mut extractor, warnings) = load_extractor(manifest_path, &options.engine)?;
+    let profile = enroll_with(&mut extractor, references, validation, options, progress)?;
+    Ok((profile, warnings))
+}
+
+/// Builds a profile with an already loaded model (evaluation reuses one across categories).
+pub fn enroll_with(
+    extractor: &mut Extractor,
+    references: &[PathBuf],
+    validation: &[PathBuf],
+    options: &EnrollOptions,
+    progress: &mut dyn FnMut(Phase, usize, usize),
+) -> Result<Profile, DetectorError> {
     if references.is_empty() {
         return Err(DetectorError::Image("no reference images".into()));
     }
@@ -72,25 +135,32 @@ pub fn enroll(
             "calibration needs at least 2 validation images".into(),
         ));
     }
-    options
-        .tiling
-        .validate()
-        .map_err(|e| DetectorError::Image(format!("tiling: {e}")))?;
-    let manifest = Manifest::load(manifest_path).map_err(crate::engine::EngineError::from)?;
-    let (backbone, warnings) = Backbone::load(manifest, &options.engine)?;
-    let identity = backbone.identity().clone();
-    let (dim, stages) = (
-        backbone.manifest().feature_dim,
-        backbone.manifest().stage_outputs.len(),
-    );
-    let mut extractor = Extractor::new(backbone, options.tiling.clone(), REFERENCE_UPSAMPLE);
+    if options.branches.is_empty() {
+        return Err(DetectorError::Image("no detector branches".into()));
+    }
+    for spec in &options.branches {
+        spec.tiling
+            .validate()
+            .map_err(|e| DetectorError::Image(format!("branch {}: tiling: {e}", spec.name)))?;
+    }
+    let manifest = extractor.backbone().manifest();
+    let (dim, stages) = (manifest.feature_dim, manifest.stage_outputs.len());
+    let specs: Vec<&BranchSpec> = options.branches.iter().collect();
 
-    let mut bank = MemoryBank::new(stages, dim);
+    // One bank per distinct tiling, built group by group.
+    let mut banks: Vec<(Tiling, MemoryBank)> = Vec::new();
     for (group_index, group) in references.chunks(CORESET_GROUP).enumerate() {
-        let mut group_bank = MemoryBank::new(stages, dim);
+        let mut group_banks: Vec<(Tiling, MemoryBank)> = Vec::new();
         for (i, path) in group.iter().enumerate() {
-            for tile in extractor.features(&load_image(path)?)? {
-                group_bank.push(&tile);
+            for (tiling, tiles) in features_by_tiling(extractor, &specs, &load_image(path)?)? {
+                let position = group_banks.iter().position(|(t, _)| *t == tiling);
+                let index = position.unwrap_or_else(|| {
+                    group_banks.push((tiling, MemoryBank::new(stages, dim)));
+                    group_banks.len() - 1
+                });
+                tiles
+                    .iter()
+                    .for_each(|tile| group_banks[index].1.push(tile));
             }
             progress(
                 Phase::References,
@@ -98,45 +168,78 @@ pub fn enroll(
                 references.len(),
             );
         }
-        if let Some(ratio) = options.coreset_ratio {
-            let all = group_bank.concatenated();
-            let view = ndarray::ArrayView2::from_shape((group_bank.rows, stages * dim), &all)
-                .expect("bank rows are contiguous");
-            let keep = greedy_coreset(
-                view,
-                ratio,
-                Some(CORESET_PROJECTION),
-                options.seed + group_index as u64,
-            );
-            group_bank = group_bank.select(&keep);
+        for (tiling, group_bank) in group_banks {
+            let reduced = match options.coreset_ratio {
+                Some(ratio) => {
+                    let all = group_bank.concatenated();
+                    let view =
+                        ndarray::ArrayView2::from_shape((group_bank.rows, stages * dim), &all)
+                            .expect("bank rows are contiguous");
+                    let seed = options.seed + group_index as u64;
+                    group_bank.select(&greedy_coreset(view, ratio, Some(CORESET_PROJECTION), seed))
+                }
+                None => group_bank,
+            };
+            match banks.iter_mut().find(|(t, _)| *t == tiling) {
+                Some((_, bank)) => bank.append(&reduced),
+                None => banks.push((tiling, reduced)),
+            }
         }
-        for (stage, part) in bank.stages.iter_mut().zip(&group_bank.stages) {
-            stage.extend_from_slice(part);
-        }
-        bank.rows += group_bank.rows;
     }
+    let bank_for = |spec: &BranchSpec| {
+        banks
+            .iter()
+            .find(|(t, _)| *t == spec.tiling)
+            .expect("a bank for every tiling")
+            .1
+            .clone()
+    };
+    let branch_banks: Vec<MemoryBank> = options.branches.iter().map(bank_for).collect();
 
-    let mut scores = Vec::with_capacity(validation.len());
+    let mut scores = vec![Vec::with_capacity(validation.len()); options.branches.len()];
     for (i, path) in validation.iter().enumerate() {
-        scores.push(analyse(&mut extractor, &bank, &load_image(path)?)?.score);
+        let image = load_image(path)?;
+        let features = features_by_tiling(extractor, &specs, &image)?;
+        for ((spec, bank), branch_scores) in specs.iter().zip(&branch_banks).zip(&mut scores) {
+            let tiles = &features
+                .iter()
+                .find(|(t, _)| *t == spec.tiling)
+                .expect("features")
+                .1;
+            branch_scores.push(score_branch(spec, bank, tiles, &image)?.raw);
+        }
         progress(Phase::Validation, i + 1, validation.len());
     }
-    let calibration =
-        Calibration::fit(&scores).map_err(|e| DetectorError::Image(format!("calibration: {e}")))?;
+    let branches = options
+        .branches
+        .iter()
+        .zip(scores)
+        .map(|(spec, validation_scores)| {
+            let calibration = Calibration::fit(&validation_scores).map_err(|e| {
+                DetectorError::Image(format!("calibration of branch {}: {e}", spec.name))
+            })?;
+            Ok(Branch {
+                spec: spec.clone(),
+                calibration,
+                validation_scores,
+            })
+        })
+        .collect::<Result<Vec<_>, DetectorError>>()?;
     let names = |paths: &[PathBuf]| paths.iter().map(|p| p.display().to_string()).collect();
     let header = ProfileHeader {
-        model: identity,
-        tiling: options.tiling.clone(),
+        model: extractor.backbone().identity().clone(),
         upsample: REFERENCE_UPSAMPLE,
         feature_dim: dim,
         stages,
-        calibration,
+        branches,
         threshold: options.threshold,
         coreset_ratio: options.coreset_ratio,
         references: names(references),
         validation: names(validation),
-        validation_scores: scores,
         created_by: concat!("logsad ", env!("CARGO_PKG_VERSION")).into(),
     };
-    Ok((Profile { header, bank }, warnings))
+    Ok(Profile {
+        header,
+        banks: branch_banks,
+    })
 }

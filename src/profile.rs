@@ -1,48 +1,81 @@
 //! The enrolled reference set on disk: everything the detector needs at run time.
 //!
 //! File layout (little-endian): magic `LOGSADPF`, u32 format version, u64 header length, the
-//! header as JSON, u64 bank value count, the bank's f32 values (stage after stage), and a CRC-32
-//! of everything before it. A truncated, corrupt or foreign file fails to load with a message
+//! header as JSON, then per detector branch a u64 bank value count and the bank's f32 values
+//! (stage after stage), and a CRC-32 of everything before it. A truncated, corrupt or foreign file fails to load with a message
 //! saying which part is wrong.
 
 use crate::detect::calibrate::Calibration;
 use crate::detect::patch::MemoryBank;
+use crate::detect::score::Reduction;
 use crate::detect::tiling::Tiling;
 use crate::engine::ModelIdentity;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"LOGSADPF";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+
+/// One patch detector: how frames are cut, how its map becomes a score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BranchSpec {
+    /// Reported as the detector's name in metadata, e.g. "patch".
+    pub name: String,
+    /// How frames are cut into model inputs; enrollment and detection must agree.
+    pub tiling: Tiling,
+    /// How the map becomes the image score (the reference takes the maximum).
+    pub score: Reduction,
+    /// Gaussian smoothing of the map before scoring, sigma in map cells (0: none, the reference).
+    pub smoothing: f32,
+}
+
+impl BranchSpec {
+    /// The reference detector: whole frame, maximum of the raw map.
+    pub fn faithful() -> Self {
+        BranchSpec {
+            name: "patch".into(),
+            tiling: Tiling::whole(),
+            score: Reduction::Max,
+            smoothing: 0.0,
+        }
+    }
+}
+
+/// A branch as enrolled: its settings and its calibration over the validation images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Branch {
+    pub spec: BranchSpec,
+    pub calibration: Calibration,
+    /// Raw validation scores, kept so that thresholds can be re-derived without the images.
+    pub validation_scores: Vec<f64>,
+}
 
 /// How the profile was built and is to be applied; stored as the file's JSON header.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProfileHeader {
-    /// The backbone the bank was computed with; checked against the model at load time.
+    /// The backbone the banks were computed with; checked against the model at load time.
     pub model: ModelIdentity,
-    /// How frames are cut into model inputs; enrollment and detection must agree.
-    pub tiling: Tiling,
     /// Token grid upsampling factor before matching (2 in the reference).
     pub upsample: usize,
     pub feature_dim: usize,
     pub stages: usize,
-    /// Patch-score calibration over the validation images.
-    pub calibration: Calibration,
-    /// Verdict threshold on the calibrated score (0..1).
+    /// The detectors, fused as the paper fuses its detectors (eq. 5): the sigmoid of the largest
+    /// calibrated score. The first branch's map is the one reported.
+    pub branches: Vec<Branch>,
+    /// Verdict threshold on the fused calibrated score (0..1).
     pub threshold: f64,
-    /// Coreset ratio used to reduce the bank, if any.
+    /// Coreset ratio used to reduce the banks, if any.
     pub coreset_ratio: Option<f32>,
     pub references: Vec<String>,
     pub validation: Vec<String>,
-    /// Raw validation scores, kept so that thresholds can be re-derived without the images.
-    pub validation_scores: Vec<f64>,
     pub created_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     pub header: ProfileHeader,
-    pub bank: MemoryBank,
+    /// One memory bank per branch, in the header's order.
+    pub banks: Vec<MemoryBank>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,15 +103,16 @@ pub enum ProfileError {
 impl Profile {
     pub fn save(&self, path: &Path) -> Result<(), ProfileError> {
         let header = serde_json::to_vec_pretty(&self.header).expect("profile header serialises");
-        let values: usize = self.bank.stages.iter().map(Vec::len).sum();
-        let mut out = Vec::with_capacity(32 + header.len() + values * 4);
+        let mut out = Vec::with_capacity(32 + header.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&(header.len() as u64).to_le_bytes());
         out.extend_from_slice(&header);
-        out.extend_from_slice(&(values as u64).to_le_bytes());
-        for stage in &self.bank.stages {
-            for v in stage {
+        for bank in &self.banks {
+            let values: usize = bank.stages.iter().map(Vec::len).sum();
+            out.reserve(8 + values * 4);
+            out.extend_from_slice(&(values as u64).to_le_bytes());
+            for v in bank.stages.iter().flatten() {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
@@ -126,38 +160,24 @@ impl Profile {
         let header_len = reader.u64()? as usize;
         let header: ProfileHeader =
             serde_json::from_slice(reader.take(header_len)?).map_err(|e| format!("header: {e}"))?;
-        header
-            .tiling
-            .validate()
-            .map_err(|e| format!("tiling: {e}"))?;
-        let values = reader.u64()? as usize;
-        let dim = header.feature_dim;
-        if header.stages == 0 || dim == 0 || values % (header.stages * dim) != 0 {
-            return Err(format!(
-                "bank of {values} values does not fit {} stages of dimension {dim}",
-                header.stages
-            ));
+        if header.branches.is_empty() {
+            return Err("it has no detector branches".into());
         }
-        let data = reader.take(values * 4)?;
-        let rows = values / (header.stages * dim);
-        if rows == 0 {
-            return Err("the memory bank is empty".into());
+        let mut banks = Vec::with_capacity(header.branches.len());
+        for branch in &header.branches {
+            let name = &branch.spec.name;
+            let bank = branch
+                .spec
+                .tiling
+                .validate()
+                .and_then(|()| read_bank(&mut reader, &header))
+                .map_err(|e| format!("branch {name}: {e}"))?;
+            banks.push(bank);
         }
-        let all: Vec<f32> = data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        if all.iter().any(|v| !v.is_finite()) {
-            return Err("the memory bank holds non-finite values".into());
-        }
-        let stages = all.chunks_exact(rows * dim).map(<[f32]>::to_vec).collect();
         if reader.at != body.len() {
-            return Err("unexpected bytes after the memory bank".into());
+            return Err("unexpected bytes after the memory banks".into());
         }
-        Ok(Profile {
-            header,
-            bank: MemoryBank { dim, rows, stages },
-        })
+        Ok(Profile { header, banks })
     }
 
     /// Fails unless the profile was built with exactly this model.
@@ -173,6 +193,32 @@ impl Profile {
             actual_sha: model.sha256.clone(),
         })
     }
+}
+
+fn read_bank(reader: &mut Reader, header: &ProfileHeader) -> Result<MemoryBank, String> {
+    let values = reader.u64()? as usize;
+    let dim = header.feature_dim;
+    if header.stages == 0 || dim == 0 || values % (header.stages * dim) != 0 {
+        return Err(format!(
+            "bank of {values} values does not fit {} stages of dimension {dim}",
+            header.stages
+        ));
+    }
+    let rows = values / (header.stages * dim);
+    if rows == 0 {
+        return Err("the memory bank is empty".into());
+    }
+    let bytes = values.checked_mul(4).ok_or("bank size overflows")?;
+    let all: Vec<f32> = reader
+        .take(bytes)?
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    if all.iter().any(|v| !v.is_finite()) {
+        return Err("the memory bank holds non-finite values".into());
+    }
+    let stages = all.chunks_exact(rows * dim).map(<[f32]>::to_vec).collect();
+    Ok(MemoryBank { dim, rows, stages })
 }
 
 struct Reader<'a> {
@@ -205,26 +251,51 @@ mod tests {
                     name: "tiny".into(),
                     sha256: "ab".into(),
                 },
-                tiling: Tiling::whole(),
                 upsample: 2,
                 feature_dim: 2,
                 stages: 2,
-                calibration: Calibration::fit(&[0.1, 0.2, 0.3]).unwrap(),
+                branches: vec![
+                    Branch {
+                        spec: BranchSpec::faithful(),
+                        calibration: Calibration::fit(&[0.1, 0.2, 0.3]).unwrap(),
+                        validation_scores: vec![0.1, 0.2, 0.3],
+                    },
+                    Branch {
+                        spec: BranchSpec {
+                            name: "other".into(),
+                            tiling: Tiling {
+                                rows: 2,
+                                cols: 3,
+                                overlap: 0.25,
+                            },
+                            score: Reduction::TopKMean(3),
+                            smoothing: 4.0,
+                        },
+                        calibration: Calibration::fit(&[0.5, 0.7]).unwrap(),
+                        validation_scores: vec![0.5, 0.7],
+                    },
+                ],
                 threshold: 0.95,
                 coreset_ratio: None,
                 references: vec!["a.png".into()],
                 validation: vec!["b.png".into()],
-                validation_scores: vec![0.1, 0.2, 0.3],
                 created_by: "test".into(),
             },
-            bank: MemoryBank {
-                dim: 2,
-                rows: 3,
-                stages: vec![
-                    vec![1., 0., 0., 1., 0.6, 0.8],
-                    vec![0., 1., 1., 0., 0.8, 0.6],
-                ],
-            },
+            banks: vec![
+                MemoryBank {
+                    dim: 2,
+                    rows: 3,
+                    stages: vec![
+                        vec![1., 0., 0., 1., 0.6, 0.8],
+                        vec![0., 1., 1., 0., 0.8, 0.6],
+                    ],
+                },
+                MemoryBank {
+                    dim: 2,
+                    rows: 1,
+                    stages: vec![vec![1., 0.], vec![0., 1.]],
+                },
+            ],
         }
     }
 

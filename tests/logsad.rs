@@ -15,6 +15,7 @@ use gst_video::prelude::*;
 use gstlogsad::detect::tiling::Tiling;
 use gstlogsad::enroll::{enroll, EnrollOptions};
 use gstlogsad::meta::AnomalyResult;
+use gstlogsad::profile::BranchSpec;
 use std::str::FromStr;
 
 static INIT: Once = Once::new();
@@ -160,7 +161,10 @@ fn tiny() -> Tiny {
     }
     let enroll_with = |tiling: Tiling, name: &str| {
         let options = EnrollOptions {
-            tiling,
+            branches: vec![BranchSpec {
+                tiling,
+                ..BranchSpec::faithful()
+            }],
             threshold: TINY_THRESHOLD,
             ..EnrollOptions::default()
         };
@@ -174,7 +178,8 @@ fn tiny() -> Tiny {
         )
         .expect("enrollment with the tiny model");
         assert_eq!(calls, references.len() + validation.len());
-        assert_eq!(profile.header.validation_scores.len(), validation.len());
+        let branch = &profile.header.branches[0];
+        assert_eq!(branch.validation_scores.len(), validation.len());
         let path = dir.path().join(name);
         profile.save(&path).unwrap();
         path
@@ -1136,11 +1141,14 @@ fn real_model_textile() {
     let references = vec![nominal(1), nominal(2)];
     let validation = vec![nominal(3), nominal(4), nominal(5)];
     let options = EnrollOptions {
-        tiling: Tiling {
-            rows: 2,
-            cols: 2,
-            ..Tiling::whole()
-        },
+        branches: vec![BranchSpec {
+            tiling: Tiling {
+                rows: 2,
+                cols: 2,
+                ..Tiling::whole()
+            },
+            ..BranchSpec::faithful()
+        }],
         ..EnrollOptions::default()
     };
     let (profile, _) = enroll(

@@ -2,10 +2,13 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use gstlogsad::detect::calibrate::sigmoid;
+use gstlogsad::detect::score::Reduction;
 use gstlogsad::detect::tiling::Tiling;
 use gstlogsad::detector::Detector;
 use gstlogsad::engine::{self, Device, EngineOptions};
-use gstlogsad::enroll::{enroll, load_image, EnrollOptions, Phase, DEFAULT_THRESHOLD};
+use gstlogsad::enroll::{enroll, load_image, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
+use gstlogsad::profile::BranchSpec;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
@@ -79,7 +82,19 @@ struct EnrollArgs {
     /// Verdict threshold on the calibrated score, 0..1 (default: sigmoid(3)).
     #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
     threshold: f64,
-    /// Tile grid ROWSxCOLS (default 1x1: the faithful whole-frame resize).
+    /// Detector branches: faithful (the reference detector) or multiscale (a tiled local
+    /// maximum fused with a whole-frame global mean, each calibrated).
+    #[arg(long, default_value = "faithful")]
+    preset: String,
+    /// Image score of the first branch: max (the reference), mean, or topK (mean of the K
+    /// highest map cells).
+    #[arg(long)]
+    score: Option<Reduction>,
+    /// Gaussian smoothing of every branch's map before scoring, sigma in map cells.
+    #[arg(long, default_value_t = 0.0)]
+    smoothing: f32,
+    /// Tile grid ROWSxCOLS (default 1x1: the faithful whole-frame resize; 2x2 for the local
+    /// branch of the multiscale preset).
     #[arg(long, conflicts_with = "upscale")]
     tiles: Option<String>,
     /// Fraction of a tile shared with its neighbour.
@@ -141,7 +156,8 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn parse_tiling(args: &EnrollArgs, first_reference: &Path) -> Result<Tiling> {
+/// The tiling the user asked for, if any.
+fn parse_tiling(args: &EnrollArgs, first_reference: &Path) -> Result<Option<Tiling>> {
     let tiling = if let Some(upscale) = args.upscale {
         if !(upscale.is_finite() && upscale > 0.0) {
             bail!("--upscale {upscale} must be a positive factor");
@@ -151,8 +167,7 @@ fn parse_tiling(args: &EnrollArgs, first_reference: &Path) -> Result<Tiling> {
             .with_context(|| format!("cannot read {}", first_reference.display()))?;
         let input = (manifest.input.width, manifest.input.height);
         Tiling::for_upscale(upscale, args.overlap, (w, h), input)
-    } else {
-        let tiles = args.tiles.as_deref().unwrap_or("1x1");
+    } else if let Some(tiles) = &args.tiles {
         let (rows, cols) = tiles
             .split_once(['x', 'X'])
             .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
@@ -162,9 +177,30 @@ fn parse_tiling(args: &EnrollArgs, first_reference: &Path) -> Result<Tiling> {
             cols,
             overlap: args.overlap,
         }
+    } else {
+        return Ok(None);
     };
     tiling.validate().map_err(anyhow::Error::msg)?;
-    Ok(tiling)
+    Ok(Some(tiling))
+}
+
+/// The detector branches the enroll options describe.
+fn branches(args: &EnrollArgs, first_reference: &Path) -> Result<Vec<BranchSpec>> {
+    let mut branches =
+        preset(&args.preset, parse_tiling(args, first_reference)?).map_err(anyhow::Error::msg)?;
+    if let Some(score) = args.score {
+        branches[0].score = score;
+    }
+    if !(args.smoothing.is_finite() && args.smoothing >= 0.0) {
+        bail!(
+            "--smoothing {} must be a sigma of 0 or more",
+            args.smoothing
+        );
+    }
+    branches
+        .iter_mut()
+        .for_each(|b| b.smoothing = args.smoothing);
+    Ok(branches)
 }
 
 fn bar(len: usize, what: &str) -> ProgressBar {
@@ -194,7 +230,7 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
     }
     let validation = expand(&args.validation)?;
     let options = EnrollOptions {
-        tiling: parse_tiling(&args, &references[0])?,
+        branches: branches(&args, &references[0])?,
         coreset_ratio: args.coreset_ratio,
         threshold: args.threshold,
         seed: args.seed,
@@ -220,17 +256,18 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
     profile.save(&args.out)?;
-    let h = &profile.header;
     eprintln!(
-        "profile {}: {} reference images, {}x{} tiles, bank of {} patches, validation mean {:.4} std {:.4}",
+        "profile {}: {} reference images",
         args.out.display(),
-        references.len(),
-        h.tiling.rows,
-        h.tiling.cols,
-        profile.bank.rows,
-        h.calibration.mean,
-        h.calibration.std
+        references.len()
     );
+    for (branch, bank) in profile.header.branches.iter().zip(&profile.banks) {
+        let (spec, c) = (&branch.spec, &branch.calibration);
+        eprintln!(
+            "  {}: {}x{} tiles, score {}, bank of {} patches, validation mean {:.4} std {:.4}",
+            spec.name, spec.tiling.rows, spec.tiling.cols, spec.score, bank.rows, c.mean, c.std
+        );
+    }
     Ok(())
 }
 
@@ -250,22 +287,31 @@ fn run_score(args: ScoreArgs) -> Result<()> {
     let progress = bar(images.len(), "scoring");
     for path in &images {
         let analysis = detector.analyse(&load_image(path)?)?;
-        let verdict = detector.judge(analysis.score, args.threshold);
+        let verdict = detector.judge(&analysis, args.threshold);
+        let map = analysis.map();
+        let detectors: serde_json::Map<String, serde_json::Value> = detector
+            .profile
+            .header
+            .branches
+            .iter()
+            .zip(&analysis.branches)
+            .zip(&analysis.z)
+            .map(|((b, r), &z)| {
+                let scores = serde_json::json!({"score": r.raw, "calibrated": sigmoid(z)});
+                (b.spec.name.clone(), scores)
+            })
+            .collect();
         let mut line = serde_json::json!({
             "path": path.display().to_string(),
-            "score": analysis.score,
+            "score": analysis.score(),
             "calibrated": verdict.calibrated,
             "anomalous": verdict.anomalous,
-            "map_mean": analysis.map.iter().map(|&v| v as f64).sum::<f64>() / analysis.map.len() as f64,
+            "detectors": detectors,
+            "map_mean": map.map.iter().map(|&v| v as f64).sum::<f64>() / map.map.len() as f64,
         });
         if let Some(dir) = &args.maps {
             let map_path = dir.join(map_name(path));
-            save_map(
-                &map_path,
-                &analysis.map,
-                analysis.map_width,
-                analysis.map_height,
-            )?;
+            save_map(&map_path, &map.map, map.map_width, map.map_height)?;
             line["map"] = map_path.display().to_string().into();
         }
         progress.suspend(|| println!("{line}"));

@@ -8,5 +8,5 @@ pub mod patch;
 pub mod preprocess;
 pub mod regions;
 pub mod resize;
-pub mod tiling;
 pub mod score;
+pub mod tiling;

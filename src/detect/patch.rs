@@ -43,6 +43,15 @@ impl MemoryBank {
         self.rows += features.patches();
     }
 
+    /// Appends every row of `other`.
+    pub fn append(&mut self, other: &MemoryBank) {
+        assert_eq!(other.dim, self.dim, "feature dimension mismatch");
+        for (bank, stage) in self.stages.iter_mut().zip(&other.stages) {
+            bank.extend_from_slice(stage);
+        }
+        self.rows += other.rows;
+    }
+
     /// Keeps only the given rows (in that order), in every stage.
     pub fn select(&self, rows: &[usize]) -> MemoryBank {
         let stages = self

@@ -108,7 +108,10 @@ mod tests {
         assert!((reduce(&map, Reduction::TopKMean(2)) - 0.7).abs() < 1e-6);
         // k beyond the map is the mean; k = 1 is the max.
         assert!((reduce(&map, Reduction::TopKMean(10)) - 0.45).abs() < 1e-6);
-        assert_eq!(reduce(&map, Reduction::TopKMean(1)), reduce(&map, Reduction::Max));
+        assert_eq!(
+            reduce(&map, Reduction::TopKMean(1)),
+            reduce(&map, Reduction::Max)
+        );
     }
 
     #[test]

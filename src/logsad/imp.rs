@@ -18,9 +18,10 @@
 //! longer than one inference. Put a leaky queue before the element on live sources, or raise
 //! `interval`, when frames arrive faster than they can be analysed.
 
+use crate::detect::calibrate::sigmoid;
 use crate::detect::preprocess::RgbImage;
 use crate::detect::regions::regions_above;
-use crate::detector::{Analysis, Detector, Verdict};
+use crate::detector::{BranchResult, Detector, Verdict};
 use crate::engine::{self, EngineOptions};
 use crate::meta::{AnomalyMap, AnomalyResult, DetectorScore};
 use gst::glib;
@@ -487,25 +488,34 @@ impl Logsad {
                     );
                     gst::FlowError::Error
                 })?;
-        let threshold = (threshold >= 0.0).then_some(threshold);
-        let verdict = detector.judge(analysis.score, threshold);
-        let regions = region_boxes(&analysis, &verdict, image.width, image.height, min_area);
+        let verdict = detector.judge(&analysis, (threshold >= 0.0).then_some(threshold));
+        let map = analysis.map();
+        let regions = region_boxes(map, &verdict, image.width, image.height, min_area);
+        let detectors = detector
+            .profile
+            .header
+            .branches
+            .iter()
+            .zip(&analysis.branches)
+            .zip(&analysis.z)
+            .map(|((branch, result), &z)| DetectorScore {
+                name: branch.spec.name.clone(),
+                raw: result.raw,
+                calibrated: sigmoid(z),
+            })
+            .collect();
         let result = AnomalyResult {
-            score: analysis.score,
+            score: analysis.score(),
             calibrated: verdict.calibrated,
             anomalous: verdict.anomalous,
-            threshold: threshold.unwrap_or(detector.profile.header.threshold),
+            threshold: verdict.threshold,
             stale: false,
             frame,
-            detectors: vec![DetectorScore {
-                name: "patch".into(),
-                raw: analysis.score,
-                calibrated: verdict.calibrated,
-            }],
+            detectors,
             map: Some(AnomalyMap::from_values(
-                analysis.map_width as u32,
-                analysis.map_height as u32,
-                &analysis.map,
+                map.map_width as u32,
+                map.map_height as u32,
+                &map.map,
             )),
             map_threshold: verdict.map_threshold,
         };
@@ -531,7 +541,7 @@ impl Logsad {
 
 /// Connected regions of the map above the verdict's map threshold, scaled to frame pixels.
 fn region_boxes(
-    analysis: &Analysis,
+    analysis: &BranchResult,
     verdict: &Verdict,
     frame_w: u32,
     frame_h: u32,
