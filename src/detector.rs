@@ -117,7 +117,7 @@ pub fn score_branch(
     tiles: &[PatchFeatures],
     image: &RgbImage,
 ) -> Result<BranchResult, DetectorError> {
-    let (grid_w, grid_h) = (tiles[0].width, tiles[0].height);
+    let (grid_w, grid_h) = (tiles[0].width(), tiles[0].height());
     let mut stitcher = Stitcher::new(&spec.tiling, image.width, image.height, grid_w, grid_h)
         .map_err(DetectorError::Image)?;
     for (i, tile) in tiles.iter().enumerate() {

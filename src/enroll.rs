@@ -145,6 +145,8 @@ pub fn enroll_with(
     }
     let manifest = extractor.backbone().manifest();
     let (dim, stages) = (manifest.feature_dim, manifest.stage_outputs.len());
+    let grid = (manifest.tokens.grid_height, manifest.tokens.grid_width);
+    let new_bank = || MemoryBank::new(stages, dim, grid.0, grid.1, REFERENCE_UPSAMPLE);
     let specs: Vec<&BranchSpec> = options.branches.iter().collect();
 
     // One bank per distinct tiling, built group by group.
@@ -155,7 +157,7 @@ pub fn enroll_with(
             for (tiling, tiles) in features_by_tiling(extractor, &specs, &load_image(path)?)? {
                 let position = group_banks.iter().position(|(t, _)| *t == tiling);
                 let index = position.unwrap_or_else(|| {
-                    group_banks.push((tiling, MemoryBank::new(stages, dim)));
+                    group_banks.push((tiling, new_bank()));
                     group_banks.len() - 1
                 });
                 tiles
@@ -173,7 +175,7 @@ pub fn enroll_with(
                 Some(ratio) => {
                     let all = group_bank.concatenated();
                     let view =
-                        ndarray::ArrayView2::from_shape((group_bank.rows, stages * dim), &all)
+                        ndarray::ArrayView2::from_shape((group_bank.len(), stages * dim), &all)
                             .expect("bank rows are contiguous");
                     let seed = options.seed + group_index as u64;
                     group_bank.select(&greedy_coreset(view, ratio, Some(CORESET_PROJECTION), seed))

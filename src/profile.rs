@@ -1,8 +1,9 @@
 //! The enrolled reference set on disk: everything the detector needs at run time.
 //!
 //! File layout (little-endian): magic `LOGSADPF`, u32 format version, u64 header length, the
-//! header as JSON, then per detector branch a u64 bank value count and the bank's f32 values
-//! (stage after stage), and a CRC-32 of everything before it. A truncated, corrupt or foreign file fails to load with a message
+//! header as JSON, then per detector branch its memory bank (u64 token grid height and width,
+//! u64 row count and the rows as u32, u64 token value count and the raw tokens as f32, stage
+//! after stage), and a CRC-32 of everything before it. A truncated, corrupt or foreign file fails to load with a message
 //! saying which part is wrong.
 
 use crate::detect::calibrate::Calibration;
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"LOGSADPF";
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// One patch detector: how frames are cut, how its map becomes a score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,10 +110,16 @@ impl Profile {
         out.extend_from_slice(&(header.len() as u64).to_le_bytes());
         out.extend_from_slice(&header);
         for bank in &self.banks {
-            let values: usize = bank.stages.iter().map(Vec::len).sum();
-            out.reserve(8 + values * 4);
+            let values: usize = bank.tokens.iter().map(Vec::len).sum();
+            out.reserve(32 + bank.len() * 4 + values * 4);
+            for n in [bank.grid_height, bank.grid_width, bank.len()] {
+                out.extend_from_slice(&(n as u64).to_le_bytes());
+            }
+            for row in &bank.rows {
+                out.extend_from_slice(&row.to_le_bytes());
+            }
             out.extend_from_slice(&(values as u64).to_le_bytes());
-            for v in bank.stages.iter().flatten() {
+            for v in bank.tokens.iter().flatten() {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
@@ -196,29 +203,33 @@ impl Profile {
 }
 
 fn read_bank(reader: &mut Reader, header: &ProfileHeader) -> Result<MemoryBank, String> {
+    let grid = (reader.u64()? as usize, reader.u64()? as usize);
+    let row_count = reader.u64()? as usize;
+    let rows: Vec<u32> = reader
+        .take(row_count.checked_mul(4).ok_or("row count overflows")?)?
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let values = reader.u64()? as usize;
-    let dim = header.feature_dim;
-    if header.stages == 0 || dim == 0 || values % (header.stages * dim) != 0 {
+    if header.stages == 0 || values % header.stages != 0 {
         return Err(format!(
-            "bank of {values} values does not fit {} stages of dimension {dim}",
+            "{values} token values do not split into {} stages",
             header.stages
         ));
     }
-    let rows = values / (header.stages * dim);
-    if rows == 0 {
-        return Err("the memory bank is empty".into());
-    }
-    let bytes = values.checked_mul(4).ok_or("bank size overflows")?;
-    let all: Vec<f32> = reader
-        .take(bytes)?
+    let tokens: Vec<f32> = reader
+        .take(values.checked_mul(4).ok_or("bank size overflows")?)?
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    if all.iter().any(|v| !v.is_finite()) {
+    if tokens.iter().any(|v| !v.is_finite()) {
         return Err("the memory bank holds non-finite values".into());
     }
-    let stages = all.chunks_exact(rows * dim).map(<[f32]>::to_vec).collect();
-    Ok(MemoryBank { dim, rows, stages })
+    let stages = tokens
+        .chunks_exact(values / header.stages)
+        .map(<[f32]>::to_vec)
+        .collect();
+    MemoryBank::from_parts(header.feature_dim, grid, header.upsample, stages, rows)
 }
 
 struct Reader<'a> {
@@ -243,6 +254,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::features::PatchFeatures;
 
     fn sample() -> Profile {
         Profile {
@@ -281,22 +293,24 @@ mod tests {
                 validation: vec!["b.png".into()],
                 created_by: "test".into(),
             },
-            banks: vec![
-                MemoryBank {
-                    dim: 2,
-                    rows: 3,
-                    stages: vec![
-                        vec![1., 0., 0., 1., 0.6, 0.8],
-                        vec![0., 1., 1., 0., 0.8, 0.6],
-                    ],
-                },
-                MemoryBank {
-                    dim: 2,
-                    rows: 1,
-                    stages: vec![vec![1., 0.], vec![0., 1.]],
-                },
-            ],
+            banks: vec![bank(3), bank(1)],
         }
+    }
+
+    /// A bank of 2x1 grids of dimension 2, upsampled x2, with `blocks` blocks.
+    fn bank(blocks: usize) -> MemoryBank {
+        let mut bank = MemoryBank::new(2, 2, 2, 1, 2);
+        for b in 0..blocks {
+            let v = b as f32 + 1.0;
+            bank.push(&PatchFeatures {
+                grid_height: 2,
+                grid_width: 1,
+                upsample: 2,
+                dim: 2,
+                tokens: vec![vec![v, 0.5, 0.0, v], vec![0.25, v, v, 1.0]],
+            });
+        }
+        bank.select(&[0, 3, 5])
     }
 
     #[test]

@@ -8,6 +8,11 @@ use gstlogsad::detect::tiling::Tiling;
 use gstlogsad::detector::Detector;
 use gstlogsad::engine::{self, Device, EngineOptions};
 use gstlogsad::enroll::{enroll, load_image, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
+use gstlogsad::eval::dataset::{self, Layout, LoadOptions, DEFAULT_VALIDATION_COUNT};
+use gstlogsad::eval::report::ScoredImage;
+use gstlogsad::eval::run::{
+    evaluate, summary_table, write_roc, Branches, EvalOptions, EvalProgress, EvalRecord,
+};
 use gstlogsad::profile::BranchSpec;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -31,6 +36,10 @@ enum Command {
     Score(ScoreArgs),
     /// Print a profile's header (model, tiling, calibration, threshold) as JSON.
     Info { profile: PathBuf },
+    /// Evaluate on a dataset (MVTec AD, MVTec LOCO, VisA or a plain folder of good and defect
+    /// folders): enroll each category, score its test images, print image/pixel AUROC and
+    /// F1-max, write report.json and ROC plots.
+    Eval(EvalArgs),
 }
 
 #[derive(Args)]
@@ -63,25 +72,9 @@ impl EngineArgs {
     }
 }
 
-#[derive(Args)]
-struct EnrollArgs {
-    #[command(flatten)]
-    engine: EngineArgs,
-    /// Use the first K reference images by sorted name (the authors' k-shot protocol).
-    #[arg(long)]
-    shots: Option<usize>,
-    /// Reduce the memory bank with greedy k-center coreset, groups of 4 images (e.g. 0.25).
-    #[arg(long)]
-    coreset_ratio: Option<f32>,
-    /// Anomaly-free validation images or folders, for calibration (at least 2).
-    #[arg(long, required = true, num_args = 1.., action = clap::ArgAction::Append)]
-    validation: Vec<PathBuf>,
-    /// Where to write the profile.
-    #[arg(long)]
-    out: PathBuf,
-    /// Verdict threshold on the calibrated score, 0..1 (default: sigmoid(3)).
-    #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
-    threshold: f64,
+/// The detector options shared by `enroll` and `eval`.
+#[derive(Args, Clone)]
+struct DetectorArgs {
     /// Detector branches: faithful (the reference detector) or multiscale (a tiled local
     /// maximum fused with a whole-frame global mean, each calibrated).
     #[arg(long, default_value = "faithful")]
@@ -104,6 +97,29 @@ struct EnrollArgs {
     /// is worked out from the first reference image and recorded in the profile.
     #[arg(long)]
     upscale: Option<f32>,
+}
+
+#[derive(Args)]
+struct EnrollArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Use the first K reference images by sorted name (the authors' k-shot protocol).
+    #[arg(long)]
+    shots: Option<usize>,
+    /// Reduce the memory bank with greedy k-center coreset, groups of 4 images (e.g. 0.25).
+    #[arg(long)]
+    coreset_ratio: Option<f32>,
+    /// Anomaly-free validation images or folders, for calibration (at least 2).
+    #[arg(long, required = true, num_args = 1.., action = clap::ArgAction::Append)]
+    validation: Vec<PathBuf>,
+    /// Where to write the profile.
+    #[arg(long)]
+    out: PathBuf,
+    /// Verdict threshold on the calibrated score, 0..1 (default: sigmoid(3)).
+    #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
+    threshold: f64,
+    #[command(flatten)]
+    detector: DetectorArgs,
     /// Seed of the coreset's random projection.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -127,6 +143,52 @@ struct ScoreArgs {
     /// Images or folders.
     #[arg(required = true)]
     images: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[command(flatten)]
+    detector: DetectorArgs,
+    /// Dataset layout: mvtec-ad, mvtec-loco, visa or plain (default: detected).
+    #[arg(long)]
+    layout: Option<Layout>,
+    /// Evaluate only this category (repeatable; default: all).
+    #[arg(long = "category", value_name = "NAME", action = clap::ArgAction::Append)]
+    categories: Vec<String>,
+    /// Good folder of the plain layout (default: good, nominal, normal or ok).
+    #[arg(long, value_name = "FOLDER")]
+    good: Option<String>,
+    /// K reference images per category (default: all of the reference pool).
+    #[arg(long, value_name = "K")]
+    shots: Option<usize>,
+    /// Draw the K references at random with this seed (default: the first K by name, the
+    /// authors' protocol).
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// Number of draws, seeds S, S+1, ...; prints mean ± std over the draws (needs --seed).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    draws: usize,
+    /// Validation images taken from the end of the training images, for calibration, when the
+    /// dataset has no validation split (MVTec LOCO has one).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_VALIDATION_COUNT)]
+    validation_count: usize,
+    /// Quick run on a subset: only the first N test images (by name) of each defect type,
+    /// good included. Not comparable with published numbers.
+    #[arg(long, value_name = "N")]
+    test_limit: Option<usize>,
+    /// Reduce the memory banks with greedy k-center coreset, groups of 4 images (e.g. 0.25).
+    #[arg(long, value_name = "R")]
+    coreset_ratio: Option<f32>,
+    /// Where to write report.json and roc_<category>.png.
+    #[arg(long, value_name = "DIR", default_value = "out/eval")]
+    out: PathBuf,
+    /// Skip the pixel-level metrics (faster, less memory).
+    #[arg(long)]
+    no_pixel: bool,
+    /// Dataset root (or one category folder of MVTec AD / LOCO).
+    root: PathBuf,
 }
 
 const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
@@ -157,12 +219,16 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// The tiling the user asked for, if any.
-fn parse_tiling(args: &EnrollArgs, first_reference: &Path) -> Result<Option<Tiling>> {
+fn parse_tiling(
+    args: &DetectorArgs,
+    manifest: &Path,
+    first_reference: &Path,
+) -> Result<Option<Tiling>> {
     let tiling = if let Some(upscale) = args.upscale {
         if !(upscale.is_finite() && upscale > 0.0) {
             bail!("--upscale {upscale} must be a positive factor");
         }
-        let manifest = engine::Manifest::load(&args.engine.manifest())?;
+        let manifest = engine::Manifest::load(manifest)?;
         let (w, h) = image::image_dimensions(first_reference)
             .with_context(|| format!("cannot read {}", first_reference.display()))?;
         let input = (manifest.input.width, manifest.input.height);
@@ -185,9 +251,13 @@ fn parse_tiling(args: &EnrollArgs, first_reference: &Path) -> Result<Option<Tili
 }
 
 /// The detector branches the enroll options describe.
-fn branches(args: &EnrollArgs, first_reference: &Path) -> Result<Vec<BranchSpec>> {
-    let mut branches =
-        preset(&args.preset, parse_tiling(args, first_reference)?).map_err(anyhow::Error::msg)?;
+fn branches(
+    args: &DetectorArgs,
+    manifest: &Path,
+    first_reference: &Path,
+) -> Result<Vec<BranchSpec>> {
+    let mut branches = preset(&args.preset, parse_tiling(args, manifest, first_reference)?)
+        .map_err(anyhow::Error::msg)?;
     if let Some(score) = args.score {
         branches[0].score = score;
     }
@@ -230,7 +300,7 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
     }
     let validation = expand(&args.validation)?;
     let options = EnrollOptions {
-        branches: branches(&args, &references[0])?,
+        branches: branches(&args.detector, &args.engine.manifest(), &references[0])?,
         coreset_ratio: args.coreset_ratio,
         threshold: args.threshold,
         seed: args.seed,
@@ -265,7 +335,13 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
         let (spec, c) = (&branch.spec, &branch.calibration);
         eprintln!(
             "  {}: {}x{} tiles, score {}, bank of {} patches, validation mean {:.4} std {:.4}",
-            spec.name, spec.tiling.rows, spec.tiling.cols, spec.score, bank.rows, c.mean, c.std
+            spec.name,
+            spec.tiling.rows,
+            spec.tiling.cols,
+            spec.score,
+            bank.len(),
+            c.mean,
+            c.std
         );
     }
     Ok(())
@@ -321,6 +397,94 @@ fn run_score(args: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_eval(args: EvalArgs) -> Result<()> {
+    let load_options = LoadOptions {
+        categories: args.categories.clone(),
+        good_folder: args.good.clone(),
+    };
+    let dataset = dataset::load(&args.root, args.layout, &load_options)
+        .with_context(|| format!("cannot load the dataset {}", args.root.display()))?;
+    let manifest = args.engine.manifest();
+    let branch_manifest = manifest.clone();
+    let detector = args.detector.clone();
+    let options = EvalOptions {
+        shots: args.shots,
+        seed: args.seed,
+        draws: args.draws,
+        validation_count: args.validation_count,
+        test_limit: args.test_limit,
+        preset: args.detector.preset.clone(),
+        branches: Branches::PerCategory(Box::new(move |first_reference| {
+            branches(&detector, &branch_manifest, first_reference).map_err(|e| format!("{e:#}"))
+        })),
+        coreset_ratio: args.coreset_ratio,
+        engine: args.engine.options(),
+        pixel: !args.no_pixel,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+
+    let progress = bar(0, "loading");
+    let mut first_draw: Vec<(String, Vec<ScoredImage>)> = Vec::new();
+    let reports = evaluate(&manifest, &dataset, &options, &mut |event| match event {
+        EvalProgress::Start { images, .. } => progress.set_length(images as u64),
+        EvalProgress::Warning(w) => progress.suspend(|| eprintln!("warning: {w}")),
+        EvalProgress::Enrolling {
+            category,
+            phase,
+            done,
+            total,
+            ..
+        } => {
+            let what = match phase {
+                Phase::References => "references",
+                Phase::Validation => "validation",
+            };
+            progress.set_message(format!("{category}: {what} {done}/{total}"));
+        }
+        EvalProgress::Image { category, .. } => {
+            progress.set_message(category.to_string());
+            progress.inc(1);
+        }
+        EvalProgress::CategoryDone {
+            draw,
+            report,
+            scores,
+            ..
+        } => {
+            if draw == 0 {
+                first_draw.push((report.category.clone(), scores.to_vec()));
+            }
+        }
+    })?;
+    progress.finish_and_clear();
+
+    let seeds = options.draw_seeds();
+    for (report, seed) in reports.iter().zip(&seeds) {
+        if let (true, Some(seed)) = (reports.len() > 1, seed) {
+            println!("seed {seed}");
+        }
+        println!("{}", report.table());
+    }
+    let record = EvalRecord::new(&dataset, &options, reports);
+    if record.draws.len() > 1 {
+        println!(
+            "image AUROC and F1-max, mean ± std over {} draws",
+            record.draws.len()
+        );
+        println!("{}", summary_table(&record.summary));
+    }
+    let json_path = args.out.join("report.json");
+    std::fs::write(&json_path, record.to_json())
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    eprintln!("wrote {}", json_path.display());
+    for (category, scores) in &first_draw {
+        let path = write_roc(&args.out, category, scores).map_err(anyhow::Error::msg)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn map_name(image: &Path) -> String {
     let stem = image
         .file_stem()
@@ -348,6 +512,7 @@ fn main() {
     let result = match cli.command {
         Command::Enroll(args) => run_enroll(args),
         Command::Score(args) => run_score(args),
+        Command::Eval(args) => run_eval(args),
         Command::Info { profile } => gstlogsad::profile::Profile::load(&profile)
             .map_err(anyhow::Error::from)
             .and_then(|p| Ok(println!("{}", serde_json::to_string_pretty(&p.header)?))),

@@ -1,23 +1,62 @@
 //! Patch features from stage tokens, as the LogSAD reference computes them: drop the prefix
 //! (class/register) tokens, upsample the token grid x2 (bilinear, align_corners=True) and
 //! L2-normalise every patch vector of every stage.
+//!
+//! The raw tokens are kept and the upsampled, normalised vectors are formed only where needed:
+//! upsampling is linear, so the matching step (`patch`) works on the raw grid, 4x smaller per
+//! axis pair, and rescales by the norms of the upsampled vectors.
 
 use super::resize::upsample_bilinear_align_corners;
 
-/// The per-stage patch features of one image (or tile).
+/// The per-stage patch tokens of one image (or tile).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PatchFeatures {
-    /// Grid of patches after upsampling.
-    pub height: usize,
-    pub width: usize,
+    /// Token grid as the model gave it.
+    pub grid_height: usize,
+    pub grid_width: usize,
+    /// Upsampling factor of the grid before matching (2 in the reference).
+    pub upsample: usize,
     pub dim: usize,
-    /// One `height * width * dim` row-major matrix per stage; every row has unit length.
-    pub stages: Vec<Vec<f32>>,
+    /// One `grid_height * grid_width * dim` row-major matrix of raw tokens per stage.
+    pub tokens: Vec<Vec<f32>>,
 }
 
 impl PatchFeatures {
+    /// Height of the upsampled grid: the anomaly map's height.
+    pub fn height(&self) -> usize {
+        self.grid_height * self.upsample
+    }
+
+    pub fn width(&self) -> usize {
+        self.grid_width * self.upsample
+    }
+
+    /// Cells of the upsampled grid.
     pub fn patches(&self) -> usize {
-        self.height * self.width
+        self.height() * self.width()
+    }
+
+    /// The upsampled (not normalised) vectors of one stage: `patches() * dim`.
+    pub fn upsampled(&self, stage: usize) -> Vec<f32> {
+        let tokens = &self.tokens[stage];
+        if self.upsample == 1 {
+            return tokens.clone();
+        }
+        upsample_bilinear_align_corners(
+            tokens,
+            self.grid_height,
+            self.grid_width,
+            self.dim,
+            self.height(),
+            self.width(),
+        )
+    }
+
+    /// The reference's patch features of one stage: upsampled and L2-normalised.
+    pub fn normalised(&self, stage: usize) -> Vec<f32> {
+        let mut rows = self.upsampled(stage);
+        normalise_rows(&mut rows, self.dim);
+        rows
     }
 }
 
@@ -36,7 +75,7 @@ impl Grid {
     }
 }
 
-/// Builds the features of image `index` of a batch from its stage outputs
+/// The features of image `index` of a batch from its stage outputs
 /// (each `batch * grid.tokens() * grid.dim` values).
 pub fn patch_features(
     stages: &[Vec<f32>],
@@ -45,33 +84,19 @@ pub fn patch_features(
     upsample: usize,
 ) -> PatchFeatures {
     let per_image = grid.tokens() * grid.dim;
-    let (out_h, out_w) = (grid.height * upsample, grid.width * upsample);
-    let stages = stages
+    let tokens = stages
         .iter()
         .map(|stage| {
             let image = &stage[index * per_image..(index + 1) * per_image];
-            let patches = &image[grid.prefix_tokens * grid.dim..];
-            let mut features = if upsample == 1 {
-                patches.to_vec()
-            } else {
-                upsample_bilinear_align_corners(
-                    patches,
-                    grid.height,
-                    grid.width,
-                    grid.dim,
-                    out_h,
-                    out_w,
-                )
-            };
-            normalise_rows(&mut features, grid.dim);
-            features
+            image[grid.prefix_tokens * grid.dim..].to_vec()
         })
         .collect();
     PatchFeatures {
-        height: out_h,
-        width: out_w,
+        grid_height: grid.height,
+        grid_width: grid.width,
+        upsample,
         dim: grid.dim,
-        stages,
+        tokens,
     }
 }
 
@@ -83,6 +108,14 @@ pub fn normalise_rows(values: &mut [f32], dim: usize) {
             row.iter_mut().for_each(|v| *v /= norm);
         }
     }
+}
+
+/// The length of every `dim`-long row.
+pub fn row_norms(values: &[f32], dim: usize) -> Vec<f32> {
+    values
+        .chunks_exact(dim)
+        .map(|row| row.iter().map(|v| v * v).sum::<f32>().sqrt())
+        .collect()
 }
 
 #[cfg(test)]
@@ -102,11 +135,13 @@ mod tests {
         let image1 = [7.0, 7.0, 3.0, 4.0, 0.0, 2.0];
         let stage: Vec<f32> = image0.iter().chain(&image1).copied().collect();
         let f = patch_features(&[stage], 1, grid, 1);
-        assert_eq!((f.height, f.width, f.dim), (1, 2, 2));
+        assert_eq!((f.height(), f.width(), f.dim), (1, 2, 2));
+        assert_eq!(f.tokens[0], vec![3.0, 4.0, 0.0, 2.0]);
         let want = [0.6, 0.8, 0.0, 1.0];
-        for (a, b) in f.stages[0].iter().zip(want) {
-            assert!((a - b).abs() < 1e-6, "{:?}", f.stages[0]);
+        for (a, b) in f.normalised(0).iter().zip(want) {
+            assert!((a - b).abs() < 1e-6);
         }
+        assert_eq!(row_norms(&f.tokens[0], 2), vec![5.0, 2.0]);
     }
 
     #[test]
@@ -120,13 +155,14 @@ mod tests {
         };
         let stage = vec![1.0, 0.0, 0.0, 1.0];
         let f = patch_features(&[stage], 0, grid, 2);
-        assert_eq!((f.height, f.width), (2, 4));
+        assert_eq!((f.height(), f.width()), (2, 4));
+        let up = f.normalised(0);
         // Column 1 interpolates to (2/3, 1/3) before normalisation.
         let (a, b) = (2.0f32 / 3.0, 1.0f32 / 3.0);
         let n = (a * a + b * b).sqrt();
-        assert!((f.stages[0][2] - a / n).abs() < 1e-6);
-        assert!((f.stages[0][3] - b / n).abs() < 1e-6);
+        assert!((up[2] - a / n).abs() < 1e-6);
+        assert!((up[3] - b / n).abs() < 1e-6);
         // Both rows are equal: the source has one row.
-        assert_eq!(f.stages[0][..8], f.stages[0][8..]);
+        assert_eq!(up[..8], up[8..]);
     }
 }

@@ -10,9 +10,9 @@
 //! so results agree to rounding.
 
 /// Source taps for one output coordinate: lower index, upper index, weight of the upper one.
-type Tap = (usize, usize, f32);
+pub(crate) type Tap = (usize, usize, f32);
 
-fn taps_align_corners(input: usize, output: usize) -> Vec<Tap> {
+pub(crate) fn taps_align_corners(input: usize, output: usize) -> Vec<Tap> {
     let scale = if output > 1 {
         (input - 1) as f32 / (output - 1) as f32
     } else {

@@ -1,3 +1,4 @@
 pub mod dataset;
 pub mod plot;
 pub mod report;
+pub mod run;

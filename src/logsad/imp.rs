@@ -436,8 +436,10 @@ impl BaseTransformImpl for Logsad {
             );
             gst::FlowError::Error
         })?;
-        for region in &regions {
+        for (id, region) in regions.iter().enumerate() {
             let mut roi = gst_video::VideoRegionOfInterestMeta::add(buf, "anomaly", region.rect);
+            // Distinct ids let readers without a meta iterator (PyGObject) reach every region.
+            roi.set_id(id as i32);
             roi.add_param(
                 gst::Structure::builder("anomaly")
                     .field("score", region.score)

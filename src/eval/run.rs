@@ -1,0 +1,762 @@
+//! Running an evaluation, GStreamer-free: for every draw of reference images and every category
+//! of a [`Dataset`], enroll once (reference features computed once per category and draw), then
+//! analyse each test image once and turn the scores into a [`Report`].
+//!
+//! * The image score is the fused calibrated score ([`crate::detector::Analysis::fused_z`]); the
+//!   pixel metrics use the first branch's anomaly map against the union of the sample's masks
+//!   (normal images: every pixel normal; anomalous images without any mask are left out). The
+//!   plain layout has no masks, so it gets no pixel metrics; neither does a run with
+//!   [`EvalOptions::pixel`] off.
+//! * Draws: with a seed `S` and `N` draws, the references of draw `i` are drawn with seed
+//!   `S + i`; without a seed there is one draw, the first `k` by name (the LogSAD authors'
+//!   protocol). See [`references_and_validation`].
+//! * [`EvalOptions::test_limit`] keeps only the first `N` test images (by path) of each defect
+//!   type, `good` included: a subset for quick runs, whose numbers are not comparable with
+//!   published ones.
+//!
+//! Besides [`evaluate`], this module summarises several draws (mean ± unbiased standard
+//! deviation per category), prints that summary, and draws the ROC curves of a category.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use image::GrayImage;
+use serde::{Deserialize, Serialize};
+
+use super::dataset::{
+    references_and_validation, Dataset, DatasetError, Layout, Protocol, Sample, Split,
+    DEFAULT_VALIDATION_COUNT,
+};
+use super::report::{
+    plot_roc, union_masks, CategoryReport, PixelAccumulator, PixelMetrics, Report, ScoredImage,
+    Timing,
+};
+use crate::detect::metrics;
+use crate::detector::{Analysis, Detector, DetectorError};
+use crate::engine::EngineOptions;
+use crate::enroll::{
+    enroll_with, load_extractor, load_image, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD,
+};
+use crate::profile::BranchSpec;
+
+/// Works out a category's detector branches from its first reference image (an upscale tiling
+/// depends on the image size).
+pub type BranchesFn = dyn Fn(&Path) -> Result<Vec<BranchSpec>, String>;
+
+/// The detector branches of an evaluation.
+pub enum Branches {
+    /// The same branches for every category.
+    Fixed(Vec<BranchSpec>),
+    /// Branches worked out per category and draw from the first reference image.
+    PerCategory(Box<BranchesFn>),
+}
+
+impl fmt::Debug for Branches {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Branches::Fixed(b) => f.debug_tuple("Fixed").field(b).finish(),
+            Branches::PerCategory(_) => f.write_str("PerCategory(..)"),
+        }
+    }
+}
+
+/// How to evaluate.
+#[derive(Debug)]
+pub struct EvalOptions {
+    /// Reference images per category; `None` = the whole reference pool (full data).
+    pub shots: Option<usize>,
+    /// Seed of the first draw; `None` = the first `shots` images by name (one draw only).
+    pub seed: Option<u64>,
+    /// Number of draws, seeds `seed`, `seed + 1`, ...; more than one needs a seed.
+    pub draws: usize,
+    /// Validation images taken from the end of the training images when the dataset has no
+    /// validation split of its own.
+    pub validation_count: usize,
+    /// Keep only the first `N` test images of each defect type (`good` included).
+    pub test_limit: Option<usize>,
+    /// Preset name, recorded in the settings (the branches are [`EvalOptions::branches`]).
+    pub preset: String,
+    pub branches: Branches,
+    /// Greedy coreset reduction of the memory banks (the coreset seed is the draw's seed).
+    pub coreset_ratio: Option<f32>,
+    pub engine: EngineOptions,
+    /// Compute pixel metrics where the dataset has masks.
+    pub pixel: bool,
+}
+
+impl Default for EvalOptions {
+    /// The authors' protocol with the faithful preset: full data, one draw, pixel metrics.
+    fn default() -> Self {
+        EvalOptions {
+            shots: None,
+            seed: None,
+            draws: 1,
+            validation_count: DEFAULT_VALIDATION_COUNT,
+            test_limit: None,
+            preset: "faithful".into(),
+            branches: Branches::Fixed(preset("faithful", None).expect("known preset")),
+            coreset_ratio: None,
+            engine: EngineOptions::default(),
+            pixel: true,
+        }
+    }
+}
+
+impl EvalOptions {
+    /// The seed of each draw (`[None]` without a seed).
+    pub fn draw_seeds(&self) -> Vec<Option<u64>> {
+        match self.seed {
+            None => vec![None],
+            Some(s) => (0..self.draws as u64).map(|i| Some(s + i)).collect(),
+        }
+    }
+
+    fn check(&self) -> Result<(), EvalError> {
+        if self.draws == 0 {
+            return Err(EvalError::Invalid("--draws must be at least 1".into()));
+        }
+        if self.draws > 1 && self.seed.is_none() {
+            return Err(EvalError::Invalid(format!(
+                "{} draws need a seed (--seed): without one the references are the first k \
+                 images by name, the same every draw",
+                self.draws
+            )));
+        }
+        if self.test_limit == Some(0) {
+            return Err(EvalError::Invalid("--test-limit must be at least 1".into()));
+        }
+        if let Some(r) = self.coreset_ratio {
+            if !(r.is_finite() && r > 0.0 && r <= 1.0) {
+                return Err(EvalError::Invalid(format!(
+                    "--coreset-ratio {r} must be in (0, 1]"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Errors of an evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Detector(#[from] DetectorError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{}: {message}", path.display())]
+    Mask { path: PathBuf, message: String },
+}
+
+/// What an evaluation is doing, for progress reports.
+#[derive(Debug)]
+pub enum EvalProgress<'a> {
+    /// Before any work: the test images to analyse over all draws and categories.
+    Start {
+        images: usize,
+        draws: usize,
+        categories: usize,
+    },
+    /// A warning of the model loader (such as a device falling back to the CPU).
+    Warning(&'a str),
+    /// After each reference or validation image of an enrollment.
+    Enrolling {
+        draw: usize,
+        category: &'a str,
+        phase: Phase,
+        done: usize,
+        total: usize,
+    },
+    /// After each test image; `done` of `total` in this category and draw.
+    Image {
+        draw: usize,
+        category: &'a str,
+        done: usize,
+        total: usize,
+    },
+    /// A category of a draw is finished.
+    CategoryDone {
+        draw: usize,
+        seed: Option<u64>,
+        report: &'a CategoryReport,
+        scores: &'a [ScoredImage],
+    },
+}
+
+/// The first `limit` test samples (by path) of each defect type, `good` included, in path
+/// order; all of them without a limit.
+pub fn limit_test(samples: &[Sample], limit: Option<usize>) -> Vec<Sample> {
+    let mut sorted: Vec<&Sample> = samples.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let Some(limit) = limit else {
+        return sorted.into_iter().cloned().collect();
+    };
+    let mut taken: HashMap<&str, usize> = HashMap::new();
+    sorted
+        .into_iter()
+        .filter(|s| {
+            let n = taken.entry(s.defect.as_str()).or_default();
+            *n += 1;
+            *n <= limit
+        })
+        .cloned()
+        .collect()
+}
+
+/// Evaluates `dataset` with the model of `manifest`: one [`Report`] per draw.
+///
+/// The protocol of every category and draw is checked before the model is loaded, so a
+/// category with too few images fails at once.
+pub fn evaluate(
+    manifest: &Path,
+    dataset: &Dataset,
+    options: &EvalOptions,
+    progress: &mut dyn FnMut(EvalProgress<'_>),
+) -> Result<Vec<Report>, EvalError> {
+    options.check()?;
+    if dataset.categories.is_empty() {
+        return Err(EvalError::Invalid(format!(
+            "{}: no categories to evaluate",
+            dataset.root.display()
+        )));
+    }
+    let seeds = options.draw_seeds();
+    let mut plans = Vec::with_capacity(seeds.len());
+    for &seed in &seeds {
+        let protocol = Protocol {
+            shots: options.shots,
+            seed,
+            validation_count: options.validation_count,
+        };
+        let draw = dataset
+            .categories
+            .iter()
+            .map(|c| references_and_validation(c, &protocol))
+            .collect::<Result<Vec<_>, _>>()?;
+        plans.push(draw);
+    }
+    let tests: Vec<Vec<Sample>> = dataset
+        .categories
+        .iter()
+        .map(|c| limit_test(&c.test, options.test_limit))
+        .collect();
+    let per_draw: usize = tests.iter().map(Vec::len).sum();
+    progress(EvalProgress::Start {
+        images: per_draw * seeds.len(),
+        draws: seeds.len(),
+        categories: dataset.categories.len(),
+    });
+    let pixel = options.pixel && dataset.layout != Layout::Plain;
+
+    let (mut extractor, warnings) = load_extractor(manifest, &options.engine)?;
+    for w in &warnings {
+        progress(EvalProgress::Warning(w));
+    }
+    let model = extractor.backbone().identity().name.clone();
+
+    let mut reports = Vec::with_capacity(seeds.len());
+    for (draw, (&seed, plan)) in seeds.iter().zip(&plans).enumerate() {
+        let mut categories = Vec::with_capacity(dataset.categories.len());
+        for ((category, (references, validation)), test) in
+            dataset.categories.iter().zip(plan).zip(&tests)
+        {
+            let name = category.name.as_str();
+            let branches = match &options.branches {
+                Branches::Fixed(b) => b.clone(),
+                Branches::PerCategory(f) => f(&references[0])
+                    .map_err(|e| EvalError::Invalid(format!("category '{name}': {e}")))?,
+            };
+            let enroll_options = EnrollOptions {
+                branches: branches.clone(),
+                coreset_ratio: options.coreset_ratio,
+                threshold: DEFAULT_THRESHOLD,
+                seed: seed.unwrap_or(0),
+                engine: options.engine.clone(),
+            };
+            let start = Instant::now();
+            let profile = enroll_with(
+                &mut extractor,
+                references,
+                validation,
+                &enroll_options,
+                &mut |phase, done, total| {
+                    progress(EvalProgress::Enrolling {
+                        draw,
+                        category: name,
+                        phase,
+                        done,
+                        total,
+                    })
+                },
+            )?;
+            let enroll_s = start.elapsed().as_secs_f64();
+            let mut detector = Detector { extractor, profile };
+            let scored = score_category(&mut detector, test, pixel, &mut |done| {
+                progress(EvalProgress::Image {
+                    draw,
+                    category: name,
+                    done,
+                    total: test.len(),
+                })
+            });
+            extractor = detector.extractor;
+            let scored = scored?;
+            let settings = serde_json::json!({
+                "model": model,
+                "preset": options.preset,
+                "branches": branches,
+                "shots": options.shots,
+                "seed": seed,
+                "references": references.len(),
+                "validation_images": validation.len(),
+                "test_limit": options.test_limit,
+                "coreset_ratio": options.coreset_ratio,
+                "enroll_s": enroll_s,
+                "pixel_images": scored.pixel_images,
+            });
+            let report = CategoryReport::from_scores(
+                name,
+                &scored.scores,
+                scored.pixel,
+                scored.timing,
+                settings,
+            );
+            progress(EvalProgress::CategoryDone {
+                draw,
+                seed,
+                report: &report,
+                scores: &scored.scores,
+            });
+            categories.push(report);
+        }
+        reports.push(Report::new(categories));
+    }
+    Ok(reports)
+}
+
+struct Scored {
+    scores: Vec<ScoredImage>,
+    pixel: Option<PixelMetrics>,
+    /// Images that took part in the pixel metrics.
+    pixel_images: Option<usize>,
+    timing: Timing,
+}
+
+/// Analyses each test image once.
+fn score_category(
+    detector: &mut Detector,
+    test: &[Sample],
+    pixel: bool,
+    on_image: &mut dyn FnMut(usize),
+) -> Result<Scored, EvalError> {
+    let before = detector.extractor.timing;
+    let mut accumulator = pixel.then(PixelAccumulator::new);
+    let mut pixel_images = 0;
+    let mut busy = Duration::ZERO;
+    let mut scores = Vec::with_capacity(test.len());
+    for (i, sample) in test.iter().enumerate() {
+        let start = Instant::now();
+        let image = load_image(&sample.path)?;
+        let analysis = detector.analyse(&image)?;
+        busy += start.elapsed();
+        if let Some(acc) = accumulator.as_mut() {
+            if add_pixels(acc, &analysis, sample, (image.width, image.height))? {
+                pixel_images += 1;
+            }
+        }
+        scores.push(ScoredImage {
+            path: sample.path.display().to_string(),
+            anomalous: sample.anomalous,
+            defect: sample.defect.clone(),
+            split: sample.split.map(|s| s.name().to_string()),
+            score: analysis.fused_z(),
+        });
+        on_image(i + 1);
+    }
+    let after = detector.extractor.timing;
+    let timing = Timing {
+        model_s: after.model.saturating_sub(before.model).as_secs_f64(),
+        matching_s: after.matching.saturating_sub(before.matching).as_secs_f64(),
+        per_image_ms: if test.is_empty() {
+            0.0
+        } else {
+            busy.as_secs_f64() * 1000.0 / test.len() as f64
+        },
+    };
+    Ok(Scored {
+        scores,
+        pixel: accumulator.map(PixelAccumulator::finish),
+        pixel_images: pixel.then_some(pixel_images),
+        timing,
+    })
+}
+
+/// Adds the first branch's map of one test image; `false` for an anomalous image without masks
+/// (left out: its anomalous pixels are unknown).
+fn add_pixels(
+    acc: &mut PixelAccumulator,
+    analysis: &Analysis,
+    sample: &Sample,
+    size: (u32, u32),
+) -> Result<bool, EvalError> {
+    let mask = if sample.masks.is_empty() {
+        if sample.anomalous {
+            return Ok(false);
+        }
+        None
+    } else {
+        let masks = sample
+            .masks
+            .iter()
+            .map(|path| {
+                image::open(path)
+                    .map(|m| m.to_luma8())
+                    .map_err(|e| EvalError::Mask {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<GrayImage>, _>>()?;
+        let union = union_masks(&masks).map_err(|message| EvalError::Mask {
+            path: sample.masks[0].clone(),
+            message,
+        })?;
+        Some(union)
+    };
+    let map = analysis.map();
+    acc.add(&map.map, map.map_width, map.map_height, mask.as_ref(), size)
+        .map_err(|message| EvalError::Mask {
+            path: sample.masks.first().unwrap_or(&sample.path).clone(),
+            message: format!("{message} (test image {})", sample.path.display()),
+        })?;
+    Ok(true)
+}
+
+// ---------------------------------------------------------------------------------------
+// Several draws
+
+/// Mean and unbiased standard deviation of a metric over draws (values that are undefined in
+/// a draw are left out; `std` needs two values).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeanStd {
+    pub mean: Option<f64>,
+    pub std: Option<f64>,
+    /// Draws where the metric is defined.
+    pub n: usize,
+}
+
+impl MeanStd {
+    pub fn of(values: impl IntoIterator<Item = Option<f64>>) -> Self {
+        let v: Vec<f64> = values
+            .into_iter()
+            .flatten()
+            .filter(|v| v.is_finite())
+            .collect();
+        let n = v.len();
+        if n == 0 {
+            return MeanStd::default();
+        }
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let std = (n > 1).then(|| {
+            (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1) as f64).sqrt()
+        });
+        MeanStd {
+            mean: Some(mean),
+            std,
+            n,
+        }
+    }
+
+    /// `97.3 ± 1.2` in percent, `-` where undefined.
+    pub fn percent(&self) -> String {
+        match (self.mean, self.std) {
+            (Some(m), Some(s)) => format!("{:.1} ± {:.1}", m * 100.0, s * 100.0),
+            (Some(m), None) => format!("{:.1}", m * 100.0),
+            _ => "-".into(),
+        }
+    }
+}
+
+/// One category (or the mean row, named `mean`) over all draws.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CategorySummary {
+    pub category: String,
+    pub draws: usize,
+    pub image_auroc: MeanStd,
+    pub image_f1_max: MeanStd,
+}
+
+/// Per category (in the first draw's order) and for the mean row: image AUROC and F1-max,
+/// mean ± unbiased standard deviation over the draws.
+pub fn summarise(reports: &[Report]) -> Vec<CategorySummary> {
+    let Some(first) = reports.first() else {
+        return Vec::new();
+    };
+    let mut out: Vec<CategorySummary> = first
+        .categories
+        .iter()
+        .map(|c| {
+            let same: Vec<&CategoryReport> = reports
+                .iter()
+                .filter_map(|r| r.categories.iter().find(|x| x.category == c.category))
+                .collect();
+            CategorySummary {
+                category: c.category.clone(),
+                draws: same.len(),
+                image_auroc: MeanStd::of(same.iter().map(|x| x.image_auroc)),
+                image_f1_max: MeanStd::of(same.iter().map(|x| x.image_f1_max)),
+            }
+        })
+        .collect();
+    out.push(CategorySummary {
+        category: "mean".into(),
+        draws: reports.len(),
+        image_auroc: MeanStd::of(reports.iter().map(|r| r.mean.image_auroc)),
+        image_f1_max: MeanStd::of(reports.iter().map(|r| r.mean.image_f1_max)),
+    });
+    out
+}
+
+/// Aligned table of a summary: category, draws, image AUROC and F1-max as `mean ± std` in
+/// percent; a dashed rule after the header and before the `mean` row.
+pub fn summary_table(summary: &[CategorySummary]) -> String {
+    let header = [
+        "category".to_string(),
+        "draws".into(),
+        "image AUROC".into(),
+        "F1-max".into(),
+    ];
+    let rows: Vec<[String; 4]> = summary
+        .iter()
+        .map(|s| {
+            [
+                s.category.clone(),
+                s.draws.to_string(),
+                s.image_auroc.percent(),
+                s.image_f1_max.percent(),
+            ]
+        })
+        .collect();
+    let mut widths = [0usize; 4];
+    for r in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |r: &[String; 4]| {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (cell, w))| {
+                let pad = w - cell.chars().count();
+                if i == 0 {
+                    format!("{cell}{}", " ".repeat(pad))
+                } else {
+                    format!("{}{cell}", " ".repeat(pad))
+                }
+            })
+            .collect();
+        format!("{}\n", cells.join("  ").trim_end())
+    };
+    let rule = format!("{}\n", "-".repeat(widths.iter().sum::<usize>() + 6));
+    let mut out = line(&header);
+    out.push_str(&rule);
+    for (i, r) in rows.iter().enumerate() {
+        if i + 1 == rows.len() && r[0] == "mean" {
+            out.push_str(&rule);
+        }
+        out.push_str(&line(r));
+    }
+    out
+}
+
+/// One draw as recorded in `report.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrawRecord {
+    pub draw: usize,
+    pub seed: Option<u64>,
+    #[serde(flatten)]
+    pub report: Report,
+}
+
+/// Everything an evaluation run writes to `report.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    pub root: String,
+    pub layout: Layout,
+    pub model: String,
+    pub preset: String,
+    pub shots: Option<usize>,
+    pub validation_count: usize,
+    pub test_limit: Option<usize>,
+    pub draws: Vec<DrawRecord>,
+    pub summary: Vec<CategorySummary>,
+}
+
+impl EvalRecord {
+    /// The record of `reports` (one per draw, as [`evaluate`] returns them); the model name is
+    /// taken from the reports' settings.
+    pub fn new(dataset: &Dataset, options: &EvalOptions, reports: Vec<Report>) -> Self {
+        let summary = summarise(&reports);
+        let model = reports
+            .iter()
+            .flat_map(|r| &r.categories)
+            .find_map(|c| c.settings.get("model").and_then(|m| m.as_str()))
+            .unwrap_or_default()
+            .to_string();
+        EvalRecord {
+            root: dataset.root.display().to_string(),
+            layout: dataset.layout,
+            model,
+            preset: options.preset.clone(),
+            shots: options.shots,
+            validation_count: options.validation_count,
+            test_limit: options.test_limit,
+            draws: options
+                .draw_seeds()
+                .into_iter()
+                .zip(reports)
+                .enumerate()
+                .map(|(draw, (seed, report))| DrawRecord { draw, seed, report })
+                .collect(),
+            summary,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("record serialises")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ROC plots
+
+/// ROC curves of a category's scores: `image` over all test images, and for MVTec LOCO also
+/// `logical` and `structural` (each with all normal images). Undefined curves are left out.
+pub fn roc_curves(scores: &[ScoredImage]) -> Vec<(String, Vec<(f64, f64)>)> {
+    let curve = |keep: &dyn Fn(&ScoredImage) -> bool| {
+        let (s, l): (Vec<f64>, Vec<bool>) = scores
+            .iter()
+            .filter(|x| keep(x))
+            .map(|x| (x.score, x.anomalous))
+            .unzip();
+        metrics::roc_curve(&s, &l)
+    };
+    let mut out = vec![("image".to_string(), curve(&|_| true))];
+    for split in Split::ALL {
+        let name = split.name();
+        let is = |x: &ScoredImage| x.split.as_deref() == Some(name);
+        if scores.iter().any(|x| x.anomalous && is(x)) {
+            out.push((name.to_string(), curve(&|x| !x.anomalous || is(x))));
+        }
+    }
+    out.retain(|(_, c)| !c.is_empty());
+    out
+}
+
+/// `roc_<category>.png` with characters other than ASCII letters, digits, `-`, `_` and `.`
+/// replaced by `_`.
+pub fn roc_file_name(category: &str) -> String {
+    let safe: String = category
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("roc_{safe}.png")
+}
+
+/// Writes the ROC plot of a category into `dir`; returns its path.
+pub fn write_roc(dir: &Path, category: &str, scores: &[ScoredImage]) -> Result<PathBuf, String> {
+    let path = dir.join(roc_file_name(category));
+    plot_roc(
+        &path,
+        &format!("{category}: image ROC"),
+        &roc_curves(scores),
+    )?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(path: &str, defect: &str) -> Sample {
+        Sample {
+            path: PathBuf::from(path),
+            anomalous: defect != "good",
+            defect: defect.into(),
+            split: None,
+            masks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn test_limit_per_defect() {
+        let samples = vec![
+            sample("c/good/002.png", "good"),
+            sample("c/crack/000.png", "crack"),
+            sample("c/good/000.png", "good"),
+            sample("c/good/001.png", "good"),
+            sample("c/hole/000.png", "hole"),
+            sample("c/crack/001.png", "crack"),
+        ];
+        let names = |v: Vec<Sample>| -> Vec<String> {
+            v.into_iter()
+                .map(|s| s.path.display().to_string())
+                .collect()
+        };
+        assert_eq!(
+            names(limit_test(&samples, Some(1))),
+            ["c/crack/000.png", "c/good/000.png", "c/hole/000.png"]
+        );
+        assert_eq!(
+            names(limit_test(&samples, Some(2))),
+            [
+                "c/crack/000.png",
+                "c/crack/001.png",
+                "c/good/000.png",
+                "c/good/001.png",
+                "c/hole/000.png"
+            ]
+        );
+        assert_eq!(limit_test(&samples, None).len(), 6);
+    }
+
+    #[test]
+    fn mean_and_unbiased_std() {
+        let m = MeanStd::of([Some(0.9), Some(0.8), None, Some(1.0)]);
+        assert_eq!(m.n, 3);
+        assert!((m.mean.unwrap() - 0.9).abs() < 1e-12);
+        assert!((m.std.unwrap() - 0.1).abs() < 1e-12);
+        assert_eq!(m.percent(), "90.0 ± 10.0");
+        let one = MeanStd::of([Some(0.5)]);
+        assert_eq!(
+            (one.mean, one.std, one.percent().as_str()),
+            (Some(0.5), None, "50.0")
+        );
+        assert_eq!(MeanStd::of([None]).percent(), "-");
+    }
+
+    #[test]
+    fn seeds_of_draws() {
+        let mut o = EvalOptions {
+            seed: Some(5),
+            draws: 3,
+            ..EvalOptions::default()
+        };
+        assert_eq!(o.draw_seeds(), [Some(5), Some(6), Some(7)]);
+        o.seed = None;
+        assert_eq!(o.draw_seeds(), [None]);
+        assert!(o.check().unwrap_err().to_string().contains("need a seed"));
+        assert_eq!(roc_file_name("a b/c"), "roc_a_b_c.png");
+    }
+}
