@@ -5,10 +5,17 @@
 //!   preprocessed outside the timed region), of the in-process detector (`Detector::analyse`:
 //!   preprocessing, backbone, nearest-neighbour matching, stitching) and of the `logsad` element
 //!   in a pipeline (`appsrc ! logsad ! fakesink`, and the same with `anomalyoverlay`);
-//! * GFLOP/s of the nearest-neighbour step (`max_similarity`) against a plain
-//!   `matrixmultiply::sgemm` of the same shape on the same machine.
+//! * the nearest-neighbour step of one stage on real features (a frame's 16x16 token grid
+//!   upsampled x2 = 1024 query cells against the profile's bank, 4 reference blocks = 4096 rows,
+//!   and against the references cut 2x2, 16 blocks = 16384 rows): the dense matcher
+//!   (`dense_max_similarity` on explicit upsampled, normalised rows) in GFLOP/s against a plain
+//!   `matrixmultiply::sgemm` of the same shape on the same machine, and the exact factorised
+//!   matcher (`max_similarity`) with its effective GFLOP/s (the dense arithmetic, 2 n m d, over
+//!   its time) and speed-up over dense.
 //!
-//! Nothing is asserted: the figures are printed as a table and written to `target/bench.json`.
+//! The only assertions are correctness checks: the factorised and the dense matcher agree
+//! within 1e-4 on every cell of every stage. The figures are printed as a table and written to
+//! `target/bench.json`.
 //!
 //! The configurations are loaded side by side (separate sessions of the same model, same thread
 //! settings), warmed up, and fed the same frames in chunks in rotating order, so that a burst of
@@ -24,9 +31,10 @@
 //! `nn` to skip parts). `MATMUL_NUM_THREADS` sets matrixmultiply's threads as usual.
 
 use gst::prelude::*;
-use gstlogsad::detect::features::{patch_features, Grid};
-use gstlogsad::detect::patch::{anomaly_map, max_score, max_similarity, MemoryBank};
+use gstlogsad::detect::features::{patch_features, Grid, PatchFeatures};
+use gstlogsad::detect::patch::{anomaly_map, dense_max_similarity, max_similarity, MemoryBank};
 use gstlogsad::detect::preprocess::{Preprocessor, RgbImage};
+use gstlogsad::detect::score::{reduce, Reduction};
 use gstlogsad::detect::tiling::{Stitcher, Tiling};
 use gstlogsad::detector::Detector;
 use gstlogsad::engine::{self, Backbone, Device, EngineOptions, Manifest};
@@ -239,12 +247,7 @@ fn breakdown_chunk(
     frames: &[RgbImage],
 ) -> Breakdown {
     let m = backbone.manifest().clone();
-    let grid = Grid {
-        prefix_tokens: m.tokens.prefix_tokens,
-        height: m.tokens.grid_height,
-        width: m.tokens.grid_width,
-        dim: m.feature_dim,
-    };
+    let grid = grid_of(&m);
     let whole = Tiling::whole();
     let mut pre = Preprocessor::new(&m.input);
     let mut b = Breakdown::default();
@@ -270,13 +273,13 @@ fn breakdown_chunk(
             &whole,
             image.width,
             image.height,
-            features.width,
-            features.height,
+            features.width(),
+            features.height(),
         )
         .expect("stitcher");
         stitcher.add(0, &map);
         let (stitched, _, _) = stitcher.finish();
-        std::hint::black_box(max_score(&stitched));
+        std::hint::black_box(reduce(&stitched, Reduction::Max));
         b.stitching += t.elapsed();
     }
     b
@@ -447,26 +450,39 @@ impl PipelineRunner {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Nearest neighbour vs plain matrix product
+// Nearest neighbour: dense and factorised exact matching against a plain matrix product
 
-/// Deterministic unit rows (a small LCG is enough: GEMM time does not depend on the values).
-fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut v: Vec<f32> = (0..n * dim)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    for row in v.chunks_exact_mut(dim) {
-        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        row.iter_mut().for_each(|x| *x /= norm);
+/// The token grid of the model's stage outputs.
+fn grid_of(m: &Manifest) -> Grid {
+    Grid {
+        prefix_tokens: m.tokens.prefix_tokens,
+        height: m.tokens.grid_height,
+        width: m.tokens.grid_width,
+        dim: m.feature_dim,
     }
-    v
+}
+
+/// The patch features of every tile of `image` under `tiling` (one backbone call per tile,
+/// batch 1), as the detector forms them.
+fn tile_features(
+    backbone: &mut Backbone,
+    upsample: usize,
+    image: &RgbImage,
+    tiling: &Tiling,
+) -> Vec<PatchFeatures> {
+    let m = backbone.manifest().clone();
+    let grid = grid_of(&m);
+    let mut pre = Preprocessor::new(&m.input);
+    tiling
+        .tiles(image.width, image.height)
+        .iter()
+        .map(|tile| {
+            let mut pixels = Vec::with_capacity(3 * m.input.width * m.input.height);
+            pre.push_tile(image, tile, &mut pixels).expect("preprocess");
+            let outputs = backbone.run(pixels, 1).expect("backbone run");
+            patch_features(&outputs.stages, 0, grid, upsample)
+        })
+        .collect()
 }
 
 fn time(mut f: impl FnMut()) -> Duration {
@@ -475,29 +491,69 @@ fn time(mut f: impl FnMut()) -> Duration {
     start.elapsed()
 }
 
+/// One nearest-neighbour shape, one stage: `n` query cells, `m` bank rows, `d` dimensions.
 struct NnResult {
+    label: String,
     n: usize,
     m: usize,
     d: usize,
-    nn: Duration,
-    /// Plain sgemm, B given as the bank transposed through strides (what `max_similarity` does).
+    blocks: usize,
+    /// `dense_max_similarity` on explicit upsampled, normalised rows (prepared outside).
+    dense: Duration,
+    /// `max_similarity`: the exact matching factorised through the upsampling.
+    factorised: Duration,
+    /// The factorised matcher's matrix products alone: one plain sgemm of the raw query grid
+    /// against each block's raw grid (`blocks` x `grid x d . d x grid`); the rest of its time is
+    /// interpolation, norms and the row maximum.
+    raw_gemms: Duration,
+    /// Plain sgemm, B given as the bank transposed through strides (what the dense path does).
     gemm_strided: Duration,
     /// Plain sgemm, B a row-major d x m matrix.
     gemm_rowmajor: Duration,
+    /// Largest |factorised - dense| over every query cell of every stage.
+    max_abs_diff: f32,
+    stages_checked: usize,
 }
 
 impl NnResult {
+    /// The dense computation's arithmetic: 2 n m d.
     fn flops(&self) -> f64 {
         2.0 * self.n as f64 * self.m as f64 * self.d as f64
     }
+    /// GFLOP/s, or for the factorised matcher the effective rate: the dense arithmetic over its
+    /// time (how fast it delivers the same exact result).
     fn gflops(&self, t: Duration) -> f64 {
         self.flops() / t.as_secs_f64() / 1e9
     }
     fn gemm(&self) -> Duration {
         self.gemm_strided.min(self.gemm_rowmajor)
     }
-    fn ratio(&self) -> f64 {
-        self.gemm().as_secs_f64() / self.nn.as_secs_f64()
+    /// Time of the plain GEMM over time of `t`: the fraction of GEMM speed `t` reaches.
+    fn vs_gemm(&self, t: Duration) -> f64 {
+        self.gemm().as_secs_f64() / t.as_secs_f64()
+    }
+    fn speedup(&self) -> f64 {
+        self.dense.as_secs_f64() / self.factorised.as_secs_f64()
+    }
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "bank": self.label,
+            "n": self.n, "m": self.m, "d": self.d, "blocks": self.blocks,
+            "dense_ms": self.dense.as_secs_f64() * 1e3,
+            "dense_gflops": self.gflops(self.dense),
+            "dense_over_gemm": self.vs_gemm(self.dense),
+            "factorised_ms": self.factorised.as_secs_f64() * 1e3,
+            "factorised_effective_gflops": self.gflops(self.factorised),
+            "factorised_over_gemm": self.vs_gemm(self.factorised),
+            "factorised_speedup_over_dense": self.speedup(),
+            "factorised_raw_gemms_ms": self.raw_gemms.as_secs_f64() * 1e3,
+            "gemm_strided_ms": self.gemm_strided.as_secs_f64() * 1e3,
+            "gemm_strided_gflops": self.gflops(self.gemm_strided),
+            "gemm_rowmajor_ms": self.gemm_rowmajor.as_secs_f64() * 1e3,
+            "gemm_rowmajor_gflops": self.gflops(self.gemm_rowmajor),
+            "max_abs_diff_factorised_vs_dense": self.max_abs_diff,
+            "stages_checked": self.stages_checked,
+        })
     }
 }
 
@@ -513,6 +569,8 @@ fn sgemm(
     c: &mut [f32],
 ) {
     assert!(a.len() >= n * d && b.len() >= d * m && c.len() >= n * m);
+    // SAFETY: the slices hold at least n*d, d*m and n*m values and the strides describe
+    // layouts within them.
     unsafe {
         matrixmultiply::sgemm(
             n,
@@ -533,56 +591,99 @@ fn sgemm(
     }
 }
 
-fn measure_nn(n: usize, m: usize, d: usize, reps: usize) -> NnResult {
-    let queries = unit_rows(n, d, 1);
-    let bank = unit_rows(m, d, 2);
+/// Times the dense and the factorised matcher of one stage (stage 0; every stage has the same
+/// shape) against plain GEMMs of the same shape, interleaved, best of `reps` after a warm-up;
+/// then checks on every stage that both matchers agree within 1e-4.
+fn measure_nn(label: &str, query: &PatchFeatures, bank: &MemoryBank, reps: usize) -> NnResult {
+    const TOLERANCE: f32 = 1e-4;
+    let (n, m, d) = (query.patches(), bank.len(), bank.dim);
+    let stage = 0;
+    let queries = query.normalised(stage);
+    let rows = bank.normalised_rows(stage);
     // The same bank as a row-major d x m matrix.
-    let mut bank_t = vec![0.0f32; d * m];
+    let mut rows_t = vec![0.0f32; d * m];
     for r in 0..m {
         for k in 0..d {
-            bank_t[k * m + r] = bank[r * d + k];
+            rows_t[k * m + r] = rows[r * d + k];
         }
     }
     let mut out = vec![0.0f32; n * m];
-    let mut best = Vec::new();
-    // Interleave the three measurements, so that drift in the machine's load hits all of them.
-    // The first repetition is a warm-up (thread pool start, page faults of scratch buffers).
-    let (mut nn, mut gs, mut gr) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    let grid = bank.grid_height * bank.grid_width;
+    let raw_query = &query.tokens[stage];
+    let raw_blocks: Vec<&[f32]> = bank.tokens[stage].chunks_exact(grid * d).collect();
+    let mut raw_out = vec![0.0f32; grid * grid];
+    let (mut dense_best, mut fact_best) = (Vec::new(), Vec::new());
+    // Interleaved, so that drift in the machine's load hits every measurement alike. The first
+    // repetition is a warm-up (thread pool start, page faults of scratch buffers).
+    let mut best = [Duration::MAX; 5];
     for rep in 0..=reps {
-        let t_nn = time(|| {
-            best = max_similarity(&queries, &bank, d);
-            std::hint::black_box(&best);
-        });
-        let t_gs = time(|| {
-            sgemm(n, d, m, &queries, &bank, 1, d as isize, &mut out);
-            std::hint::black_box(&out);
-        });
-        let t_gr = time(|| {
-            sgemm(n, d, m, &queries, &bank_t, m as isize, 1, &mut out);
-            std::hint::black_box(&out);
-        });
+        let t = [
+            time(|| {
+                dense_best = dense_max_similarity(&queries, &rows, d);
+                std::hint::black_box(&dense_best);
+            }),
+            time(|| {
+                fact_best = max_similarity(query, bank, stage);
+                std::hint::black_box(&fact_best);
+            }),
+            time(|| {
+                sgemm(n, d, m, &queries, &rows, 1, d as isize, &mut out);
+                std::hint::black_box(&out);
+            }),
+            time(|| {
+                sgemm(n, d, m, &queries, &rows_t, m as isize, 1, &mut out);
+                std::hint::black_box(&out);
+            }),
+            time(|| {
+                for block in &raw_blocks {
+                    sgemm(grid, d, grid, raw_query, block, 1, d as isize, &mut raw_out);
+                    std::hint::black_box(&raw_out);
+                }
+            }),
+        ];
         if rep > 0 {
-            nn = nn.min(t_nn);
-            gs = gs.min(t_gs);
-            gr = gr.min(t_gr);
+            for (b, t) in best.iter_mut().zip(t) {
+                *b = (*b).min(t);
+            }
         }
     }
-    // Sanity: the NN result is the row maximum of the full product.
-    sgemm(n, d, m, &queries, &bank, 1, d as isize, &mut out);
+    // Sanity: the dense result is the row maximum of the full product.
     for (i, row) in out.chunks_exact(m).enumerate().step_by(97) {
         let want = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         assert!(
-            (want - best[i]).abs() < 1e-4,
-            "max_similarity disagrees with sgemm"
+            (want - dense_best[i]).abs() < TOLERANCE,
+            "dense_max_similarity disagrees with sgemm at cell {i}"
         );
     }
+    drop((out, rows_t, raw_out));
+    // Exactness: factorised == dense on every cell of every stage.
+    let mut max_abs_diff = 0.0f32;
+    for s in 0..bank.stages() {
+        let fact = max_similarity(query, bank, s);
+        let dense = dense_max_similarity(&query.normalised(s), &bank.normalised_rows(s), d);
+        assert_eq!(fact.len(), dense.len());
+        for (i, (f, g)) in fact.iter().zip(&dense).enumerate() {
+            let diff = (f - g).abs();
+            assert!(
+                diff < TOLERANCE,
+                "{label}, stage {s}, cell {i}: factorised {f} vs dense {g}"
+            );
+            max_abs_diff = max_abs_diff.max(diff);
+        }
+    }
     NnResult {
+        label: label.to_string(),
         n,
         m,
         d,
-        nn,
-        gemm_strided: gs,
-        gemm_rowmajor: gr,
+        blocks: bank.blocks(),
+        dense: best[0],
+        factorised: best[1],
+        gemm_strided: best[2],
+        gemm_rowmajor: best[3],
+        raw_gemms: best[4],
+        max_abs_diff,
+        stages_checked: bank.stages(),
     }
 }
 
@@ -634,7 +735,7 @@ fn main() {
     for w in warnings {
         eprintln!("warning (enroll): {w}");
     }
-    let bank_rows = profile.banks[0].rows;
+    let bank_rows = profile.banks[0].len();
     let profile_dir = tempfile::tempdir().expect("temporary directory");
     let profile_path = profile_dir.path().join("bench.logsad");
     profile.save(&profile_path).expect("saving the profile");
@@ -746,24 +847,52 @@ fn main() {
         p.finish();
     }
     drop(detector);
-    drop(bare);
-    let [r_bare, r_det, r_pipe, r_over]: [Rate; 4] = rates.try_into().ok().unwrap();
-
-    // 5. Nearest neighbour vs plain GEMM.
-    let d = manifest.feature_dim;
-    let queries = manifest.tokens.grid_height
-        * header.upsample
-        * manifest.tokens.grid_width
-        * header.upsample;
-    let per_shot = queries;
+    // 5. Nearest neighbour, one stage, real features: the first timed frame as the query
+    // (16x16 tokens upsampled x2 = 1024 cells) against the profile's bank (the references whole,
+    // 4 blocks) and against the references cut 2x2 (16 blocks, the multiscale local branch).
+    // Backbone calls on the bare session, outside every timed region.
     let nn: Vec<NnResult> = if cfg.skip_nn {
         Vec::new()
     } else {
-        vec![
-            measure_nn(queries, 4 * per_shot, d, cfg.nn_reps),
-            measure_nn(queries, 16 * per_shot, d, (cfg.nn_reps / 2).max(3)),
-        ]
+        let t = Instant::now();
+        let whole = Tiling::whole();
+        let quarters = Tiling {
+            rows: 2,
+            cols: 2,
+            overlap: 0.0,
+        };
+        let query =
+            tile_features(&mut bare.backbone, header.upsample, &frames[0], &whole).remove(0);
+        let mut tiled = MemoryBank::new(
+            bank.stages(),
+            bank.dim,
+            bank.grid_height,
+            bank.grid_width,
+            bank.upsample,
+        );
+        for path in &references {
+            let image = load_image(path).expect("reference image");
+            for features in tile_features(&mut bare.backbone, header.upsample, &image, &quarters) {
+                tiled.push(&features);
+            }
+        }
+        let nn = vec![
+            measure_nn("profile bank (whole)", &query, &bank, cfg.nn_reps),
+            measure_nn(
+                "references 2x2 tiles",
+                &query,
+                &tiled,
+                (cfg.nn_reps / 2).max(3),
+            ),
+        ];
+        eprintln!(
+            "nearest neighbour measured in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        nn
     };
+    drop(bare);
+    let [r_bare, r_det, r_pipe, r_over]: [Rate; 4] = rates.try_into().ok().unwrap();
 
     // Report.
     let bare_fps = r_bare.best();
@@ -859,29 +988,36 @@ fn main() {
         );
     }
     if !nn.is_empty() {
+        let shape = |r: &NnResult| {
+            format!(
+                "{} x {} . {} x {} ({} blocks)",
+                r.n, r.d, r.d, r.m, r.blocks
+            )
+        };
         println!();
         println!(
-            "{:<34} {:>10} {:>10} {:>10} {:>10} {:>8}",
-            "nearest neighbour (n x d . d x m)",
-            "NN ms",
-            "NN GF/s",
+            "{:<40} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            "nearest neighbour, per stage",
+            "dense ms",
+            "dense GF/s",
             "GEMM ms",
             "GEMM GF/s",
-            "NN/GEMM"
+            "dense/GEMM"
         );
         for r in &nn {
             println!(
-                "{:<34} {:>10.2} {:>10.1} {:>10.2} {:>10.1} {:>7.1}%",
-                format!("{} x {} . {} x {}", r.n, r.d, r.d, r.m),
-                r.nn.as_secs_f64() * 1e3,
-                r.gflops(r.nn),
+                "{:<40} {:>9.2} {:>9.1} {:>9.2} {:>9.1} {:>9.1}%",
+                shape(r),
+                r.dense.as_secs_f64() * 1e3,
+                r.gflops(r.dense),
                 r.gemm().as_secs_f64() * 1e3,
                 r.gflops(r.gemm()),
-                100.0 * r.ratio()
+                100.0 * r.vs_gemm(r.dense)
             );
         }
         println!(
-            "(GEMM: the faster of B as strided transpose {} and row-major {}; goal NN >= 70% of GEMM)",
+            "(dense: dense_max_similarity on explicit upsampled, normalised rows; GEMM: the faster \
+             of B as strided transpose {} and row-major {} GF/s; goal dense NN >= 70% of GEMM)",
             nn.iter()
                 .map(|r| format!("{:.1}", r.gflops(r.gemm_strided)))
                 .collect::<Vec<_>>()
@@ -891,10 +1027,49 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join("/"),
         );
-        let stages = manifest.stage_outputs.len();
+        println!();
         println!(
-            "NN per frame ({stages} stages, bank {bank_rows}): {:.1} ms of the detector's {:.1} ms",
-            stages as f64 * nn[0].nn.as_secs_f64() * 1e3 * (bank_rows as f64 / nn[0].m as f64),
+            "{:<40} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9}",
+            "exact factorised (max_similarity)",
+            "ms",
+            "eff. GF/s",
+            "vs GEMM",
+            "vs dense",
+            "max |diff|",
+            "GEMMs ms"
+        );
+        for r in &nn {
+            println!(
+                "{:<40} {:>9.2} {:>9.1} {:>8.0}% {:>8.1}x {:>10.1e} {:>9.2}",
+                shape(r),
+                r.factorised.as_secs_f64() * 1e3,
+                r.gflops(r.factorised),
+                100.0 * r.vs_gemm(r.factorised),
+                r.speedup(),
+                r.max_abs_diff,
+                r.raw_gemms.as_secs_f64() * 1e3
+            );
+        }
+        println!(
+            "(effective GF/s: the dense 2nmd over the factorised time; max |diff|: factorised vs \
+             dense over every cell of all {} stages, asserted < 1e-4; GEMMs ms: its raw-grid \
+             matrix products alone, the rest is interpolation, norms and row maxima)",
+            nn[0].stages_checked
+        );
+        let stages = manifest.stage_outputs.len() as f64;
+        let matching = breakdown
+            .map(|b| {
+                format!(
+                    "; measured in the detector steps {:.1} ms",
+                    b.per_frame_ms(b.matching)
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "NN per frame ({stages} stages, bank {bank_rows} rows): factorised {:.1} ms, dense {:.1} ms, \
+             of the detector's {:.1} ms{matching}",
+            stages * nn[0].factorised.as_secs_f64() * 1e3,
+            stages * nn[0].dense.as_secs_f64() * 1e3,
             ms(det_fps)
         );
     }
@@ -904,21 +1079,7 @@ fn main() {
         target_dir().join("bench.json").display()
     );
 
-    let nn_json: Vec<serde_json::Value> = nn
-        .iter()
-        .map(|r| {
-            json!({
-                "n": r.n, "m": r.m, "d": r.d,
-                "nn_ms": r.nn.as_secs_f64() * 1e3,
-                "nn_gflops": r.gflops(r.nn),
-                "gemm_strided_ms": r.gemm_strided.as_secs_f64() * 1e3,
-                "gemm_strided_gflops": r.gflops(r.gemm_strided),
-                "gemm_rowmajor_ms": r.gemm_rowmajor.as_secs_f64() * 1e3,
-                "gemm_rowmajor_gflops": r.gflops(r.gemm_rowmajor),
-                "nn_over_gemm": r.ratio(),
-            })
-        })
-        .collect();
+    let nn_json: Vec<serde_json::Value> = nn.iter().map(NnResult::json).collect();
     let report = json!({
         "command": "cargo bench --bench throughput",
         "model": manifest.name,

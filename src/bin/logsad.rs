@@ -402,8 +402,8 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         categories: args.categories.clone(),
         good_folder: args.good.clone(),
     };
-    let dataset = dataset::load(&args.root, args.layout, &load_options)
-        .with_context(|| format!("cannot load the dataset {}", args.root.display()))?;
+    // Dataset errors name the path at fault.
+    let dataset = dataset::load(&args.root, args.layout, &load_options)?;
     let manifest = args.engine.manifest();
     let branch_manifest = manifest.clone();
     let detector = args.detector.clone();
@@ -460,9 +460,9 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     progress.finish_and_clear();
 
     let seeds = options.draw_seeds();
-    for (report, seed) in reports.iter().zip(&seeds) {
+    for (draw, (report, seed)) in reports.iter().zip(&seeds).enumerate() {
         if let (true, Some(seed)) = (reports.len() > 1, seed) {
-            println!("seed {seed}");
+            println!("draw {}/{}, seed {seed}", draw + 1, reports.len());
         }
         println!("{}", report.table());
     }

@@ -273,6 +273,7 @@ pub fn max_similarity(query: &PatchFeatures, bank: &MemoryBank, stage: usize) ->
     let inverse = &bank.inverse_norms[stage];
     let mut best = vec![f32::NEG_INFINITY; cells];
     let mut raw = vec![0.0f32; grid * grid];
+    let mut t = Vec::new();
     let mut start = 0;
     for rows in bank
         .rows
@@ -282,34 +283,51 @@ pub fn max_similarity(query: &PatchFeatures, bank: &MemoryBank, stage: usize) ->
         let r = &bank.tokens[stage][block * grid * dim..(block + 1) * grid * dim];
         // raw[a, c] = q_a . r_c for the raw grids.
         matmul_transposed(q, r, grid, dim, grid, &mut raw);
-        // Interpolate along the bank side: t[a, k] = sum over row k's taps of w * raw[a, c].
+        // Interpolate along the bank side, scaled by each row's inverse norm:
+        // t[a, k] = sum over row k's taps of w * raw[a, c] / |v_k|.
         let k_count = rows.len();
-        let mut t = vec![0.0f32; grid * k_count];
-        for (k, &row) in rows.iter().enumerate() {
-            let cell = row as usize % cells;
-            let (y0, y1, ty) = ys[cell / up_w];
-            let (x0, x1, tx) = xs[cell % up_w];
-            let taps = [
-                (y0 * gw + x0, (1.0 - ty) * (1.0 - tx)),
-                (y0 * gw + x1, (1.0 - ty) * tx),
-                (y1 * gw + x0, ty * (1.0 - tx)),
-                (y1 * gw + x1, ty * tx),
-            ];
-            for a in 0..grid {
-                let line = &raw[a * grid..(a + 1) * grid];
-                t[a * k_count + k] = taps.iter().map(|&(c, w)| w * line[c]).sum();
-            }
+        let taps: Vec<[(usize, f32); 4]> = rows
+            .iter()
+            .zip(&inverse[start..start + k_count])
+            .map(|(&row, &inv)| {
+                let cell = row as usize % cells;
+                let (y0, y1, ty) = ys[cell / up_w];
+                let (x0, x1, tx) = xs[cell % up_w];
+                [
+                    (y0 * gw + x0, (1.0 - ty) * (1.0 - tx) * inv),
+                    (y0 * gw + x1, (1.0 - ty) * tx * inv),
+                    (y1 * gw + x0, ty * (1.0 - tx) * inv),
+                    (y1 * gw + x1, ty * tx * inv),
+                ]
+            })
+            .collect();
+        t.clear();
+        for line in raw.chunks_exact(grid) {
+            t.extend(
+                taps.iter()
+                    .map(|tap| tap.iter().map(|&(c, w)| w * line[c]).sum::<f32>()),
+            );
         }
-        // Interpolate along the query side, then keep each cell's best scaled similarity.
-        let s = upsample_bilinear_align_corners(&t, gh, gw, k_count, up_h, up_w);
-        let scale = &inverse[start..start + k_count];
-        for (b, line) in best.iter_mut().zip(s.chunks_exact(k_count)) {
-            let line_max = line
-                .iter()
-                .zip(scale)
-                .map(|(v, w)| v * w)
-                .fold(f32::NEG_INFINITY, f32::max);
-            *b = b.max(line_max);
+        // Interpolate along the query side and keep each cell's best, without forming the
+        // interpolated matrix.
+        let row_of = |cell: usize| &t[cell * k_count..(cell + 1) * k_count];
+        for (oy, &(y0, y1, ty)) in ys.iter().enumerate() {
+            for (ox, &(x0, x1, tx)) in xs.iter().enumerate() {
+                let weights = [
+                    (1.0 - ty) * (1.0 - tx),
+                    (1.0 - ty) * tx,
+                    ty * (1.0 - tx),
+                    ty * tx,
+                ];
+                let corners = [
+                    row_of(y0 * gw + x0),
+                    row_of(y0 * gw + x1),
+                    row_of(y1 * gw + x0),
+                    row_of(y1 * gw + x1),
+                ];
+                let b = &mut best[oy * up_w + ox];
+                *b = b.max(blend_max(corners, weights));
+            }
         }
         start += k_count;
     }
@@ -318,6 +336,31 @@ pub fn max_similarity(query: &PatchFeatures, bank: &MemoryBank, stage: usize) ->
         .zip(query_norms)
         .map(|(&b, n)| if n > 0.0 { b / n } else { 0.0 })
         .collect()
+}
+
+/// The largest value of the weighted sum of four equally long rows; eight lanes at a time so
+/// that the compiler vectorises it.
+fn blend_max(rows: [&[f32]; 4], w: [f32; 4]) -> f32 {
+    const LANES: usize = 8;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let [mut a, mut b, mut c, mut d] = rows.map(|r| r.chunks_exact(LANES));
+    for (((a, b), c), d) in (&mut a).zip(&mut b).zip(&mut c).zip(&mut d) {
+        for j in 0..LANES {
+            let v = w[0] * a[j] + w[1] * b[j] + w[2] * c[j] + w[3] * d[j];
+            lanes[j] = if v > lanes[j] { v } else { lanes[j] };
+        }
+    }
+    let tail = a
+        .remainder()
+        .iter()
+        .zip(b.remainder())
+        .zip(c.remainder())
+        .zip(d.remainder())
+        .map(|(((a, b), c), d)| w[0] * a + w[1] * b + w[2] * c + w[3] * d);
+    lanes
+        .into_iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// For each of the `n` query rows, the highest dot product with any of the `m` bank rows: the

@@ -747,6 +747,45 @@ mod tests {
     }
 
     #[test]
+    fn roc_curves_with_loco_splits() {
+        let img = |score: f64, split: Option<&str>| ScoredImage {
+            path: format!("{score}.png"),
+            anomalous: split.is_some(),
+            defect: split.unwrap_or("good").into(),
+            split: split.map(str::to_string),
+            score,
+        };
+        let scores = [
+            img(0.1, None),
+            img(0.2, None),
+            img(0.9, Some("logical")),
+            img(0.15, Some("structural")),
+        ];
+        let curves = roc_curves(&scores);
+        let names: Vec<&str> = curves.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(names, ["image", "logical", "structural"]);
+        assert_eq!(
+            curves[1].1,
+            vec![(0.0, 0.0), (0.0, 1.0), (0.5, 1.0), (1.0, 1.0)]
+        );
+        // Without splits only the image curve; without normal images none.
+        assert_eq!(
+            roc_curves(
+                &scores[..3]
+                    .iter()
+                    .map(|s| ScoredImage {
+                        split: None,
+                        ..s.clone()
+                    })
+                    .collect::<Vec<_>>()
+            )
+            .len(),
+            1
+        );
+        assert!(roc_curves(&scores[2..]).is_empty());
+    }
+
+    #[test]
     fn seeds_of_draws() {
         let mut o = EvalOptions {
             seed: Some(5),

@@ -1,0 +1,459 @@
+//! `logsad eval` end to end: miniature datasets in every layout are evaluated in-process with
+//! `gstlogsad::eval::run::evaluate` and the tiny test model, and the built `logsad` binary is run
+//! on the plain miniature (tables, report.json, ROC plot, errors).
+//!
+//! Needs the tiny model of `make deps` (`.deps/models/tiny`); the tests that run a model skip with
+//! a message without it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use gstlogsad::eval::dataset::testing::write_miniature;
+use gstlogsad::eval::dataset::{
+    load, references_and_validation, Dataset, Layout, LoadOptions, Protocol,
+};
+use gstlogsad::eval::report::{CategoryReport, Report, ScoredImage};
+use gstlogsad::eval::run::{evaluate, summarise, EvalOptions, EvalProgress};
+
+fn deps() -> PathBuf {
+    std::env::var_os("LOGSAD_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps"))
+}
+
+/// The tiny test model, or `None` (with a message) when `make deps` has not prepared it.
+fn tiny() -> Option<PathBuf> {
+    let path = deps().join("models/tiny/manifest.json");
+    if path.is_file() && path.with_file_name("model.onnx").is_file() {
+        Some(path)
+    } else {
+        eprintln!("skipping: {} is missing (run `make deps`)", path.display());
+        None
+    }
+}
+
+fn miniature(dir: &Path, layout: Layout) -> Dataset {
+    let root = dir.join(layout.name());
+    write_miniature(&root, layout).unwrap();
+    let dataset = load(&root, None, &LoadOptions::default()).unwrap();
+    assert_eq!(dataset.layout, layout);
+    dataset
+}
+
+/// Per-image scores of each (draw, category), in the order they finished.
+type Scores = Vec<(usize, String, Vec<ScoredImage>)>;
+
+fn run(model: &Path, dataset: &Dataset, options: &EvalOptions) -> (Vec<Report>, Scores) {
+    let mut scores = Vec::new();
+    let mut started = None;
+    let mut images = 0;
+    let reports = evaluate(model, dataset, options, &mut |event| match event {
+        EvalProgress::Start { images, .. } => started = Some(images),
+        EvalProgress::Image { .. } => images += 1,
+        EvalProgress::CategoryDone {
+            draw,
+            report,
+            scores: s,
+            ..
+        } => scores.push((draw, report.category.clone(), s.to_vec())),
+        _ => {}
+    })
+    .unwrap();
+    assert_eq!(started, Some(images), "progress counts every test image");
+    (reports, scores)
+}
+
+fn in_unit(v: Option<f64>, what: &str) -> f64 {
+    let v = v.unwrap_or_else(|| panic!("{what} is undefined"));
+    assert!((0.0..=1.0).contains(&v), "{what} = {v}");
+    v
+}
+
+/// Image counts, defined metrics in [0, 1], LOCO splits and pixel metrics where expected.
+fn check_category(
+    c: &CategoryReport,
+    images: usize,
+    anomalies: usize,
+    layout: Layout,
+    pixel: bool,
+) {
+    let name = &c.category;
+    assert_eq!((c.images, c.anomalies), (images, anomalies), "{name}");
+    in_unit(c.image_auroc, "image AUROC");
+    in_unit(c.image_f1_max, "image F1-max");
+    if layout == Layout::MvtecLoco {
+        for (split, m) in [("logical", c.logical), ("structural", c.structural)] {
+            let m = m.unwrap_or_else(|| panic!("{name}: no {split} metrics"));
+            assert_eq!((m.images, m.anomalies), (4, 2), "{name} {split}");
+            in_unit(m.auroc, split);
+            in_unit(m.f1_max, split);
+        }
+    } else {
+        assert!(c.logical.is_none() && c.structural.is_none(), "{name}");
+    }
+    if pixel {
+        let p = c
+            .pixel
+            .unwrap_or_else(|| panic!("{name}: no pixel metrics"));
+        assert_eq!(p.pixels, images as u64 * 32 * 32, "{name}: every pixel");
+        in_unit(p.auroc, "pixel AUROC");
+        in_unit(p.f1_max, "pixel F1-max");
+    } else {
+        assert!(c.pixel.is_none(), "{name}: unexpected pixel metrics");
+    }
+    let t = &c.timing;
+    assert!(
+        t.model_s > 0.0 && t.matching_s > 0.0 && t.per_image_ms > 0.0,
+        "{t:?}"
+    );
+    let s = &c.settings;
+    assert_eq!(s["preset"], "faithful");
+    assert_eq!(s["model"], "tiny-dinov2-28x28-p14-d8-s0");
+    assert_eq!(s["branches"][0]["name"], "patch");
+    assert!(s["validation_images"].as_u64().unwrap() >= 2, "{s}");
+}
+
+/// Every layout: categories, image and anomaly counts, metrics, and the bright squares ranked
+/// above the good images.
+#[test]
+fn every_layout() {
+    let Some(model) = tiny() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let options = EvalOptions {
+        validation_count: 2,
+        ..EvalOptions::default()
+    };
+    // (layout, categories, test images, anomalies, pixel metrics)
+    let cases: [(Layout, &[&str], usize, usize, bool); 4] = [
+        (Layout::MvtecAd, &["tile", "wood"], 5, 3, true),
+        (Layout::MvtecLoco, &["breakfast_box"], 6, 4, true),
+        (Layout::Visa, &["candle", "pcb1"], 5, 3, true),
+        (Layout::Plain, &["plain"], 8, 4, false),
+    ];
+    for (layout, names, images, anomalies, pixel) in cases {
+        let dataset = miniature(dir.path(), layout);
+        let (reports, scores) = run(&model, &dataset, &options);
+        assert_eq!(reports.len(), 1, "{layout}: one draw without a seed");
+        let report = &reports[0];
+        let got: Vec<&str> = report
+            .categories
+            .iter()
+            .map(|c| c.category.as_str())
+            .collect();
+        assert_eq!(got, names, "{layout}");
+        for c in &report.categories {
+            check_category(c, images, anomalies, layout, pixel);
+            eprintln!(
+                "{layout} {}: image AUROC {:?}, F1 {:?}, pixel {:?}",
+                c.category, c.image_auroc, c.image_f1_max, c.pixel
+            );
+            // The bright squares stand out: perfectly separated from the good images.
+            assert!(c.image_auroc.unwrap() >= 0.99, "{layout} {}", c.category);
+            assert!(c.image_f1_max.unwrap() >= 0.99, "{layout} {}", c.category);
+            if let Some(p) = c.pixel {
+                assert!(p.auroc.unwrap() >= 0.7, "{layout} {}: {p:?}", c.category);
+            }
+        }
+        assert_eq!(report.mean.categories, names.len());
+        assert_eq!(report.mean.images, images * names.len());
+        assert_eq!(report.mean.pixel_auroc.is_some(), pixel, "{layout}");
+        for (_, category, s) in &scores {
+            assert_eq!(s.len(), images, "{category}");
+            let splits: Vec<Option<&str>> = s
+                .iter()
+                .filter(|x| x.anomalous)
+                .map(|x| x.split.as_deref())
+                .collect();
+            if layout == Layout::MvtecLoco {
+                assert_eq!(
+                    splits,
+                    [
+                        Some("logical"),
+                        Some("logical"),
+                        Some("structural"),
+                        Some("structural")
+                    ]
+                );
+            } else {
+                assert!(splits.iter().all(Option::is_none), "{splits:?}");
+            }
+        }
+    }
+}
+
+/// `--no-pixel` drops the pixel metrics; `--test-limit` keeps the first N of each defect type.
+#[test]
+fn no_pixel_and_test_limit() {
+    let Some(model) = tiny() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = miniature(dir.path(), Layout::MvtecAd);
+    let options = EvalOptions {
+        validation_count: 3,
+        shots: Some(2),
+        test_limit: Some(1),
+        pixel: false,
+        ..EvalOptions::default()
+    };
+    let (reports, scores) = run(&model, &dataset, &options);
+    for c in &reports[0].categories {
+        // crack, good, hole: one each.
+        assert_eq!((c.images, c.anomalies), (3, 2), "{}", c.category);
+        assert!(c.pixel.is_none());
+        assert_eq!(c.settings["shots"], 2);
+        assert_eq!(c.settings["references"], 2);
+        assert_eq!(c.settings["validation_images"], 3);
+        assert_eq!(c.settings["test_limit"], 1);
+    }
+    let files: Vec<String> = scores[0]
+        .2
+        .iter()
+        .map(|s| {
+            Path::new(&s.path)
+                .strip_prefix(&dataset.root)
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "tile/test/crack/000.png",
+            "tile/test/good/000.png",
+            "tile/test/hole/000.png"
+        ]
+    );
+}
+
+/// Seeded draws pick different references (so different scores), and the same seed gives the
+/// same numbers again.
+#[test]
+fn seeded_draws() {
+    let Some(model) = tiny() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = miniature(dir.path(), Layout::MvtecAd);
+    let options = EvalOptions {
+        shots: Some(1),
+        seed: Some(10),
+        draws: 3,
+        validation_count: 3,
+        ..EvalOptions::default()
+    };
+    let (reports, scores) = run(&model, &dataset, &options);
+    assert_eq!(reports.len(), 3);
+    for (d, report) in reports.iter().enumerate() {
+        for c in &report.categories {
+            assert_eq!(c.settings["seed"], 10 + d as u64);
+            in_unit(c.image_auroc, "image AUROC");
+        }
+    }
+    let of = |draw: usize, category: &str| -> Vec<f64> {
+        scores
+            .iter()
+            .find(|(d, c, _)| *d == draw && c == category)
+            .unwrap()
+            .2
+            .iter()
+            .map(|s| s.score)
+            .collect()
+    };
+    // 1 of 5 references per draw: draws with different references score differently, and
+    // seeds 10, 11, 12 do not all pick the same image.
+    for category in &dataset.categories {
+        let refs: Vec<Vec<PathBuf>> = (0..3u64)
+            .map(|d| {
+                let protocol = Protocol {
+                    shots: Some(1),
+                    seed: Some(10 + d),
+                    validation_count: 3,
+                };
+                references_and_validation(category, &protocol).unwrap().0
+            })
+            .collect();
+        assert!(refs[0] != refs[1] || refs[1] != refs[2], "{refs:?}");
+        for a in 0..3 {
+            for b in a + 1..3 {
+                assert_eq!(
+                    of(a, &category.name) == of(b, &category.name),
+                    refs[a] == refs[b],
+                    "{}: draws {a} and {b}",
+                    category.name
+                );
+            }
+        }
+    }
+
+    let summary = summarise(&reports);
+    let names: Vec<&str> = summary.iter().map(|s| s.category.as_str()).collect();
+    assert_eq!(names, ["tile", "wood", "mean"]);
+    for s in &summary {
+        assert_eq!((s.draws, s.image_auroc.n), (3, 3), "{s:?}");
+        in_unit(s.image_auroc.mean, "mean image AUROC");
+        assert!(s.image_auroc.std.unwrap() >= 0.0);
+    }
+
+    // Seed 11 alone reproduces the second draw exactly.
+    let again = EvalOptions {
+        seed: Some(11),
+        draws: 1,
+        ..options
+    };
+    let (reports2, scores2) = run(&model, &dataset, &again);
+    for category in ["tile", "wood"] {
+        let s2: Vec<f64> = scores2
+            .iter()
+            .find(|(_, c, _)| c == category)
+            .unwrap()
+            .2
+            .iter()
+            .map(|s| s.score)
+            .collect();
+        assert_eq!(s2, of(1, category), "{category}");
+    }
+    for (a, b) in reports[1].categories.iter().zip(&reports2[0].categories) {
+        assert_eq!(a.image_auroc, b.image_auroc);
+        assert_eq!(a.image_f1_max, b.image_f1_max);
+        assert_eq!(a.pixel, b.pixel);
+    }
+}
+
+fn logsad(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_logsad"))
+        .args(args)
+        .output()
+        .expect("running logsad")
+}
+
+/// The command on the plain miniature: table on stdout, report.json, ROC plot; several draws
+/// add the mean ± std summary.
+#[test]
+fn command_on_plain_miniature() {
+    let Some(model) = tiny() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("fabric");
+    write_miniature(&root, Layout::Plain).unwrap();
+    let out = dir.path().join("out");
+    let (root_s, out_s, model_s) = (
+        root.to_str().unwrap(),
+        out.to_str().unwrap(),
+        model.to_str().unwrap(),
+    );
+    // The plain miniature has 4 training images: 2 for validation leave 2 references.
+    let output = logsad(&[
+        "eval",
+        "--shots",
+        "2",
+        "--validation-count",
+        "2",
+        "--model",
+        model_s,
+        "--out",
+        out_s,
+        root_s,
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("fabric"), "{stdout}");
+    assert!(stdout.contains("mean"), "{stdout}");
+    assert!(stdout.contains("image AUROC"), "{stdout}");
+    assert!(!stdout.contains('±'), "one draw, no summary: {stdout}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["layout"], "plain");
+    assert_eq!(json["model"], "tiny-dinov2-28x28-p14-d8-s0");
+    assert_eq!(json["preset"], "faithful");
+    assert_eq!(json["shots"], 2);
+    let draws = json["draws"].as_array().unwrap();
+    assert_eq!(draws.len(), 1);
+    assert_eq!(draws[0]["seed"], serde_json::Value::Null);
+    let c = &draws[0]["categories"][0];
+    assert_eq!(c["category"], "fabric");
+    assert_eq!(c["images"], 8);
+    assert_eq!(c["anomalies"], 4);
+    assert!(c["pixel"].is_null());
+    assert!(c["image_auroc"].as_f64().is_some());
+    assert_eq!(c["settings"]["references"], 2);
+    assert_eq!(c["settings"]["validation_images"], 2);
+    assert_eq!(draws[0]["mean"]["categories"], 1);
+    assert_eq!(json["summary"][0]["category"], "fabric");
+    assert_eq!(json["summary"][1]["category"], "mean");
+    let png = out.join("roc_fabric.png");
+    assert_eq!(image::image_dimensions(&png).unwrap(), (480, 480));
+
+    // Two seeded draws of 1 reference each: per-draw tables and the summary.
+    let out2 = dir.path().join("out2");
+    let output = logsad(&[
+        "eval",
+        "--shots",
+        "1",
+        "--seed",
+        "0",
+        "--draws",
+        "2",
+        "--validation-count",
+        "2",
+        "--preset",
+        "multiscale",
+        "--model",
+        model_s,
+        "--out",
+        out2.to_str().unwrap(),
+        root_s,
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("seed 0") && stdout.contains("seed 1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("over 2 draws") && stdout.contains('±'),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out2.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["draws"].as_array().unwrap().len(), 2);
+    assert_eq!(json["draws"][1]["seed"], 1);
+    assert_eq!(json["summary"][0]["image_auroc"]["n"], 2);
+    let branches = &json["draws"][0]["categories"][0]["settings"]["branches"];
+    assert_eq!(branches.as_array().unwrap().len(), 2, "{branches}");
+}
+
+/// A root that does not exist fails with a message naming it; so does a bad option.
+#[test]
+fn command_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dataset");
+    let output = logsad(&[
+        "eval",
+        "--out",
+        dir.path().to_str().unwrap(),
+        missing.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains(missing.to_str().unwrap()), "{stderr}");
+
+    let root = dir.path().join("plain");
+    write_miniature(&root, Layout::Plain).unwrap();
+    let output = logsad(&[
+        "eval",
+        "--draws",
+        "3",
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+        root.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("need a seed"), "{stderr}");
+}
