@@ -507,15 +507,19 @@ fn save_map(path: &Path, map: &[f32], width: usize, height: usize) -> Result<()>
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+fn run_info(profile: &Path) -> Result<()> {
+    let profile = gstlogsad::profile::Profile::load(profile)?;
+    println!("{}", serde_json::to_string_pretty(&profile.header)?);
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Enroll(args) => run_enroll(args),
         Command::Score(args) => run_score(args),
         Command::Eval(args) => run_eval(args),
-        Command::Info { profile } => gstlogsad::profile::Profile::load(&profile)
-            .map_err(anyhow::Error::from)
-            .and_then(|p| Ok(println!("{}", serde_json::to_string_pretty(&p.header)?))),
+        Command::Info { profile } => run_info(&profile),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
