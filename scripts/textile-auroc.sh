@@ -35,7 +35,7 @@ def auroc(pos, neg):
 def kind(row):
     return row["path"].split("/")[-2]
 
-for key, label in (("score", "max of map (image score)"), ("map_mean", "mean of map")):
+for key, label in (("score", "image score"), ("map_mean", "mean of the map")):
     by = {k: [r[key] for r in rows if kind(r) == k] for k in ("nominal", "local", "global")}
     print(f"{label:26s} nominal vs local {auroc(by['local'], by['nominal']):.3f}  "
           f"vs global {auroc(by['global'], by['nominal']):.3f}  "
