@@ -2,7 +2,7 @@
 //! calibrated, fused verdict. Shared by the `logsad` element and the `logsad` command; knows
 //! nothing of GStreamer.
 
-use crate::detect::calibrate::sigmoid;
+use crate::detect::calibrate::fuse_max;
 use crate::detect::features::{patch_features, Grid, PatchFeatures};
 use crate::detect::patch::{anomaly_map, MemoryBank};
 use crate::detect::preprocess::{Preprocessor, RgbImage};
@@ -254,7 +254,7 @@ impl Detector {
     /// The verdict under `threshold` (on the calibrated score), or the profile's.
     pub fn judge(&self, analysis: &Analysis, threshold: Option<f64>) -> Verdict {
         let threshold = threshold.unwrap_or(self.profile.header.threshold);
-        let calibrated = sigmoid(analysis.fused_z());
+        let calibrated = fuse_max(&analysis.z);
         Verdict {
             calibrated,
             anomalous: calibrated >= threshold,

@@ -95,11 +95,6 @@ impl Tiling {
         }
     }
 
-    /// Whether this is a single tile covering the frame.
-    pub fn is_whole(&self) -> bool {
-        self.rows == 1 && self.cols == 1
-    }
-
     /// Number of tiles (`rows * cols`).
     pub fn tile_count(&self) -> usize {
         self.rows as usize * self.cols as usize
@@ -272,11 +267,6 @@ impl Stitcher {
         })
     }
 
-    /// Output size (width, height) in cells.
-    pub fn output_size(&self) -> (usize, usize) {
-        (self.out_w, self.out_h)
-    }
-
     /// Adds the row-major `tile_grid_h x tile_grid_w` map of tile `tile_index` (row-major tile
     /// order as in [`Tiling::tiles`]).
     ///
@@ -366,7 +356,6 @@ mod tests {
         let t = Tiling::whole();
         assert_eq!(t, Tiling::default());
         assert!(t.validate().is_ok());
-        assert!(t.is_whole());
         assert_eq!(t.tiles(640, 480), vec![tile(0.0, 0.0, 640.0, 480.0)]);
         assert_eq!(t.map_size(64, 64), (64, 64));
         assert_eq!(t.map_size(37, 5), (37, 5));
@@ -612,9 +601,9 @@ mod tests {
         let (out, w, h) = s.finish();
         assert_eq!((w, h), (4, 2));
         assert_eq!(out, vec![3.0, 3.0, 0.0, 0.0, 3.0, 3.0, 0.0, 0.0]);
-        let (out, _, _) = s.finish();
+        let (out, w, h) = s.finish();
         assert!(out.iter().all(|&v| v == 0.0));
-        assert_eq!(s.output_size(), (4, 2));
+        assert_eq!((w, h), (4, 2));
     }
 
     #[test]
