@@ -2,7 +2,7 @@
 //! calibrated, fused verdict. Shared by the `logsad` element and the `logsad` command; knows
 //! nothing of GStreamer.
 
-use crate::detect::calibrate::fuse_max;
+use crate::detect::calibrate::{fuse_max, sigmoid};
 use crate::detect::features::{patch_features, Grid, PatchFeatures};
 use crate::detect::patch::{anomaly_map, MemoryBank};
 use crate::detect::preprocess::{Preprocessor, RgbImage};
@@ -189,6 +189,15 @@ pub struct Verdict {
     pub map_threshold: f64,
 }
 
+/// One branch's scores on one image, for reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BranchScore {
+    pub name: String,
+    pub raw: f64,
+    /// sigmoid of the branch's calibrated score.
+    pub calibrated: f64,
+}
+
 /// A loaded profile with the backbone it was built for.
 pub struct Detector {
     pub extractor: Extractor,
@@ -249,6 +258,22 @@ impl Detector {
             branches: results,
             z,
         })
+    }
+
+    /// Each branch's raw and calibrated score.
+    pub fn branch_scores(&self, analysis: &Analysis) -> Vec<BranchScore> {
+        self.profile
+            .header
+            .branches
+            .iter()
+            .zip(&analysis.branches)
+            .zip(&analysis.z)
+            .map(|((branch, result), &z)| BranchScore {
+                name: branch.spec.name.clone(),
+                raw: result.raw,
+                calibrated: sigmoid(z),
+            })
+            .collect()
     }
 
     /// The verdict under `threshold` (on the calibrated score), or the profile's.

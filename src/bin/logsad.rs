@@ -2,7 +2,6 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use gstlogsad::detect::calibrate::sigmoid;
 use gstlogsad::detect::score::Reduction;
 use gstlogsad::detect::tiling::Tiling;
 use gstlogsad::detector::Detector;
@@ -366,15 +365,11 @@ fn run_score(args: ScoreArgs) -> Result<()> {
         let verdict = detector.judge(&analysis, args.threshold);
         let map = analysis.map();
         let detectors: serde_json::Map<String, serde_json::Value> = detector
-            .profile
-            .header
-            .branches
-            .iter()
-            .zip(&analysis.branches)
-            .zip(&analysis.z)
-            .map(|((b, r), &z)| {
-                let scores = serde_json::json!({"score": r.raw, "calibrated": sigmoid(z)});
-                (b.spec.name.clone(), scores)
+            .branch_scores(&analysis)
+            .into_iter()
+            .map(|b| {
+                let scores = serde_json::json!({"score": b.raw, "calibrated": b.calibrated});
+                (b.name, scores)
             })
             .collect();
         let mut line = serde_json::json!({

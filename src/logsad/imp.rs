@@ -18,7 +18,6 @@
 //! longer than one inference. Put a leaky queue before the element on live sources, or raise
 //! `interval`, when frames arrive faster than they can be analysed.
 
-use crate::detect::calibrate::sigmoid;
 use crate::detect::preprocess::RgbImage;
 use crate::detect::regions::regions_above;
 use crate::detector::{BranchResult, Detector, Verdict};
@@ -494,16 +493,12 @@ impl Logsad {
         let map = analysis.map();
         let regions = region_boxes(map, &verdict, image.width, image.height, min_area);
         let detectors = detector
-            .profile
-            .header
-            .branches
-            .iter()
-            .zip(&analysis.branches)
-            .zip(&analysis.z)
-            .map(|((branch, result), &z)| DetectorScore {
-                name: branch.spec.name.clone(),
-                raw: result.raw,
-                calibrated: sigmoid(z),
+            .branch_scores(&analysis)
+            .into_iter()
+            .map(|b| DetectorScore {
+                name: b.name,
+                raw: b.raw,
+                calibrated: b.calibrated,
             })
             .collect();
         let result = AnomalyResult {
