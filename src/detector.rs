@@ -230,6 +230,26 @@ impl Detector {
         }
         let (backbone, warnings) = Backbone::load(manifest, options)?;
         profile.check_model(profile_path, backbone.identity())?;
+        // The same weights run at another input size (a manifest for a dynamic-size model) give
+        // another token grid.
+        let model_grid = (
+            backbone.manifest().tokens.grid_height,
+            backbone.manifest().tokens.grid_width,
+        );
+        if let Some(bank) = profile
+            .banks
+            .iter()
+            .find(|b| (b.grid_height, b.grid_width) != model_grid)
+        {
+            return Err(DetectorError::Incompatible {
+                path: profile_path.display().to_string(),
+                model: format!("{} ({})", backbone.manifest().name, manifest_path.display()),
+                reason: format!(
+                    "profile token grid {}x{}, model grid {}x{}",
+                    bank.grid_height, bank.grid_width, model_grid.0, model_grid.1
+                ),
+            });
+        }
         let extractor = Extractor::new(backbone, h.upsample);
         Ok((Detector { extractor, profile }, warnings))
     }

@@ -211,7 +211,7 @@ fn read_bank(reader: &mut Reader, header: &ProfileHeader) -> Result<MemoryBank, 
         .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     let values = reader.u64()? as usize;
-    if header.stages == 0 || values % header.stages != 0 {
+    if header.stages == 0 || values == 0 || values % header.stages != 0 {
         return Err(format!(
             "{values} token values do not split into {} stages",
             header.stages

@@ -284,6 +284,12 @@ fn bar(len: usize, what: &str) -> ProgressBar {
 }
 
 fn run_enroll(args: EnrollArgs) -> Result<()> {
+    if let Some(r) = args.coreset_ratio {
+        if !(r.is_finite() && r > 0.0 && r <= 1.0) {
+            bail!("--coreset-ratio {r} must lie in (0, 1]");
+        }
+    }
+    check_threshold(args.threshold)?;
     let mut references = expand(&args.references)?;
     if references.is_empty() {
         bail!("no reference images found in {:?}", args.references);
@@ -346,7 +352,17 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
     Ok(())
 }
 
+fn check_threshold(threshold: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&threshold) {
+        bail!("--threshold {threshold} must lie in 0..1 (it applies to the calibrated score)");
+    }
+    Ok(())
+}
+
 fn run_score(args: ScoreArgs) -> Result<()> {
+    if let Some(t) = args.threshold {
+        check_threshold(t)?;
+    }
     let images = expand(&args.images)?;
     let (mut detector, warnings) = Detector::load(
         &args.profile,

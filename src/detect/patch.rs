@@ -54,7 +54,15 @@ impl MemoryBank {
         tokens: Vec<Vec<f32>>,
         rows: Vec<u32>,
     ) -> Result<Self, String> {
-        let block = grid_height * grid_width * dim;
+        let too_large = || "the token grid is too large".to_string();
+        let cells = [grid_width, upsample, upsample]
+            .iter()
+            .try_fold(grid_height, |n, &f| n.checked_mul(f))
+            .ok_or_else(too_large)?;
+        let block = grid_height
+            .checked_mul(grid_width)
+            .and_then(|n| n.checked_mul(dim))
+            .ok_or_else(too_large)?;
         if block == 0 || upsample == 0 || tokens.is_empty() {
             return Err("empty grid, dimension or stage list".into());
         }
@@ -65,7 +73,6 @@ impl MemoryBank {
         {
             return Err("stage token counts do not match the grid".into());
         }
-        let cells = grid_height * grid_width * upsample * upsample;
         if rows.is_empty() || rows.windows(2).any(|w| w[0] >= w[1]) {
             return Err("bank rows must be a non-empty ascending list".into());
         }

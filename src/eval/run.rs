@@ -109,7 +109,9 @@ impl EvalOptions {
     pub fn draw_seeds(&self) -> Vec<Option<u64>> {
         match self.seed {
             None => vec![None],
-            Some(s) => (0..self.draws as u64).map(|i| Some(s + i)).collect(),
+            Some(s) => (0..self.draws as u64)
+                .map(|i| Some(s.wrapping_add(i)))
+                .collect(),
         }
     }
 

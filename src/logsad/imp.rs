@@ -144,6 +144,9 @@ struct RegionBox {
 pub struct Logsad {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
+    /// The execution provider in use, apart from `state` so that reading it never waits for an
+    /// inference.
+    provider: Mutex<Option<String>>,
 }
 
 #[glib::object_subclass]
@@ -257,14 +260,7 @@ impl ObjectImpl for Logsad {
             "threshold" => s.threshold.to_value(),
             "interval" => s.interval.to_value(),
             "min-region-area" => s.min_region_area.to_value(),
-            "provider" => {
-                drop(s);
-                let state = self.state.lock().unwrap();
-                state
-                    .as_ref()
-                    .map(|st| st.detector.extractor.backbone().provider().to_string())
-                    .to_value()
-            }
+            "provider" => self.provider.lock().unwrap().to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -354,6 +350,7 @@ impl BaseTransformImpl for Logsad {
             detector.extractor.backbone().manifest().name,
             detector.extractor.backbone().provider()
         );
+        *self.provider.lock().unwrap() = Some(detector.extractor.backbone().provider().to_string());
         *self.state.lock().unwrap() = Some(State {
             detector,
             converter: None,
@@ -365,6 +362,7 @@ impl BaseTransformImpl for Logsad {
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         *self.state.lock().unwrap() = None;
+        *self.provider.lock().unwrap() = None;
         Ok(())
     }
 
@@ -411,21 +409,22 @@ impl BaseTransformImpl for Logsad {
             Some(last) if frame % interval != 0 => Some(last.clone()),
             _ => None,
         };
-        let (result, regions) = match carried {
+        let (result, regions, fresh) = match carried {
             Some((mut result, regions)) => {
                 result.stale = true;
-                (result, regions)
+                (result, regions, false)
             }
             None => {
-                let fresh = self.analyse(state, buf, frame, threshold, min_area)?;
-                state.last = Some(fresh.clone());
-                if fresh.0.anomalous {
-                    self.post_anomaly(buf, &fresh.0, &fresh.1);
-                }
-                fresh
+                let (result, regions) = self.analyse(state, buf, frame, threshold, min_area)?;
+                state.last = Some((result.clone(), regions.clone()));
+                (result, regions, true)
             }
         };
+        // Posted without the lock: a synchronous bus handler may read our properties.
         drop(guard);
+        if fresh && result.anomalous {
+            self.post_anomaly(buf, &result, &regions);
+        }
 
         result.attach(buf).map_err(|e| {
             gst::element_imp_error!(
