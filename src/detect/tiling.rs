@@ -95,11 +95,6 @@ impl Tiling {
         }
     }
 
-    /// Number of tiles (`rows * cols`).
-    pub fn tile_count(&self) -> usize {
-        self.rows as usize * self.cols as usize
-    }
-
     /// Checks `1 <= rows, cols <= 64`, `0 <= overlap <= 0.9`.
     pub fn validate(&self) -> Result<(), String> {
         for (name, v) in [("rows", self.rows), ("cols", self.cols)] {
@@ -138,18 +133,9 @@ impl Tiling {
         out
     }
 
-    /// How much larger than in the whole-frame squash each tile appears at the model input,
-    /// (horizontal, vertical): a tile is `1 / magnification` of the frame extent.
-    pub fn magnification(&self) -> (f32, f32) {
-        (
-            span(self.cols, self.overlap) as f32,
-            span(self.rows, self.overlap) as f32,
-        )
-    }
-
     /// Size (width, height) in cells of the stitched map when each tile yields a
     /// `tile_grid_w x tile_grid_h` map: the cell size of the tile maps is kept, so the output is
-    /// `round(grid * magnification)` per axis. For [`Tiling::whole`] it is the tile grid itself.
+    /// `round(grid * span)` per axis, where a tile covers `1 / span` of the frame. For [`Tiling::whole`] it is the tile grid itself.
     pub fn map_size(&self, tile_grid_w: usize, tile_grid_h: usize) -> (usize, usize) {
         let (mx, my) = (span(self.cols, self.overlap), span(self.rows, self.overlap));
         (
@@ -359,7 +345,6 @@ mod tests {
         assert_eq!(t.tiles(640, 480), vec![tile(0.0, 0.0, 640.0, 480.0)]);
         assert_eq!(t.map_size(64, 64), (64, 64));
         assert_eq!(t.map_size(37, 5), (37, 5));
-        assert_eq!(t.magnification(), (1.0, 1.0));
     }
 
     #[test]
@@ -375,7 +360,7 @@ mod tests {
             ]
         );
         assert_eq!(t.map_size(64, 64), (128, 128));
-        assert_eq!(t.tile_count(), 4);
+        assert_eq!(t.tiles(250, 250).len(), 4);
     }
 
     #[test]
@@ -397,7 +382,6 @@ mod tests {
         assert!(((s - b) - 0.25 * s).abs() < 1e-3);
         assert!((tiles[1].x + tiles[1].width - 250.0).abs() < 1e-4);
         assert_eq!(t.map_size(64, 64), (112, 112));
-        assert_eq!(t.magnification(), (1.75, 1.75));
     }
 
     #[test]
@@ -501,7 +485,7 @@ mod tests {
             (grid(3, 2, 0.1), 123, 457),
         ] {
             let mut s = Stitcher::new(&t, fw, fh, 8, 6).unwrap();
-            for i in 0..t.tile_count() {
+            for i in 0..(t.rows * t.cols) as usize {
                 s.add(i, &[0.7; 48]);
             }
             let (out, w, h) = s.finish();

@@ -190,7 +190,7 @@ impl Backbone {
         let identity = ModelIdentity::of(&manifest)?;
         let mut warnings = Vec::new();
         // Without spinning, ONNX Runtime's idle threads leave the cores to the matching step
-        // that follows every inference (measured: about 30% more frames/s on 2 cores).
+        // that follows every inference (one-off probe on 2 cores: about 30% more frames/s).
         let mut builder = Session::builder(&env)
             .and_then(|b| b.with_intra_op_spinning(false).map_err(|e| e.into()))
             .map_err(|e| model_error(e.to_string()))?;
