@@ -8,7 +8,7 @@ use gstlogsad::detector::Detector;
 use gstlogsad::engine::{self, Device, EngineOptions};
 use gstlogsad::enroll::{enroll, load_image, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
 use gstlogsad::eval::dataset::{self, Layout, LoadOptions, DEFAULT_VALIDATION_COUNT};
-use gstlogsad::eval::report::ScoredImage;
+use gstlogsad::eval::report::{Report, ScoredImage};
 use gstlogsad::eval::run::{
     evaluate, summary_table, write_roc, Branches, EvalOptions, EvalProgress, EvalRecord,
 };
@@ -476,6 +476,11 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             println!("draw {}/{}, seed {seed}", draw + 1, reports.len());
         }
         println!("{}", report.table());
+        let split_by_type = report.categories.iter().any(|c| c.defects.len() > 1);
+        if split_by_type && report.defect_rows() <= MAX_DEFECT_ROWS_SHOWN {
+            println!("{}", report.defect_table());
+        }
+        println!("{}\n", time_split(report));
     }
     let record = EvalRecord::new(&dataset, &options, reports);
     if record.draws.len() > 1 {
@@ -494,6 +499,23 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Longer per-defect tables are left to report.json.
+const MAX_DEFECT_ROWS_SHOWN: usize = 40;
+
+/// Time per test image, split into model (preprocessing and inference) and matching.
+fn time_split(report: &Report) -> String {
+    let images: usize = report.categories.iter().map(|c| c.images).sum();
+    let per_image = |seconds: f64| seconds * 1000.0 / images.max(1) as f64;
+    let model: f64 = report.categories.iter().map(|c| c.timing.model_s).sum();
+    let matching: f64 = report.categories.iter().map(|c| c.timing.matching_s).sum();
+    format!(
+        "time per test image: model {:.1} ms, matching {:.1} ms ({} images)",
+        per_image(model),
+        per_image(matching),
+        images
+    )
 }
 
 fn map_name(image: &Path) -> String {

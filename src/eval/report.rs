@@ -322,6 +322,15 @@ impl SplitMetrics {
     }
 }
 
+/// Image-level metrics of one defect type: the category's normal images plus the images of
+/// that type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DefectMetrics {
+    pub defect: String,
+    #[serde(flatten)]
+    pub metrics: SplitMetrics,
+}
+
 /// Wall-clock timings of a category run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timing {
@@ -347,6 +356,9 @@ pub struct CategoryReport {
     pub logical: Option<SplitMetrics>,
     /// Normal images plus structural anomalies; `None` when there are no structural anomalies.
     pub structural: Option<SplitMetrics>,
+    /// One entry per defect type, in order of first appearance.
+    #[serde(default)]
+    pub defects: Vec<DefectMetrics>,
     pub pixel: Option<PixelMetrics>,
     pub timing: Timing,
     /// Free-form run settings (model, resolution, thresholds...).
@@ -361,7 +373,8 @@ fn is_split(s: &ScoredImage, name: &str) -> bool {
 
 impl CategoryReport {
     /// Computes image-level metrics from per-image scores. Normal images count in both LOCO
-    /// splits; a split is reported only when some anomalous image carries it.
+    /// splits and in every defect type; a split is reported only when some anomalous image
+    /// carries it.
     pub fn from_scores(
         category: impl Into<String>,
         scores: &[ScoredImage],
@@ -378,6 +391,21 @@ impl CategoryReport {
                     SplitMetrics::of(scores.iter().filter(|s| !s.anomalous || is_split(s, name)))
                 })
         };
+        let mut defect_names: Vec<&str> = Vec::new();
+        for s in scores.iter().filter(|s| s.anomalous) {
+            if !defect_names.contains(&s.defect.as_str()) {
+                defect_names.push(&s.defect);
+            }
+        }
+        let defects = defect_names
+            .into_iter()
+            .map(|name| DefectMetrics {
+                defect: name.to_string(),
+                metrics: SplitMetrics::of(
+                    scores.iter().filter(|s| !s.anomalous || s.defect == name),
+                ),
+            })
+            .collect();
         Self {
             category: category.into(),
             images: all.images,
@@ -386,6 +414,7 @@ impl CategoryReport {
             image_f1_max: all.f1_max,
             logical: split("logical"),
             structural: split("structural"),
+            defects,
             pixel,
             timing,
             settings,
@@ -520,43 +549,82 @@ impl Report {
         ];
         let header = HEADER.map(str::to_string);
         let body: Vec<[String; 9]> = self.categories.iter().map(row).collect();
-        let mut widths = [0usize; 9];
-        for r in std::iter::once(&header)
-            .chain(&body)
-            .chain(std::iter::once(&mean_row))
-        {
-            for (w, cell) in widths.iter_mut().zip(r) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let line = |r: &[String; 9]| -> String {
-            let cells: Vec<String> = r
-                .iter()
-                .zip(widths)
-                .enumerate()
-                .map(|(i, (cell, w))| {
-                    if i == 0 {
-                        format!("{cell:<w$}")
-                    } else {
-                        format!("{cell:>w$}")
-                    }
-                })
-                .collect();
-            format!("{}\n", cells.join("  ").trim_end())
-        };
-        let rule = format!(
-            "{}\n",
-            "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
-        );
-        let mut out = line(&header);
-        out.push_str(&rule);
-        for r in &body {
-            out.push_str(&line(r));
-        }
-        out.push_str(&rule);
-        out.push_str(&line(&mean_row));
-        out
+        aligned_table(1, &header, &body, Some(&mean_row))
     }
+
+    /// Defect types as rows (category, defect, images, image AUROC, F1-max), each over the
+    /// category's normal images plus that type; the same alignment as [`Report::table`].
+    pub fn defect_table(&self) -> String {
+        let header =
+            ["category", "defect type", "images", "image AUROC", "F1-max"].map(String::from);
+        let body: Vec<[String; 5]> = self
+            .categories
+            .iter()
+            .flat_map(|c| {
+                c.defects.iter().map(|d| {
+                    [
+                        c.category.clone(),
+                        d.defect.clone(),
+                        d.metrics.images.to_string(),
+                        pct(d.metrics.auroc),
+                        pct(d.metrics.f1_max),
+                    ]
+                })
+            })
+            .collect();
+        aligned_table(2, &header, &body, None)
+    }
+
+    /// Rows in [`Report::defect_table`].
+    pub fn defect_rows(&self) -> usize {
+        self.categories.iter().map(|c| c.defects.len()).sum()
+    }
+}
+
+/// Lines of cells separated by two spaces, the first `left_columns` columns (names)
+/// left-aligned and the others right-aligned; a dashed rule after the header and before the footer row. Every line ends
+/// with a newline, without trailing spaces.
+pub fn aligned_table<const N: usize>(
+    left_columns: usize,
+    header: &[String; N],
+    body: &[[String; N]],
+    footer: Option<&[String; N]>,
+) -> String {
+    let mut widths = [0usize; N];
+    for r in std::iter::once(header).chain(body).chain(footer) {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |r: &[String; N]| -> String {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (cell, w))| {
+                if i < left_columns {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        format!("{}\n", cells.join("  ").trim_end())
+    };
+    let rule = format!(
+        "{}\n",
+        "-".repeat(widths.iter().sum::<usize>() + 2 * N.saturating_sub(1))
+    );
+    let mut out = line(header);
+    out.push_str(&rule);
+    for r in body {
+        out.push_str(&line(r));
+    }
+    if let Some(footer) = footer {
+        out.push_str(&rule);
+        out.push_str(&line(footer));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -821,6 +889,48 @@ mod tests {
         );
         assert_eq!((c.image_auroc, c.image_f1_max), (Some(1.0), Some(1.0)));
         assert!(c.logical.is_none() && c.structural.is_none());
+    }
+
+    #[test]
+    fn per_defect_metrics_hand_computed() {
+        let typed = |score: f64, defect: &str| ScoredImage {
+            defect: defect.into(),
+            ..img(score, defect != "good", None)
+        };
+        let scores = [
+            typed(0.1, "good"),
+            typed(0.3, "good"),
+            typed(0.2, "local"),
+            typed(0.9, "global"),
+            typed(0.4, "local"),
+            typed(0.3, "global"),
+        ];
+        let c = CategoryReport::from_scores(
+            "textile",
+            &scores,
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        let names: Vec<&str> = c.defects.iter().map(|d| d.defect.as_str()).collect();
+        assert_eq!(names, ["local", "global"]);
+        let local = c.defects[0].metrics;
+        assert_eq!((local.images, local.anomalies), (4, 2));
+        // 0.2 beats 0.1; 0.4 beats both: 3/4. F1: threshold 0.2 catches both with one false
+        // alarm (2/2.5 = 0.8); threshold 0.4: tp 1, fn 1 (2/3).
+        assert!(close(local.auroc, Some(0.75)));
+        assert!(close(local.f1_max, Some(0.8)));
+        let global = c.defects[1].metrics;
+        // 0.9 beats both, 0.3 beats 0.1 and ties 0.3: 3.5/4.
+        assert!(close(global.auroc, Some(3.5 / 4.0)));
+        let t = Report::new(vec![c]).defect_table();
+        let expected = "\
+category  defect type  images  image AUROC  F1-max
+--------------------------------------------------
+textile   local             4         75.0    80.0
+textile   global            4         87.5    80.0
+";
+        assert_eq!(t, expected, "\n{t}");
     }
 
     fn sample_report() -> Report {

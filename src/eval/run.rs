@@ -30,8 +30,8 @@ use super::dataset::{
     DEFAULT_VALIDATION_COUNT,
 };
 use super::report::{
-    plot_roc, union_masks, CategoryReport, PixelAccumulator, PixelMetrics, Report, ScoredImage,
-    Timing,
+    aligned_table, plot_roc, union_masks, CategoryReport, PixelAccumulator, PixelMetrics, Report,
+    ScoredImage, Timing,
 };
 use crate::detect::metrics;
 use crate::detector::{Analysis, Detector, DetectorError};
@@ -531,7 +531,7 @@ pub fn summary_table(summary: &[CategorySummary]) -> String {
         "image AUROC".into(),
         "F1-max".into(),
     ];
-    let rows: Vec<[String; 4]> = summary
+    let mut rows: Vec<[String; 4]> = summary
         .iter()
         .map(|s| {
             [
@@ -542,38 +542,11 @@ pub fn summary_table(summary: &[CategorySummary]) -> String {
             ]
         })
         .collect();
-    let mut widths = [0usize; 4];
-    for r in std::iter::once(&header).chain(&rows) {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |r: &[String; 4]| {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .enumerate()
-            .map(|(i, (cell, w))| {
-                let pad = w - cell.chars().count();
-                if i == 0 {
-                    format!("{cell}{}", " ".repeat(pad))
-                } else {
-                    format!("{}{cell}", " ".repeat(pad))
-                }
-            })
-            .collect();
-        format!("{}\n", cells.join("  ").trim_end())
+    let footer = match rows.last() {
+        Some(last) if last[0] == "mean" => rows.pop(),
+        _ => None,
     };
-    let rule = format!("{}\n", "-".repeat(widths.iter().sum::<usize>() + 6));
-    let mut out = line(&header);
-    out.push_str(&rule);
-    for (i, r) in rows.iter().enumerate() {
-        if i + 1 == rows.len() && r[0] == "mean" {
-            out.push_str(&rule);
-        }
-        out.push_str(&line(r));
-    }
-    out
+    aligned_table(1, &header, &rows, footer.as_ref())
 }
 
 /// One draw as recorded in `report.json`.
