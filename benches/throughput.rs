@@ -164,12 +164,15 @@ impl Bare {
         for w in warnings {
             eprintln!("warning (bare backbone): {w}");
         }
-        let mut pre = Preprocessor::new(&backbone.manifest().input);
+        let input = &backbone.manifest().input;
+        let input_size = (input.width as u32, input.height as u32);
+        let mut pre = Preprocessor::new(input);
         let whole = Tiling::whole();
         let mut prepare = |image: &RgbImage| {
             let tiles = whole.tiles(image.width, image.height);
+            let placement = whole.placement(image.width, image.height, input_size);
             let mut out = Vec::new();
-            pre.push_tile(image, &tiles[0], &mut out)
+            pre.push_tile(image, &tiles[0], &placement, &mut out)
                 .expect("preprocess");
             out
         };
@@ -255,8 +258,10 @@ fn breakdown_chunk(
         b.frames += 1;
         let t = Instant::now();
         let tiles = whole.tiles(image.width, image.height);
+        let input_size = (m.input.width as u32, m.input.height as u32);
+        let placement = whole.placement(image.width, image.height, input_size);
         let mut pixels = Vec::with_capacity(3 * m.input.width * m.input.height);
-        pre.push_tile(image, &tiles[0], &mut pixels)
+        pre.push_tile(image, &tiles[0], &placement, &mut pixels)
             .expect("preprocess");
         b.preprocess += t.elapsed();
         let t = Instant::now();
@@ -271,10 +276,9 @@ fn breakdown_chunk(
         let t = Instant::now();
         let mut stitcher = Stitcher::new(
             &whole,
-            image.width,
-            image.height,
-            features.width(),
-            features.height(),
+            (image.width, image.height),
+            (features.width(), features.height()),
+            input_size,
         )
         .expect("stitcher");
         stitcher.add(0, &map);
@@ -473,12 +477,15 @@ fn tile_features(
     let m = backbone.manifest().clone();
     let grid = grid_of(&m);
     let mut pre = Preprocessor::new(&m.input);
+    let input_size = (m.input.width as u32, m.input.height as u32);
+    let placement = tiling.placement(image.width, image.height, input_size);
     tiling
         .tiles(image.width, image.height)
         .iter()
         .map(|tile| {
             let mut pixels = Vec::with_capacity(3 * m.input.width * m.input.height);
-            pre.push_tile(image, tile, &mut pixels).expect("preprocess");
+            pre.push_tile(image, tile, &placement, &mut pixels)
+                .expect("preprocess");
             let outputs = backbone.run(pixels, 1).expect("backbone run");
             patch_features(&outputs.stages, 0, grid, upsample)
         })
@@ -859,7 +866,7 @@ fn main() {
         let quarters = Tiling {
             rows: 2,
             cols: 2,
-            overlap: 0.0,
+            ..Tiling::whole()
         };
         let query =
             tile_features(&mut bare.backbone, header.upsample, &frames[0], &whole).remove(0);

@@ -64,6 +64,12 @@ impl Extractor {
         &self.backbone
     }
 
+    /// The model's input width and height in pixels.
+    pub fn input_size(&self) -> (u32, u32) {
+        let input = &self.backbone.manifest().input;
+        (input.width as u32, input.height as u32)
+    }
+
     fn grid(&self) -> Grid {
         let m = self.backbone.manifest();
         Grid {
@@ -83,10 +89,11 @@ impl Extractor {
         let start = Instant::now();
         let tiles = tiling.tiles(image.width, image.height);
         let m = self.backbone.manifest();
+        let placement = tiling.placement(image.width, image.height, self.input_size());
         let mut pixels = Vec::with_capacity(tiles.len() * 3 * m.input.width * m.input.height);
         for tile in &tiles {
             self.preprocessor
-                .push_tile(image, tile, &mut pixels)
+                .push_tile(image, tile, &placement, &mut pixels)
                 .map_err(DetectorError::Image)?;
         }
         let outputs = self.backbone.run(pixels, tiles.len())?;
@@ -110,15 +117,17 @@ pub struct BranchResult {
     pub map_height: usize,
 }
 
-/// Scores the tile features of one image against a branch's bank.
+/// Scores the tile features of one image against a branch's bank; `input` is the model's
+/// input size the tiles went through.
 pub fn score_branch(
     spec: &BranchSpec,
     bank: &MemoryBank,
     tiles: &[PatchFeatures],
     image: &RgbImage,
+    input: (u32, u32),
 ) -> Result<BranchResult, DetectorError> {
-    let (grid_w, grid_h) = (tiles[0].width(), tiles[0].height());
-    let mut stitcher = Stitcher::new(&spec.tiling, image.width, image.height, grid_w, grid_h)
+    let grid = (tiles[0].width(), tiles[0].height());
+    let mut stitcher = Stitcher::new(&spec.tiling, (image.width, image.height), grid, input)
         .map_err(DetectorError::Image)?;
     for (i, tile) in tiles.iter().enumerate() {
         stitcher.add(i, &anomaly_map(tile, bank));
@@ -259,6 +268,7 @@ impl Detector {
         let specs: Vec<&BranchSpec> = branches.iter().map(|b| &b.spec).collect();
         let features = features_by_tiling(&mut self.extractor, &specs, image)?;
         let start = Instant::now();
+        let input = self.extractor.input_size();
         let mut results = Vec::with_capacity(branches.len());
         for (branch, bank) in branches.iter().zip(&self.profile.banks) {
             let tiles = &features
@@ -266,7 +276,7 @@ impl Detector {
                 .find(|(t, _)| *t == branch.spec.tiling)
                 .expect("features computed for every tiling")
                 .1;
-            results.push(score_branch(&branch.spec, bank, tiles, image)?);
+            results.push(score_branch(&branch.spec, bank, tiles, image, input)?);
         }
         self.extractor.timing.matching += start.elapsed();
         let z = branches

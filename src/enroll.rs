@@ -43,7 +43,7 @@ pub fn preset(name: &str, tiling: Option<Tiling>) -> Result<Vec<BranchSpec>, Str
                 tiling: tiling.unwrap_or(Tiling {
                     rows: 2,
                     cols: 2,
-                    overlap: 0.0,
+                    ..Tiling::whole()
                 }),
                 score: Reduction::Max,
                 smoothing: 0.0,
@@ -208,7 +208,8 @@ pub fn enroll_with(
                 .find(|(t, _)| *t == spec.tiling)
                 .expect("features")
                 .1;
-            branch_scores.push(score_branch(spec, bank, tiles, &image)?.raw);
+            branch_scores
+                .push(score_branch(spec, bank, tiles, &image, extractor.input_size())?.raw);
         }
         progress(Phase::Validation, i + 1, validation.len());
     }

@@ -255,6 +255,7 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::detect::features::PatchFeatures;
+    use crate::detect::tiling::Resize;
 
     fn sample() -> Profile {
         Profile {
@@ -279,6 +280,7 @@ mod tests {
                                 rows: 2,
                                 cols: 3,
                                 overlap: 0.25,
+                                resize: Resize::Letterbox,
                             },
                             score: Reduction::TopKMean(3),
                             smoothing: 4.0,

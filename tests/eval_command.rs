@@ -361,6 +361,14 @@ fn command_on_plain_miniature() {
     assert!(stdout.contains("mean"), "{stdout}");
     assert!(stdout.contains("image AUROC"), "{stdout}");
     assert!(!stdout.contains('±'), "one draw, no summary: {stdout}");
+    // Two defect types: the per-type table follows, then the time split.
+    assert!(stdout.contains("defect type"), "{stdout}");
+    let scratch = stdout.lines().find(|l| l.contains("scratch")).unwrap();
+    assert_eq!(
+        scratch.split_whitespace().take(3).collect::<Vec<_>>(),
+        ["fabric", "scratch", "6"]
+    );
+    assert!(stdout.contains("time per test image: model"), "{stdout}");
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
@@ -377,6 +385,13 @@ fn command_on_plain_miniature() {
     assert_eq!(c["anomalies"], 4);
     assert!(c["pixel"].is_null());
     assert!(c["image_auroc"].as_f64().is_some());
+    let defects: Vec<(&str, u64)> = c["defects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["defect"].as_str().unwrap(), d["images"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(defects, [("scratch", 6), ("stain", 6)]);
     assert_eq!(c["settings"]["references"], 2);
     assert_eq!(c["settings"]["validation_images"], 2);
     assert_eq!(draws[0]["mean"]["categories"], 1);
@@ -399,6 +414,8 @@ fn command_on_plain_miniature() {
         "2",
         "--preset",
         "multiscale",
+        "--resize",
+        "letterbox",
         "--model",
         model_s,
         "--out",
@@ -426,6 +443,9 @@ fn command_on_plain_miniature() {
     assert_eq!(json["summary"][0]["image_auroc"]["n"], 2);
     let branches = &json["draws"][0]["categories"][0]["settings"]["branches"];
     assert_eq!(branches.as_array().unwrap().len(), 2, "{branches}");
+    for branch in branches.as_array().unwrap() {
+        assert_eq!(branch["tiling"]["resize"], "letterbox", "{branch}");
+    }
 }
 
 /// A root that does not exist fails with a message naming it; so does a bad option.

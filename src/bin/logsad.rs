@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gstlogsad::detect::score::Reduction;
-use gstlogsad::detect::tiling::Tiling;
+use gstlogsad::detect::tiling::{Resize, Tiling};
 use gstlogsad::detector::Detector;
 use gstlogsad::engine::{self, Device, EngineOptions};
 use gstlogsad::enroll::{enroll, load_image, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
@@ -96,6 +96,11 @@ struct DetectorArgs {
     /// is worked out from the first reference image and recorded in the profile.
     #[arg(long)]
     upscale: Option<f32>,
+    /// How frames (or tiles) are fitted into the model input: squash (the reference: stretched,
+    /// aspect ratio lost) or letterbox (aspect ratio kept, margins at the normalisation mean);
+    /// applies to every branch.
+    #[arg(long, default_value = "squash")]
+    resize: Resize,
 }
 
 #[derive(Args)]
@@ -241,6 +246,7 @@ fn parse_tiling(
             rows,
             cols,
             overlap: args.overlap,
+            resize: Resize::Squash,
         }
     } else {
         return Ok(None);
@@ -266,9 +272,10 @@ fn branches(
             args.smoothing
         );
     }
-    branches
-        .iter_mut()
-        .for_each(|b| b.smoothing = args.smoothing);
+    for branch in &mut branches {
+        branch.smoothing = args.smoothing;
+        branch.tiling.resize = args.resize;
+    }
     Ok(branches)
 }
 

@@ -1,11 +1,12 @@
-//! From pixels to the model's input tensor: crop a tile, resize it to the model's input size with
-//! antialiased bilinear filtering (aspect ratio not kept, as the reference does), scale to [0, 1]
-//! and normalise per channel into NCHW.
+//! From pixels to the model's input tensor: crop a tile, resize it with antialiased bilinear
+//! filtering into its placement in the model input (the whole input, aspect ratio not kept, as
+//! the reference does; or letterboxed), scale to [0, 1] and normalise per channel into NCHW.
+//! Input pixels outside the placement are 0: the normalisation mean.
 //!
 //! Resizing works on 8-bit pixels (fast, SIMD); the reference resizes floats, which differs by at
 //! most half a grey level.
 
-use super::tiling::Tile;
+use super::tiling::{Placement, Tile};
 use crate::engine::manifest::InputSpec;
 use fast_image_resize as fir;
 
@@ -40,6 +41,7 @@ impl RgbImage {
 pub struct Preprocessor {
     input: InputSpec,
     resizer: fir::Resizer,
+    /// The resized tile, of its placement's size.
     resized: fir::images::Image<'static>,
 }
 
@@ -56,13 +58,29 @@ impl Preprocessor {
         }
     }
 
-    /// Appends the `3 * height * width` CHW values of `tile` of `image` to `out`.
+    /// Appends the `3 * height * width` CHW values of `tile` of `image`, resized into
+    /// `placement`, to `out`.
     pub fn push_tile(
         &mut self,
         image: &RgbImage,
         tile: &Tile,
+        placement: &Placement,
         out: &mut Vec<f32>,
     ) -> Result<(), String> {
+        let (width, height) = (self.input.width as u32, self.input.height as u32);
+        if placement.width == 0
+            || placement.height == 0
+            || placement.x + placement.width > width
+            || placement.y + placement.height > height
+        {
+            return Err(format!(
+                "placement {placement:?} does not fit the {width}x{height} input"
+            ));
+        }
+        if (self.resized.width(), self.resized.height()) != (placement.width, placement.height) {
+            self.resized =
+                fir::images::Image::new(placement.width, placement.height, fir::PixelType::U8x3);
+        }
         let source = fir::images::ImageRef::new(
             image.width,
             image.height,
@@ -84,6 +102,8 @@ impl Preprocessor {
         let plane = self.input.width * self.input.height;
         let start = out.len();
         out.resize(start + 3 * plane, 0.0);
+        let (x0, y0) = (placement.x as usize, placement.y as usize);
+        let placed_width = placement.width as usize;
         let tensor = &mut out[start..];
         // Channel c of the tensor takes RGB channel `order[c]`.
         let order = if self.input.channels == "BGR" {
@@ -95,8 +115,13 @@ impl Preprocessor {
             let scale = 1.0 / (255.0 * self.input.std[c]);
             let offset = self.input.mean[c] / self.input.std[c];
             let dst = &mut tensor[c * plane..(c + 1) * plane];
-            for (d, px) in dst.iter_mut().zip(self.resized.buffer().chunks_exact(3)) {
-                *d = px[source_channel] as f32 * scale - offset;
+            let rows = self.resized.buffer().chunks_exact(3 * placed_width);
+            for (y, source_row) in rows.enumerate() {
+                let row_start = (y0 + y) * self.input.width + x0;
+                let dst_row = &mut dst[row_start..row_start + placed_width];
+                for (d, px) in dst_row.iter_mut().zip(source_row.chunks_exact(3)) {
+                    *d = px[source_channel] as f32 * scale - offset;
+                }
             }
         }
         Ok(())
@@ -119,6 +144,47 @@ mod tests {
         }
     }
 
+    fn everywhere(width: u32, height: u32) -> Placement {
+        Placement {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        }
+    }
+
+    #[test]
+    fn letterbox_fills_the_margins_with_the_mean() {
+        let image = RgbImage::new(4, 2, [255u8, 0, 51].repeat(8)).unwrap();
+        let mut p = Preprocessor::new(&spec(4, 4, "RGB"));
+        let whole = Tile {
+            x: 0.0,
+            y: 0.0,
+            width: 4.0,
+            height: 2.0,
+        };
+        let placement = Placement {
+            x: 0,
+            y: 1,
+            width: 4,
+            height: 2,
+        };
+        let mut out = vec![9.0]; // earlier content stays
+        p.push_tile(&image, &whole, &placement, &mut out).unwrap();
+        assert_eq!(out.len(), 1 + 3 * 16);
+        assert_eq!(out[0], 9.0);
+        for (c, want) in [1.0f32, -1.0, 0.2].iter().enumerate() {
+            let plane = &out[1 + c * 16..1 + (c + 1) * 16];
+            for (i, v) in plane.iter().enumerate() {
+                let inside = (4..12).contains(&i);
+                let want = if inside { *want } else { 0.0 };
+                assert!((v - want).abs() < 1e-5, "channel {c}: {plane:?}");
+            }
+        }
+        let too_big = Placement { y: 3, ..placement };
+        assert!(p.push_tile(&image, &whole, &too_big, &mut out).is_err());
+    }
+
     #[test]
     fn uniform_image_normalises_per_channel() {
         let image = RgbImage::new(5, 3, [255u8, 0, 51].repeat(15)).unwrap();
@@ -130,7 +196,8 @@ mod tests {
             width: 5.0,
             height: 3.0,
         };
-        p.push_tile(&image, &whole, &mut out).unwrap();
+        p.push_tile(&image, &whole, &everywhere(4, 2), &mut out)
+            .unwrap();
         assert_eq!(out.len(), 3 * 8);
         // (1 - 0.5) / 0.5 = 1; (0 - 0.25) / 0.25 = -1; (0.2 - 0) / 1 = 0.2
         assert!(out[..8].iter().all(|v| (v - 1.0).abs() < 1e-5));
@@ -156,7 +223,8 @@ mod tests {
             width: 4.0,
             height: 4.0,
         };
-        p.push_tile(&image, &right, &mut out).unwrap();
+        p.push_tile(&image, &right, &everywhere(2, 2), &mut out)
+            .unwrap();
         // The filter reads neighbouring pixels across the tile edge (as resizing the whole frame
         // would), so only output column 1, whose support lies inside the blue half, is pure.
         // Tensor channel 0 is blue = 1.0 -> (1 - 0.5) / 0.5 = 1; channel 2 is red = 0.

@@ -11,10 +11,84 @@ pub const MAX_OVERLAP: f32 = 0.9;
 /// Largest accepted number of tile rows or columns.
 pub const MAX_TILES_PER_AXIS: u32 = 64;
 
+/// How a tile is fitted into the model input.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Resize {
+    /// Stretched to the input size, aspect ratio lost (the reference).
+    #[default]
+    Squash,
+    /// Scaled to fit with its aspect ratio kept, centred, the rest filled with the
+    /// normalisation mean (0 after normalisation).
+    Letterbox,
+}
+
+impl std::str::FromStr for Resize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "squash" => Ok(Resize::Squash),
+            "letterbox" => Ok(Resize::Letterbox),
+            other => Err(format!("unknown resize {other:?} (squash or letterbox)")),
+        }
+    }
+}
+
+/// Where a tile's pixels land in the model input, in whole input pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Placement {
+    /// The placement of a `tile_w x tile_h` tile in a `input_w x input_h` input.
+    pub fn of(
+        resize: Resize,
+        (tile_w, tile_h): (f64, f64),
+        (input_w, input_h): (u32, u32),
+    ) -> Self {
+        match resize {
+            Resize::Squash => Placement {
+                x: 0,
+                y: 0,
+                width: input_w,
+                height: input_h,
+            },
+            Resize::Letterbox => {
+                let scale = (input_w as f64 / tile_w).min(input_h as f64 / tile_h);
+                let fit = |len: f64, input: u32| ((len * scale).round() as u32).clamp(1, input);
+                let (width, height) = (fit(tile_w, input_w), fit(tile_h, input_h));
+                Placement {
+                    x: (input_w - width) / 2,
+                    y: (input_h - height) / 2,
+                    width,
+                    height,
+                }
+            }
+        }
+    }
+
+    /// The span `(start, length)` of the placement along x and along y, as fractions of the
+    /// input.
+    fn windows(&self, (input_w, input_h): (u32, u32)) -> ((f64, f64), (f64, f64)) {
+        let fraction = |start: u32, len: u32, input: u32| {
+            (start as f64 / input as f64, len as f64 / input as f64)
+        };
+        (
+            fraction(self.x, self.width, input_w),
+            fraction(self.y, self.height, input_h),
+        )
+    }
+}
+
 /// How a frame is cut into tiles.
 ///
 /// The frame is covered by `rows` x `cols` equal tiles, each sharing the fraction `overlap` of
-/// its size with its neighbour; every tile is resized to the model input. Upscaling the frame
+/// its size with its neighbour; every tile is fitted into the model input as `resize` says. Upscaling the frame
 /// first and cutting it into tiles of the model's size is the same as choosing the grid: see
 /// [`Tiling::for_upscale`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -22,6 +96,9 @@ pub struct Tiling {
     pub rows: u32,
     pub cols: u32,
     pub overlap: f32,
+    /// Absent from profiles written before letterboxing existed: squash.
+    #[serde(default)]
+    pub resize: Resize,
 }
 
 impl Default for Tiling {
@@ -71,6 +148,7 @@ impl Tiling {
             rows: 1,
             cols: 1,
             overlap: 0.0,
+            resize: Resize::Squash,
         }
     }
 
@@ -92,6 +170,7 @@ impl Tiling {
             rows: count(frame_h, input_h),
             cols: count(frame_w, input_w),
             overlap,
+            resize: Resize::Squash,
         }
     }
 
@@ -133,6 +212,15 @@ impl Tiling {
         out
     }
 
+    /// Where every tile of a `frame_w x frame_h` frame lands in a `input_w x input_h` input
+    /// (all tiles have the same size).
+    pub fn placement(&self, frame_w: u32, frame_h: u32, input: (u32, u32)) -> Placement {
+        let o = self.overlap as f64;
+        let tile_w = axis_segments(frame_w as f64, self.cols, o)[0].1;
+        let tile_h = axis_segments(frame_h as f64, self.rows, o)[0].1;
+        Placement::of(self.resize, (tile_w, tile_h), input)
+    }
+
     /// Size (width, height) in cells of the stitched map when each tile yields a
     /// `tile_grid_w x tile_grid_h` map: the cell size of the tile maps is kept, so the output is
     /// `round(grid * span)` per axis, where a tile covers `1 / span` of the frame. For [`Tiling::whole`] it is the tile grid itself.
@@ -155,9 +243,17 @@ struct AxisPlan {
 }
 
 /// Plans sampling along one axis: output cell centres inside the segment, sampled at half-pixel
-/// centres of the `grid` tile cells.
-fn plan_axis(seg: (f64, f64), extent: f64, out: usize, grid: usize) -> AxisPlan {
+/// centres of the `grid` tile cells; the segment's pixels occupy `window` (start, length as
+/// fractions) of the tile map.
+fn plan_axis(
+    seg: (f64, f64),
+    window: (f64, f64),
+    extent: f64,
+    out: usize,
+    grid: usize,
+) -> AxisPlan {
     let (start, len) = seg;
+    let (window_start, window_len) = window;
     let cell = extent / out as f64;
     let eps = 1e-9 * extent.max(1.0);
     let mut first = None;
@@ -168,7 +264,7 @@ fn plan_axis(seg: (f64, f64), extent: f64, out: usize, grid: usize) -> AxisPlan 
             continue;
         }
         first.get_or_insert(o);
-        let mut u = (c - start) / len * grid as f64 - 0.5;
+        let mut u = ((c - start) / len * window_len + window_start) * grid as f64 - 0.5;
         // Snap values that only differ from a source centre by rounding, so the whole-frame
         // tiling reproduces its input exactly.
         if (u - u.round()).abs() < 1e-6 {
@@ -212,14 +308,14 @@ pub struct Stitcher {
 }
 
 impl Stitcher {
-    /// Plans stitching of `tile_grid_w x tile_grid_h` tile maps for a `frame_w x frame_h` frame;
-    /// the output size is [`Tiling::map_size`].
+    /// Plans stitching of `tile_grid_w x tile_grid_h` tile maps for a `frame_w x frame_h` frame
+    /// whose tiles went through a model input of size `input`; the output size is
+    /// [`Tiling::map_size`].
     pub fn new(
         tiling: &Tiling,
-        frame_w: u32,
-        frame_h: u32,
-        tile_grid_w: usize,
-        tile_grid_h: usize,
+        (frame_w, frame_h): (u32, u32),
+        (tile_grid_w, tile_grid_h): (usize, usize),
+        input: (u32, u32),
     ) -> Result<Self, String> {
         tiling.validate()?;
         if frame_w == 0 || frame_h == 0 || tile_grid_w == 0 || tile_grid_h == 0 {
@@ -228,17 +324,21 @@ impl Stitcher {
                  tile grid {tile_grid_w}x{tile_grid_h}"
             ));
         }
+        if input.0 == 0 || input.1 == 0 {
+            return Err(format!("stitcher needs a non-empty input, got {input:?}"));
+        }
+        let (window_x, window_y) = tiling.placement(frame_w, frame_h, input).windows(input);
         let (out_w, out_h) = tiling.map_size(tile_grid_w, tile_grid_h);
         // Plans in source pixels .
         let o = tiling.overlap as f64;
         let (fw, fh) = (frame_w as f64, frame_h as f64);
         let col_plans = axis_segments(fw, tiling.cols, o)
             .into_iter()
-            .map(|seg| plan_axis(seg, fw, out_w, tile_grid_w))
+            .map(|seg| plan_axis(seg, window_x, fw, out_w, tile_grid_w))
             .collect();
         let row_plans = axis_segments(fh, tiling.rows, o)
             .into_iter()
-            .map(|seg| plan_axis(seg, fh, out_h, tile_grid_h))
+            .map(|seg| plan_axis(seg, window_y, fh, out_h, tile_grid_h))
             .collect();
         Ok(Stitcher {
             cols: tiling.cols as usize,
@@ -320,6 +420,7 @@ mod tests {
             rows,
             cols,
             overlap,
+            resize: Resize::Squash,
         }
     }
 
@@ -429,6 +530,48 @@ mod tests {
     }
 
     #[test]
+    fn letterbox_placement_keeps_the_aspect_ratio() {
+        // 300x100 into 224x224: scale 224/300, height 74.67 -> 75, centred at row 74.
+        let wide = Placement::of(Resize::Letterbox, (300.0, 100.0), (224, 224));
+        assert_eq!((wide.x, wide.y, wide.width, wide.height), (0, 74, 224, 75));
+        let tall = Placement::of(Resize::Letterbox, (50.0, 100.0), (224, 224));
+        assert_eq!((tall.x, tall.y, tall.width, tall.height), (56, 0, 112, 224));
+        let squashed = Placement::of(Resize::Squash, (300.0, 100.0), (224, 224));
+        assert_eq!(
+            (squashed.x, squashed.y, squashed.width, squashed.height),
+            (0, 0, 224, 224)
+        );
+        // Square tiles fill a square input either way.
+        let square = Tiling {
+            resize: Resize::Letterbox,
+            ..grid(2, 2, 0.0)
+        };
+        assert_eq!(square.placement(250, 250, (224, 224)), squashed);
+        assert_eq!("letterbox".parse::<Resize>(), Ok(Resize::Letterbox));
+        assert!("crop".parse::<Resize>().is_err());
+    }
+
+    #[test]
+    fn letterboxed_maps_are_cropped_to_the_content() {
+        // An 8x4 frame letterboxed into an 8x8 input fills input rows 2..6, i.e. rows 1..3 of
+        // a 4x4 tile map; output row o (centre o + 0.5 px) samples map row 0.75 + o / 2.
+        let tiling = Tiling {
+            resize: Resize::Letterbox,
+            ..Tiling::whole()
+        };
+        let mut s = Stitcher::new(&tiling, (8, 4), (4, 4), (8, 8)).unwrap();
+        let map: Vec<f32> = (0..16).map(|i| 10.0 * (i / 4) as f32).collect();
+        s.add(0, &map);
+        let (out, w, h) = s.finish();
+        assert_eq!((w, h), (4, 4));
+        for (row, want) in [7.5, 12.5, 17.5, 22.5].iter().enumerate() {
+            for col in 0..4 {
+                assert!((out[row * 4 + col] - want).abs() < 1e-4, "{out:?}");
+            }
+        }
+    }
+
+    #[test]
     fn validation() {
         assert!(grid(3, 4, 0.9).validate().is_ok());
         assert!(grid(0, 1, 0.0).validate().is_err());
@@ -437,9 +580,9 @@ mod tests {
         assert!(grid(2, 2, 0.95).validate().is_err());
         assert!(grid(2, 2, -0.1).validate().is_err());
         assert!(grid(2, 2, f32::NAN).validate().is_err());
-        assert!(Stitcher::new(&grid(0, 1, 0.0), 10, 10, 4, 4).is_err());
-        assert!(Stitcher::new(&Tiling::whole(), 0, 10, 4, 4).is_err());
-        assert!(Stitcher::new(&Tiling::whole(), 10, 10, 0, 4).is_err());
+        assert!(Stitcher::new(&grid(0, 1, 0.0), (10, 10), (4, 4), (224, 224)).is_err());
+        assert!(Stitcher::new(&Tiling::whole(), (0, 10), (4, 4), (224, 224)).is_err());
+        assert!(Stitcher::new(&Tiling::whole(), (10, 10), (0, 4), (224, 224)).is_err());
     }
 
     #[test]
@@ -460,7 +603,7 @@ mod tests {
             let map: Vec<f32> = (0..gw * gh)
                 .map(|i| ((i * 7919) % 101) as f32 / 7.0 - 3.0)
                 .collect();
-            let mut s = Stitcher::new(&Tiling::whole(), fw, fh, gw, gh).unwrap();
+            let mut s = Stitcher::new(&Tiling::whole(), (fw, fh), (gw, gh), (224, 224)).unwrap();
             s.add(0, &map);
             let (out, w, h) = s.finish();
             assert_eq!((w, h), (gw, gh));
@@ -468,7 +611,7 @@ mod tests {
         }
         // Non-finite values pass through untouched.
         let map = vec![f32::INFINITY, 1.0, f32::NAN, 2.0];
-        let mut s = Stitcher::new(&Tiling::whole(), 10, 10, 2, 2).unwrap();
+        let mut s = Stitcher::new(&Tiling::whole(), (10, 10), (2, 2), (224, 224)).unwrap();
         s.add(0, &map);
         let (out, _, _) = s.finish();
         assert_eq!(out[0], f32::INFINITY);
@@ -484,7 +627,7 @@ mod tests {
             (grid(2, 3, 0.5), 400, 200),
             (grid(3, 2, 0.1), 123, 457),
         ] {
-            let mut s = Stitcher::new(&t, fw, fh, 8, 6).unwrap();
+            let mut s = Stitcher::new(&t, (fw, fh), (8, 6), (224, 224)).unwrap();
             for i in 0..(t.rows * t.cols) as usize {
                 s.add(i, &[0.7; 48]);
             }
@@ -497,7 +640,7 @@ mod tests {
     #[test]
     fn quadrants_without_overlap() {
         // Each tile constant = its index: the output holds the index in the matching quadrant.
-        let mut s = Stitcher::new(&grid(2, 2, 0.0), 250, 250, 4, 4).unwrap();
+        let mut s = Stitcher::new(&grid(2, 2, 0.0), (250, 250), (4, 4), (224, 224)).unwrap();
         for i in 0..4 {
             s.add(i, &[i as f32; 16]);
         }
@@ -513,7 +656,7 @@ mod tests {
 
     #[test]
     fn spike_lands_in_place() {
-        let mut s = Stitcher::new(&grid(2, 2, 0.0), 250, 250, 4, 4).unwrap();
+        let mut s = Stitcher::new(&grid(2, 2, 0.0), (250, 250), (4, 4), (224, 224)).unwrap();
         for i in 0..4 {
             let mut m = [0.0f32; 16];
             if i == 3 {
@@ -529,7 +672,7 @@ mod tests {
 
         // With overlap the spike spreads bilinearly but peaks at the right place.
         let t = grid(2, 2, 0.25);
-        let mut s = Stitcher::new(&t, 700, 700, 8, 8).unwrap();
+        let mut s = Stitcher::new(&t, (700, 700), (8, 8), (224, 224)).unwrap();
         for i in 0..4 {
             let mut m = [0.0f32; 64];
             if i == 0 {
@@ -552,7 +695,7 @@ mod tests {
         // 1x2 tiles, half overlap, 300 px wide: tiles [0, 200] and [100, 300], 2-cell maps.
         // Output 3 cells centred at 50, 150, 250 px: cell 1 is seen by both tiles.
         let t = grid(1, 2, 0.5);
-        let mut s = Stitcher::new(&t, 300, 10, 2, 1).unwrap();
+        let mut s = Stitcher::new(&t, (300, 10), (2, 1), (224, 224)).unwrap();
         s.add(0, &[1.0, 2.0]);
         s.add(1, &[10.0, 20.0]);
         let (out, w, h) = s.finish();
@@ -565,7 +708,7 @@ mod tests {
         // 1x2 tiles, quarter overlap, 350 px: tiles [0, 200] and [150, 350], 2-cell maps,
         // output round(3.5) = 4 cells of 87.5 px centred at 43.75, 131.25, 218.75, 306.25.
         let t = grid(1, 2, 0.25);
-        let mut s = Stitcher::new(&t, 350, 10, 2, 1).unwrap();
+        let mut s = Stitcher::new(&t, (350, 10), (2, 1), (224, 224)).unwrap();
         s.add(0, &[1.0, 2.0]);
         s.add(1, &[10.0, 20.0]);
         let (out, w, _) = s.finish();
@@ -580,7 +723,7 @@ mod tests {
 
     #[test]
     fn finish_resets_and_missing_tiles_are_zero() {
-        let mut s = Stitcher::new(&grid(1, 2, 0.0), 100, 50, 2, 2).unwrap();
+        let mut s = Stitcher::new(&grid(1, 2, 0.0), (100, 50), (2, 2), (224, 224)).unwrap();
         s.add(0, &[3.0; 4]);
         let (out, w, h) = s.finish();
         assert_eq!((w, h), (4, 2));
@@ -593,7 +736,7 @@ mod tests {
     #[test]
     #[should_panic]
     fn wrong_tile_index_panics() {
-        let mut s = Stitcher::new(&grid(1, 2, 0.0), 100, 50, 2, 2).unwrap();
+        let mut s = Stitcher::new(&grid(1, 2, 0.0), (100, 50), (2, 2), (224, 224)).unwrap();
         s.add(2, &[0.0; 4]);
     }
 }
