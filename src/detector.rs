@@ -86,20 +86,44 @@ impl Extractor {
         image: &RgbImage,
         tiling: &Tiling,
     ) -> Result<Vec<PatchFeatures>, DetectorError> {
+        Ok(self.features_of_batch(&[image], tiling)?.remove(0))
+    }
+
+    /// Features of every tile of every image (`[image][tile]`), all in one inference.
+    pub fn features_of_batch(
+        &mut self,
+        images: &[&RgbImage],
+        tiling: &Tiling,
+    ) -> Result<Vec<Vec<PatchFeatures>>, DetectorError> {
         let start = Instant::now();
-        let tiles = tiling.tiles(image.width, image.height);
-        let m = self.backbone.manifest();
-        let placement = tiling.placement(image.width, image.height, self.input_size());
-        let mut pixels = Vec::with_capacity(tiles.len() * 3 * m.input.width * m.input.height);
-        for tile in &tiles {
-            self.preprocessor
-                .push_tile(image, tile, &placement, &mut pixels)
-                .map_err(DetectorError::Image)?;
+        let input = self.input_size();
+        let plane = (input.0 * input.1) as usize;
+        let mut tile_counts = Vec::with_capacity(images.len());
+        let mut pixels = Vec::new();
+        for image in images {
+            let tiles = tiling.tiles(image.width, image.height);
+            let placement = tiling.placement(image.width, image.height, input);
+            pixels.reserve(tiles.len() * 3 * plane);
+            for tile in &tiles {
+                self.preprocessor
+                    .push_tile(image, tile, &placement, &mut pixels)
+                    .map_err(DetectorError::Image)?;
+            }
+            tile_counts.push(tiles.len());
         }
-        let outputs = self.backbone.run(pixels, tiles.len())?;
+        let total = tile_counts.iter().sum();
+        let outputs = self.backbone.run(pixels, total)?;
         let grid = self.grid();
-        let features = (0..tiles.len())
-            .map(|i| patch_features(&outputs.stages, i, grid, self.upsample))
+        let mut next = 0;
+        let features = tile_counts
+            .iter()
+            .map(|&count| {
+                let first = next;
+                next += count;
+                (first..next)
+                    .map(|i| patch_features(&outputs.stages, i, grid, self.upsample))
+                    .collect()
+            })
             .collect();
         self.timing.model += start.elapsed();
         Ok(features)
@@ -142,20 +166,34 @@ pub fn score_branch(
     })
 }
 
-/// Features per distinct tiling, so that branches sharing a tiling run the backbone once.
+/// Features of a batch of images per distinct tiling (`[image][tile]`), so that branches
+/// sharing a tiling run the backbone once.
 pub fn features_by_tiling(
     extractor: &mut Extractor,
     specs: &[&BranchSpec],
-    image: &RgbImage,
-) -> Result<Vec<(Tiling, Vec<PatchFeatures>)>, DetectorError> {
-    let mut cache: Vec<(Tiling, Vec<PatchFeatures>)> = Vec::new();
+    images: &[&RgbImage],
+) -> Result<Vec<(Tiling, Vec<Vec<PatchFeatures>>)>, DetectorError> {
+    let mut cache: Vec<(Tiling, Vec<Vec<PatchFeatures>>)> = Vec::new();
     for spec in specs {
         if !cache.iter().any(|(t, _)| *t == spec.tiling) {
-            let features = extractor.features(image, &spec.tiling)?;
+            let features = extractor.features_of_batch(images, &spec.tiling)?;
             cache.push((spec.tiling.clone(), features));
         }
     }
     Ok(cache)
+}
+
+/// The tile features of image `index` of a batch under `tiling`.
+pub fn tiles_of<'a>(
+    features: &'a [(Tiling, Vec<Vec<PatchFeatures>>)],
+    tiling: &Tiling,
+    index: usize,
+) -> &'a [PatchFeatures] {
+    &features
+        .iter()
+        .find(|(t, _)| t == tiling)
+        .expect("features computed for every tiling")
+        .1[index]
 }
 
 /// The result of analysing one image: every branch, and their fusion.
@@ -264,30 +302,35 @@ impl Detector {
     }
 
     pub fn analyse(&mut self, image: &RgbImage) -> Result<Analysis, DetectorError> {
+        Ok(self.analyse_batch(&[image])?.remove(0))
+    }
+
+    /// Analyses several images with one inference per distinct tiling.
+    pub fn analyse_batch(&mut self, images: &[&RgbImage]) -> Result<Vec<Analysis>, DetectorError> {
         let branches = &self.profile.header.branches;
         let specs: Vec<&BranchSpec> = branches.iter().map(|b| &b.spec).collect();
-        let features = features_by_tiling(&mut self.extractor, &specs, image)?;
+        let features = features_by_tiling(&mut self.extractor, &specs, images)?;
         let start = Instant::now();
         let input = self.extractor.input_size();
-        let mut results = Vec::with_capacity(branches.len());
-        for (branch, bank) in branches.iter().zip(&self.profile.banks) {
-            let tiles = &features
+        let mut analyses = Vec::with_capacity(images.len());
+        for (index, image) in images.iter().enumerate() {
+            let mut results = Vec::with_capacity(branches.len());
+            for (branch, bank) in branches.iter().zip(&self.profile.banks) {
+                let tiles = tiles_of(&features, &branch.spec.tiling, index);
+                results.push(score_branch(&branch.spec, bank, tiles, image, input)?);
+            }
+            let z = branches
                 .iter()
-                .find(|(t, _)| *t == branch.spec.tiling)
-                .expect("features computed for every tiling")
-                .1;
-            results.push(score_branch(&branch.spec, bank, tiles, image, input)?);
+                .zip(&results)
+                .map(|(b, r)| b.calibration.z(r.raw))
+                .collect();
+            analyses.push(Analysis {
+                branches: results,
+                z,
+            });
         }
         self.extractor.timing.matching += start.elapsed();
-        let z = branches
-            .iter()
-            .zip(&results)
-            .map(|(b, r)| b.calibration.z(r.raw))
-            .collect();
-        Ok(Analysis {
-            branches: results,
-            z,
-        })
+        Ok(analyses)
     }
 
     /// Each branch's raw and calibrated score.

@@ -8,7 +8,7 @@ use crate::detect::preprocess::RgbImage;
 use crate::detect::score::Reduction;
 use crate::detect::tiling::Tiling;
 use crate::detector::{
-    features_by_tiling, score_branch, DetectorError, Extractor, REFERENCE_UPSAMPLE,
+    features_by_tiling, score_branch, tiles_of, DetectorError, Extractor, REFERENCE_UPSAMPLE,
 };
 use crate::engine::{Backbone, EngineOptions, Manifest};
 use crate::profile::{Branch, BranchSpec, Profile, ProfileHeader};
@@ -154,7 +154,9 @@ pub fn enroll_with(
     for (group_index, group) in references.chunks(CORESET_GROUP).enumerate() {
         let mut group_banks: Vec<(Tiling, MemoryBank)> = Vec::new();
         for (i, path) in group.iter().enumerate() {
-            for (tiling, tiles) in features_by_tiling(extractor, &specs, &load_image(path)?)? {
+            let image = load_image(path)?;
+            for (tiling, mut per_image) in features_by_tiling(extractor, &specs, &[&image])? {
+                let tiles = per_image.remove(0);
                 let position = group_banks.iter().position(|(t, _)| *t == tiling);
                 let index = position.unwrap_or_else(|| {
                     group_banks.push((tiling, new_bank()));
@@ -201,13 +203,9 @@ pub fn enroll_with(
     let mut scores = vec![Vec::with_capacity(validation.len()); options.branches.len()];
     for (i, path) in validation.iter().enumerate() {
         let image = load_image(path)?;
-        let features = features_by_tiling(extractor, &specs, &image)?;
+        let features = features_by_tiling(extractor, &specs, &[&image])?;
         for ((spec, bank), branch_scores) in specs.iter().zip(&branch_banks).zip(&mut scores) {
-            let tiles = &features
-                .iter()
-                .find(|(t, _)| *t == spec.tiling)
-                .expect("features")
-                .1;
+            let tiles = tiles_of(&features, &spec.tiling, 0);
             branch_scores
                 .push(score_branch(spec, bank, tiles, &image, extractor.input_size())?.raw);
         }

@@ -225,6 +225,42 @@ fn no_pixel_and_test_limit() {
     );
 }
 
+/// Batches of several test images (one inference per batch, decoding on a second thread) give
+/// the scores of one image at a time, in the same order, and a batch of 0 is refused.
+#[test]
+fn batches_score_as_single_images() {
+    let Some(model) = tiny() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = miniature(dir.path(), Layout::MvtecAd);
+    let with_batch = |batch: usize| EvalOptions {
+        validation_count: 3,
+        shots: Some(2),
+        preset: "multiscale".into(),
+        branches: gstlogsad::eval::run::Branches::Fixed(
+            gstlogsad::enroll::preset("multiscale", None).unwrap(),
+        ),
+        batch,
+        ..EvalOptions::default()
+    };
+    let (single_reports, single) = run(&model, &dataset, &with_batch(1));
+    let (batched_reports, batched) = run(&model, &dataset, &with_batch(3));
+    assert_eq!(single.len(), batched.len());
+    for ((_, category, one), (_, _, many)) in single.iter().zip(&batched) {
+        assert_eq!(one.len(), many.len(), "{category}");
+        for (a, b) in one.iter().zip(many) {
+            assert_eq!(a.path, b.path);
+            assert!(
+                (a.score - b.score).abs() <= 1e-4 * a.score.abs().max(1.0),
+                "{a:?} {b:?}"
+            );
+        }
+    }
+    let pixel = |r: &[Report]| r[0].categories[0].pixel.and_then(|p| p.auroc).unwrap();
+    assert!((pixel(&single_reports) - pixel(&batched_reports)).abs() < 1e-3);
+    let error = evaluate(&model, &dataset, &with_batch(0), &mut |_| {}).unwrap_err();
+    assert!(error.to_string().contains("--batch 0"), "{error}");
+}
+
 /// Seeded draws pick different references (so different scores), and the same seed gives the
 /// same numbers again.
 #[test]

@@ -11,6 +11,7 @@ use gstlogsad::eval::dataset::{self, Layout, LoadOptions, DEFAULT_VALIDATION_COU
 use gstlogsad::eval::report::{Report, ScoredImage};
 use gstlogsad::eval::run::{
     evaluate, summary_table, write_roc, Branches, EvalOptions, EvalProgress, EvalRecord,
+    DEFAULT_BATCH,
 };
 use gstlogsad::profile::BranchSpec;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -191,6 +192,9 @@ struct EvalArgs {
     /// Skip the pixel-level metrics (faster, less memory).
     #[arg(long)]
     no_pixel: bool,
+    /// Test images per inference (decoding runs ahead on a second thread).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH)]
+    batch: usize,
     /// Dataset root (or one category folder of MVTec AD / LOCO).
     root: PathBuf,
 }
@@ -438,6 +442,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         coreset_ratio: args.coreset_ratio,
         engine: args.engine.options(),
         pixel: !args.no_pixel,
+        batch: args.batch,
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;

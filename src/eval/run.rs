@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use image::GrayImage;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,7 @@ use super::report::{
     ScoredImage, Timing,
 };
 use crate::detect::metrics;
+use crate::detect::preprocess::RgbImage;
 use crate::detector::{Analysis, Detector, DetectorError};
 use crate::engine::EngineOptions;
 use crate::enroll::{
@@ -62,6 +63,11 @@ impl fmt::Debug for Branches {
     }
 }
 
+/// Test images per inference by default.
+pub const DEFAULT_BATCH: usize = 4;
+/// Largest batch accepted: every tile of every image of a batch is in memory at once.
+pub const MAX_BATCH: usize = 64;
+
 /// How to evaluate.
 #[derive(Debug)]
 pub struct EvalOptions {
@@ -84,6 +90,8 @@ pub struct EvalOptions {
     pub engine: EngineOptions,
     /// Compute pixel metrics where the dataset has masks.
     pub pixel: bool,
+    /// Test images per inference.
+    pub batch: usize,
 }
 
 impl Default for EvalOptions {
@@ -100,6 +108,7 @@ impl Default for EvalOptions {
             coreset_ratio: None,
             engine: EngineOptions::default(),
             pixel: true,
+            batch: DEFAULT_BATCH,
         }
     }
 }
@@ -124,6 +133,12 @@ impl EvalOptions {
                 "{} draws need a seed (--seed): without one the references are the first k \
                  images by name, the same every draw",
                 self.draws
+            )));
+        }
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(EvalError::Invalid(format!(
+                "--batch {} must be in [1, {MAX_BATCH}]",
+                self.batch
             )));
         }
         if self.test_limit == Some(0) {
@@ -296,7 +311,7 @@ pub fn evaluate(
             )?;
             let enroll_s = start.elapsed().as_secs_f64();
             let mut detector = Detector { extractor, profile };
-            let scored = score_category(&mut detector, test, pixel, &mut |done| {
+            let scored = score_category(&mut detector, test, pixel, options.batch, &mut |done| {
                 progress(EvalProgress::Image {
                     draw,
                     category: name,
@@ -347,37 +362,62 @@ struct Scored {
     timing: Timing,
 }
 
-/// Analyses each test image once.
+/// Analyses each test image once, `batch` images per inference, while a second thread decodes
+/// the next images.
 fn score_category(
     detector: &mut Detector,
     test: &[Sample],
     pixel: bool,
+    batch: usize,
     on_image: &mut dyn FnMut(usize),
 ) -> Result<Scored, EvalError> {
     let before = detector.extractor.timing;
     let mut accumulator = pixel.then(PixelAccumulator::new);
     let mut pixel_images = 0;
-    let mut busy = Duration::ZERO;
     let mut scores = Vec::with_capacity(test.len());
-    for (i, sample) in test.iter().enumerate() {
-        let start = Instant::now();
-        let image = load_image(&sample.path)?;
-        let analysis = detector.analyse(&image)?;
-        busy += start.elapsed();
-        if let Some(acc) = accumulator.as_mut() {
-            if add_pixels(acc, &analysis, sample, (image.width, image.height))? {
-                pixel_images += 1;
+    let start = Instant::now();
+    std::thread::scope(|scope| -> Result<(), EvalError> {
+        let (decoded, receiver) = std::sync::mpsc::sync_channel(2 * batch);
+        scope.spawn(move || {
+            for sample in test {
+                // A closed channel means scoring stopped on an error: stop decoding too.
+                if decoded.send(load_image(&sample.path)).is_err() {
+                    break;
+                }
+            }
+        });
+        for samples in test.chunks(batch) {
+            let images = samples
+                .iter()
+                .map(|sample| match receiver.recv() {
+                    Ok(image) => Ok(image?),
+                    Err(_) => Err(EvalError::Invalid(format!(
+                        "the image decoder stopped before {}",
+                        sample.path.display()
+                    ))),
+                })
+                .collect::<Result<Vec<_>, EvalError>>()?;
+            let refs: Vec<&RgbImage> = images.iter().collect();
+            let analyses = detector.analyse_batch(&refs)?;
+            for ((sample, image), analysis) in samples.iter().zip(&images).zip(&analyses) {
+                if let Some(acc) = accumulator.as_mut() {
+                    if add_pixels(acc, analysis, sample, (image.width, image.height))? {
+                        pixel_images += 1;
+                    }
+                }
+                scores.push(ScoredImage {
+                    path: sample.path.display().to_string(),
+                    anomalous: sample.anomalous,
+                    defect: sample.defect.clone(),
+                    split: sample.split.map(|s| s.name().to_string()),
+                    score: analysis.fused_z(),
+                });
+                on_image(scores.len());
             }
         }
-        scores.push(ScoredImage {
-            path: sample.path.display().to_string(),
-            anomalous: sample.anomalous,
-            defect: sample.defect.clone(),
-            split: sample.split.map(|s| s.name().to_string()),
-            score: analysis.fused_z(),
-        });
-        on_image(i + 1);
-    }
+        Ok(())
+    })?;
+    let busy = start.elapsed();
     let after = detector.extractor.timing;
     let timing = Timing {
         model_s: after.model.saturating_sub(before.model).as_secs_f64(),
