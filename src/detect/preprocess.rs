@@ -88,14 +88,13 @@ impl Preprocessor {
             fir::PixelType::U8x3,
         )
         .map_err(|e| e.to_string())?;
+        // Tile rectangles are f32: the last tile of a row can end a rounding error past the edge.
+        let (x, y) = (tile.x.max(0.0) as f64, tile.y.max(0.0) as f64);
+        let width = (tile.width as f64).min(image.width as f64 - x);
+        let height = (tile.height as f64).min(image.height as f64 - y);
         let options = fir::ResizeOptions::new()
             .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear))
-            .crop(
-                tile.x as f64,
-                tile.y as f64,
-                tile.width as f64,
-                tile.height as f64,
-            );
+            .crop(x, y, width, height);
         self.resizer
             .resize(&source, &mut self.resized, &options)
             .map_err(|e| e.to_string())?;
@@ -234,6 +233,26 @@ mod tests {
         }
         // Column 0 mixes in some red from the left half: blue below 1, red above 0.
         assert!(out[0] < 0.99 && out[8] > 0.01, "{out:?}");
+    }
+
+    #[test]
+    fn every_tile_of_uneven_grids_fits_the_frame() {
+        // 250 px in thirds: the last tile ends at 166.67 + 83.33, a rounding error past 250.
+        let image = RgbImage::new(250, 250, vec![128; 250 * 250 * 3]).unwrap();
+        let mut p = Preprocessor::new(&spec(14, 14, "RGB"));
+        for (n, overlap) in [(3, 0.0), (3, 0.3), (6, 0.3), (7, 0.3)] {
+            let tiling = crate::detect::tiling::Tiling {
+                rows: n,
+                cols: n,
+                overlap,
+                ..crate::detect::tiling::Tiling::whole()
+            };
+            for tile in tiling.tiles(250, 250) {
+                let mut out = Vec::new();
+                p.push_tile(&image, &tile, &everywhere(14, 14), &mut out)
+                    .unwrap_or_else(|e| panic!("{n}x{n} tile {tile:?}: {e}"));
+            }
+        }
     }
 
     #[test]
