@@ -9,7 +9,7 @@ use crate::detect::preprocess::{Preprocessor, RgbImage};
 use crate::detect::score::{gaussian_blur, reduce};
 use crate::detect::tiling::{Stitcher, Tiling};
 use crate::engine::{Backbone, EngineError, EngineOptions, Manifest};
-use crate::profile::{BranchSpec, Profile, ProfileError};
+use crate::profile::{BranchSpec, Pooling, Profile, ProfileError};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -150,6 +150,14 @@ pub fn score_branch(
     image: &RgbImage,
     input: (u32, u32),
 ) -> Result<BranchResult, DetectorError> {
+    let pooled: Vec<PatchFeatures>;
+    let tiles = match spec.pooling {
+        Pooling::None => tiles,
+        Pooling::Mean => {
+            pooled = tiles.iter().map(PatchFeatures::mean_pooled).collect();
+            &pooled
+        }
+    };
     let grid = (tiles[0].width(), tiles[0].height());
     let mut stitcher = Stitcher::new(&spec.tiling, (image.width, image.height), grid, input)
         .map_err(DetectorError::Image)?;
@@ -283,19 +291,22 @@ impl Detector {
             backbone.manifest().tokens.grid_height,
             backbone.manifest().tokens.grid_width,
         );
-        if let Some(bank) = profile
-            .banks
-            .iter()
-            .find(|b| (b.grid_height, b.grid_width) != model_grid)
-        {
-            return Err(DetectorError::Incompatible {
-                path: profile_path.display().to_string(),
-                model: format!("{} ({})", backbone.manifest().name, manifest_path.display()),
-                reason: format!(
-                    "profile token grid {}x{}, model grid {}x{}",
-                    bank.grid_height, bank.grid_width, model_grid.0, model_grid.1
-                ),
-            });
+        for (branch, bank) in h.branches.iter().zip(&profile.banks) {
+            let (expected, _) = branch.spec.pooling.bank_grid(model_grid, h.upsample);
+            if (bank.grid_height, bank.grid_width) != expected {
+                return Err(DetectorError::Incompatible {
+                    path: profile_path.display().to_string(),
+                    model: format!("{} ({})", backbone.manifest().name, manifest_path.display()),
+                    reason: format!(
+                        "branch {}: profile token grid {}x{}, model grid {}x{}",
+                        branch.spec.name,
+                        bank.grid_height,
+                        bank.grid_width,
+                        model_grid.0,
+                        model_grid.1
+                    ),
+                });
+            }
         }
         let extractor = Extractor::new(backbone, h.upsample);
         Ok((Detector { extractor, profile }, warnings))

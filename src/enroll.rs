@@ -11,7 +11,7 @@ use crate::detector::{
     features_by_tiling, score_branch, tiles_of, DetectorError, Extractor, REFERENCE_UPSAMPLE,
 };
 use crate::engine::{Backbone, EngineOptions, Manifest};
-use crate::profile::{Branch, BranchSpec, Profile, ProfileHeader};
+use crate::profile::{Branch, BranchSpec, Pooling, Profile, ProfileHeader};
 use std::path::{Path, PathBuf};
 
 /// Full-data enrollment reduces the bank group by group, as the authors do, so memory stays
@@ -23,7 +23,7 @@ const CORESET_PROJECTION: usize = 128;
 /// the validation mean.
 pub const DEFAULT_THRESHOLD: f64 = 0.952_574_126_822_433_2;
 /// Names accepted by [`preset`].
-pub const PRESETS: [&str; 2] = ["faithful", "multiscale"];
+pub const PRESETS: [&str; 3] = ["faithful", "multiscale", "multiscale-embedding"];
 
 /// Detector branches by preset name. `tiling` is the user's tiling, if any.
 ///
@@ -31,28 +31,39 @@ pub const PRESETS: [&str; 2] = ["faithful", "multiscale"];
 /// - `multiscale`: a local branch (the maximum of a tiled map, 2x2 tiles unless `tiling` is
 ///   given) for small defects, and a global branch (the mean of the whole-frame map) for changes
 ///   that cover the frame; each calibrated, fused by the largest calibrated score (eq. 5).
+/// - `multiscale-embedding`: the same local branch, and as global branch the distance of the
+///   whole frame's mean-pooled tokens to the nearest reference frame's (per stage, averaged).
 pub fn preset(name: &str, tiling: Option<Tiling>) -> Result<Vec<BranchSpec>, String> {
+    let local = |tiling: Option<Tiling>| BranchSpec {
+        name: "patch-local".into(),
+        tiling: tiling.unwrap_or(Tiling {
+            rows: 2,
+            cols: 2,
+            ..Tiling::whole()
+        }),
+        score: Reduction::Max,
+        smoothing: 0.0,
+        pooling: Pooling::None,
+    };
     match name {
         "faithful" => Ok(vec![BranchSpec {
             tiling: tiling.unwrap_or_else(Tiling::whole),
             ..BranchSpec::faithful()
         }]),
         "multiscale" => Ok(vec![
-            BranchSpec {
-                name: "patch-local".into(),
-                tiling: tiling.unwrap_or(Tiling {
-                    rows: 2,
-                    cols: 2,
-                    ..Tiling::whole()
-                }),
-                score: Reduction::Max,
-                smoothing: 0.0,
-            },
+            local(tiling),
             BranchSpec {
                 name: "patch-global".into(),
-                tiling: Tiling::whole(),
                 score: Reduction::Mean,
-                smoothing: 0.0,
+                ..BranchSpec::faithful()
+            },
+        ]),
+        "multiscale-embedding" => Ok(vec![
+            local(tiling),
+            BranchSpec {
+                name: "embedding-global".into(),
+                pooling: Pooling::Mean,
+                ..BranchSpec::faithful()
             },
         ]),
         other => Err(format!("unknown preset {other:?} (one of {PRESETS:?})")),
@@ -146,25 +157,32 @@ pub fn enroll_with(
     let manifest = extractor.backbone().manifest();
     let (dim, stages) = (manifest.feature_dim, manifest.stage_outputs.len());
     let grid = (manifest.tokens.grid_height, manifest.tokens.grid_width);
-    let new_bank = || MemoryBank::new(stages, dim, grid.0, grid.1, REFERENCE_UPSAMPLE);
+    let new_bank = |pooling: Pooling| {
+        let ((h, w), upsample) = pooling.bank_grid(grid, REFERENCE_UPSAMPLE);
+        MemoryBank::new(stages, dim, h, w, upsample)
+    };
     let specs: Vec<&BranchSpec> = options.branches.iter().collect();
-
-    // One bank per distinct tiling, built group by group.
-    let mut banks: Vec<(Tiling, MemoryBank)> = Vec::new();
+    // A bank per distinct (tiling, pooling), built group by group.
+    let mut kinds: Vec<(Tiling, Pooling)> = Vec::new();
+    for spec in &specs {
+        let kind = (spec.tiling.clone(), spec.pooling);
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    let mut banks: Vec<MemoryBank> = kinds.iter().map(|(_, p)| new_bank(*p)).collect();
     for (group_index, group) in references.chunks(CORESET_GROUP).enumerate() {
-        let mut group_banks: Vec<(Tiling, MemoryBank)> = Vec::new();
+        let mut group_banks: Vec<MemoryBank> = kinds.iter().map(|(_, p)| new_bank(*p)).collect();
         for (i, path) in group.iter().enumerate() {
             let image = load_image(path)?;
-            for (tiling, mut per_image) in features_by_tiling(extractor, &specs, &[&image])? {
-                let tiles = per_image.remove(0);
-                let position = group_banks.iter().position(|(t, _)| *t == tiling);
-                let index = position.unwrap_or_else(|| {
-                    group_banks.push((tiling, new_bank()));
-                    group_banks.len() - 1
-                });
-                tiles
-                    .iter()
-                    .for_each(|tile| group_banks[index].1.push(tile));
+            let features = features_by_tiling(extractor, &specs, &[&image])?;
+            for ((tiling, pooling), bank) in kinds.iter().zip(&mut group_banks) {
+                for tile in tiles_of(&features, tiling, 0) {
+                    match pooling {
+                        Pooling::None => bank.push(tile),
+                        Pooling::Mean => bank.push(&tile.mean_pooled()),
+                    }
+                }
             }
             progress(
                 Phase::References,
@@ -172,9 +190,10 @@ pub fn enroll_with(
                 references.len(),
             );
         }
-        for (tiling, group_bank) in group_banks {
-            let reduced = match options.coreset_ratio {
-                Some(ratio) => {
+        for (((_, pooling), group_bank), bank) in kinds.iter().zip(group_banks).zip(&mut banks) {
+            // Pooled banks hold one vector per reference tile: nothing to reduce.
+            let reduced = match (options.coreset_ratio, pooling) {
+                (Some(ratio), Pooling::None) => {
                     let all = group_bank.concatenated();
                     let view =
                         ndarray::ArrayView2::from_shape((group_bank.len(), stages * dim), &all)
@@ -182,21 +201,15 @@ pub fn enroll_with(
                     let seed = options.seed + group_index as u64;
                     group_bank.select(&greedy_coreset(view, ratio, Some(CORESET_PROJECTION), seed))
                 }
-                None => group_bank,
+                _ => group_bank,
             };
-            match banks.iter_mut().find(|(t, _)| *t == tiling) {
-                Some((_, bank)) => bank.append(&reduced),
-                None => banks.push((tiling, reduced)),
-            }
+            bank.append(&reduced);
         }
     }
     let bank_for = |spec: &BranchSpec| {
-        banks
-            .iter()
-            .find(|(t, _)| *t == spec.tiling)
-            .expect("a bank for every tiling")
-            .1
-            .clone()
+        let kind = (spec.tiling.clone(), spec.pooling);
+        let index = kinds.iter().position(|k| *k == kind);
+        banks[index.expect("a bank for every branch")].clone()
     };
     let branch_banks: Vec<MemoryBank> = options.branches.iter().map(bank_for).collect();
 

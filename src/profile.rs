@@ -17,7 +17,29 @@ use std::path::{Path, PathBuf};
 const MAGIC: &[u8; 8] = b"LOGSADPF";
 pub const FORMAT_VERSION: u32 = 3;
 
-/// One patch detector: how frames are cut, how its map becomes a score.
+/// What a branch matches against its bank.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Every patch vector (the reference's patch detector).
+    #[default]
+    None,
+    /// One vector per tile and stage, the mean of its tokens: the nearest reference tile by
+    /// overall appearance, which sees changes spread over the whole tile.
+    Mean,
+}
+
+impl Pooling {
+    /// The bank's token grid and upsampling for a model grid and the reference's upsampling.
+    pub fn bank_grid(self, model_grid: (usize, usize), upsample: usize) -> ((usize, usize), usize) {
+        match self {
+            Pooling::None => (model_grid, upsample),
+            Pooling::Mean => ((1, 1), 1),
+        }
+    }
+}
+
+/// One detector branch: how frames are cut, what is matched, how its map becomes a score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BranchSpec {
     /// Reported as the detector's name in metadata, e.g. "patch".
@@ -28,6 +50,9 @@ pub struct BranchSpec {
     pub score: Reduction,
     /// Gaussian smoothing of the map before scoring, sigma in map cells (0: none, the reference).
     pub smoothing: f32,
+    /// Absent from profiles written before pooling existed: none.
+    #[serde(default)]
+    pub pooling: Pooling,
 }
 
 impl BranchSpec {
@@ -38,6 +63,7 @@ impl BranchSpec {
             tiling: Tiling::whole(),
             score: Reduction::Max,
             smoothing: 0.0,
+            pooling: Pooling::None,
         }
     }
 }
@@ -177,7 +203,7 @@ impl Profile {
                 .spec
                 .tiling
                 .validate()
-                .and_then(|()| read_bank(&mut reader, &header))
+                .and_then(|()| read_bank(&mut reader, &header, branch.spec.pooling))
                 .map_err(|e| format!("branch {name}: {e}"))?;
             banks.push(bank);
         }
@@ -202,7 +228,11 @@ impl Profile {
     }
 }
 
-fn read_bank(reader: &mut Reader, header: &ProfileHeader) -> Result<MemoryBank, String> {
+fn read_bank(
+    reader: &mut Reader,
+    header: &ProfileHeader,
+    pooling: Pooling,
+) -> Result<MemoryBank, String> {
     let grid = (reader.u64()? as usize, reader.u64()? as usize);
     let row_count = reader.u64()? as usize;
     let rows: Vec<u32> = reader
@@ -229,7 +259,8 @@ fn read_bank(reader: &mut Reader, header: &ProfileHeader) -> Result<MemoryBank, 
         .chunks_exact(values / header.stages)
         .map(<[f32]>::to_vec)
         .collect();
-    MemoryBank::from_parts(header.feature_dim, grid, header.upsample, stages, rows)
+    let (_, upsample) = pooling.bank_grid(grid, header.upsample);
+    MemoryBank::from_parts(header.feature_dim, grid, upsample, stages, rows)
 }
 
 struct Reader<'a> {
@@ -284,6 +315,7 @@ mod tests {
                             },
                             score: Reduction::TopKMean(3),
                             smoothing: 4.0,
+                            pooling: Pooling::None,
                         },
                         calibration: Calibration::fit(&[0.5, 0.7]).unwrap(),
                         validation_scores: vec![0.5, 0.7],

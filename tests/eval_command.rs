@@ -484,6 +484,122 @@ fn command_on_plain_miniature() {
     }
 }
 
+/// The pooled-embedding branch survives a profile round trip: a reference image's pooled
+/// features are in the bank, so its embedding distance is 0, and a different image's is not.
+#[test]
+fn embedding_branch_through_a_profile() {
+    let Some(model) = tiny() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("fabric");
+    write_miniature(&root, Layout::Plain).unwrap();
+    let profile = dir.path().join("p.logsad");
+    let good = |i: u32| root.join(format!("good/{i:03}.png")).display().to_string();
+    let output = logsad(&[
+        "enroll",
+        "--preset",
+        "multiscale-embedding",
+        "--model",
+        model.to_str().unwrap(),
+        "--validation",
+        &good(2),
+        &good(3),
+        "--out",
+        profile.to_str().unwrap(),
+        &good(0),
+        &good(1),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let info = logsad(&["info", profile.to_str().unwrap()]);
+    let header: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(header["branches"][1]["spec"]["name"], "embedding-global");
+    assert_eq!(header["branches"][1]["spec"]["pooling"], "mean");
+    assert_eq!(header["branches"][0]["spec"]["pooling"], "none");
+
+    let defect = root.join("scratch/000.png").display().to_string();
+    let output = logsad(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--profile",
+        profile.to_str().unwrap(),
+        &good(0),
+        &defect,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let embedding = |line: &serde_json::Value| {
+        line["detectors"]["embedding-global"]["score"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(embedding(&lines[0]).abs() < 1e-5, "{}", lines[0]);
+
+    // Brute force: per stage, 1 - the largest cosine between the mean tokens of the defect
+    // image and of each reference, averaged over the stages.
+    let (mut extractor, _) =
+        gstlogsad::enroll::load_extractor(&model, &Default::default()).unwrap();
+    let whole = gstlogsad::detect::tiling::Tiling::whole();
+    let mut mean_tokens = |path: &str| {
+        let image = gstlogsad::enroll::load_image(Path::new(path)).unwrap();
+        let features = extractor.features(&image, &whole).unwrap().remove(0);
+        features
+            .tokens
+            .iter()
+            .map(|stage| {
+                let cells = (stage.len() / features.dim) as f64;
+                (0..features.dim)
+                    .map(|d| {
+                        let sum: f64 = stage
+                            .iter()
+                            .skip(d)
+                            .step_by(features.dim)
+                            .map(|&v| v as f64)
+                            .sum();
+                        sum / cells
+                    })
+                    .collect::<Vec<f64>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let cosine = |a: &[f64], b: &[f64]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        dot / (norm(a) * norm(b))
+    };
+    let query = mean_tokens(&defect);
+    let references = [mean_tokens(&good(0)), mean_tokens(&good(1))];
+    let expected = (0..query.len())
+        .map(|stage| {
+            let best = references
+                .iter()
+                .map(|r| cosine(&query[stage], &r[stage]))
+                .fold(f64::NEG_INFINITY, f64::max);
+            1.0 - best
+        })
+        .sum::<f64>()
+        / query.len() as f64;
+    assert!(
+        expected > 1e-4,
+        "the defect must differ from the references"
+    );
+    assert!(
+        (embedding(&lines[1]) - expected).abs() < 1e-5,
+        "{} vs brute force {expected}",
+        lines[1]
+    );
+}
+
 /// A root that does not exist fails with a message naming it; so does a bad option.
 #[test]
 fn command_errors() {

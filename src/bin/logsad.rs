@@ -75,8 +75,10 @@ impl EngineArgs {
 /// The detector options shared by `enroll` and `eval`.
 #[derive(Args, Clone)]
 struct DetectorArgs {
-    /// Detector branches: faithful (the reference detector) or multiscale (a tiled local
-    /// maximum fused with a whole-frame global mean, each calibrated).
+    /// Detector branches: faithful (the reference detector), multiscale (a tiled local maximum
+    /// fused with a whole-frame global mean, each calibrated) or multiscale-embedding (the
+    /// tiled local maximum fused with the distance of the frame's mean-pooled features to the
+    /// nearest reference frame's).
     #[arg(long, default_value = "faithful")]
     preset: String,
     /// Image score of the first branch: max (the reference), mean, or topK (mean of the K

@@ -52,6 +52,31 @@ impl PatchFeatures {
         )
     }
 
+    /// One vector per stage: the mean of the raw tokens over the grid (a 1x1 grid, no
+    /// upsampling), an embedding of the whole tile for matching tiles rather than patches.
+    pub fn mean_pooled(&self) -> PatchFeatures {
+        let cells = (self.grid_height * self.grid_width) as f32;
+        let tokens = self
+            .tokens
+            .iter()
+            .map(|stage| {
+                let mut mean = vec![0.0f32; self.dim];
+                for token in stage.chunks_exact(self.dim) {
+                    mean.iter_mut().zip(token).for_each(|(m, t)| *m += t);
+                }
+                mean.iter_mut().for_each(|m| *m /= cells);
+                mean
+            })
+            .collect();
+        PatchFeatures {
+            grid_height: 1,
+            grid_width: 1,
+            upsample: 1,
+            dim: self.dim,
+            tokens,
+        }
+    }
+
     /// The reference's patch features of one stage: upsampled and L2-normalised.
     pub fn normalised(&self, stage: usize) -> Vec<f32> {
         let mut rows = self.upsampled(stage);
@@ -121,6 +146,29 @@ pub fn row_norms(values: &[f32], dim: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_pooling_averages_the_grid_per_stage() {
+        let features = PatchFeatures {
+            grid_height: 1,
+            grid_width: 2,
+            upsample: 2,
+            dim: 2,
+            tokens: vec![vec![1.0, 2.0, 3.0, 6.0], vec![0.0, -2.0, 4.0, 0.0]],
+        };
+        let pooled = features.mean_pooled();
+        assert_eq!(
+            (
+                pooled.grid_height,
+                pooled.grid_width,
+                pooled.upsample,
+                pooled.dim
+            ),
+            (1, 1, 1, 2)
+        );
+        assert_eq!(pooled.tokens, vec![vec![2.0, 4.0], vec![2.0, -1.0]]);
+        assert_eq!(pooled.patches(), 1);
+    }
 
     #[test]
     fn drops_prefix_and_normalises() {
