@@ -1,7 +1,7 @@
 //! Enrollment: reference images -> memory banks; validation images -> calibration; both ->
 //! profile. Also the presets of detector branches.
 
-use crate::detect::calibrate::Calibration;
+use crate::detect::calibrate::{Calibration, CalibrationMethod};
 use crate::detect::coreset::greedy_coreset;
 use crate::detect::patch::MemoryBank;
 use crate::detect::preprocess::RgbImage;
@@ -77,6 +77,8 @@ pub struct EnrollOptions {
     pub threshold: f64,
     pub seed: u64,
     pub engine: EngineOptions,
+    /// How each branch's validation scores are summarised.
+    pub calibration: CalibrationMethod,
 }
 
 impl Default for EnrollOptions {
@@ -87,6 +89,7 @@ impl Default for EnrollOptions {
             threshold: DEFAULT_THRESHOLD,
             seed: 0,
             engine: EngineOptions::default(),
+            calibration: CalibrationMethod::MeanStd,
         }
     }
 }
@@ -229,9 +232,10 @@ pub fn enroll_with(
         .iter()
         .zip(scores)
         .map(|(spec, validation_scores)| {
-            let calibration = Calibration::fit(&validation_scores).map_err(|e| {
-                DetectorError::Image(format!("calibration of branch {}: {e}", spec.name))
-            })?;
+            let calibration = Calibration::fit_with(&validation_scores, options.calibration)
+                .map_err(|e| {
+                    DetectorError::Image(format!("calibration of branch {}: {e}", spec.name))
+                })?;
             Ok(Branch {
                 spec: spec.clone(),
                 calibration,

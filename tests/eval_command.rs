@@ -452,6 +452,8 @@ fn command_on_plain_miniature() {
         "multiscale",
         "--resize",
         "letterbox",
+        "--calibration",
+        "median-mad",
         "--model",
         model_s,
         "--out",
@@ -482,6 +484,8 @@ fn command_on_plain_miniature() {
     for branch in branches.as_array().unwrap() {
         assert_eq!(branch["tiling"]["resize"], "letterbox", "{branch}");
     }
+    let settings = &json["draws"][0]["categories"][0]["settings"];
+    assert_eq!(settings["calibration"], "median-mad");
 }
 
 /// The pooled-embedding branch survives a profile round trip: a reference image's pooled
@@ -498,6 +502,8 @@ fn embedding_branch_through_a_profile() {
         "enroll",
         "--preset",
         "multiscale-embedding",
+        "--calibration",
+        "median-mad",
         "--model",
         model.to_str().unwrap(),
         "--validation",
@@ -518,6 +524,22 @@ fn embedding_branch_through_a_profile() {
     assert_eq!(header["branches"][1]["spec"]["name"], "embedding-global");
     assert_eq!(header["branches"][1]["spec"]["pooling"], "mean");
     assert_eq!(header["branches"][0]["spec"]["pooling"], "none");
+    // Two validation scores: median = their mean, MAD = half their distance.
+    for branch in header["branches"].as_array().unwrap() {
+        let calibration = &branch["calibration"];
+        assert_eq!(calibration["method"], "median-mad");
+        let scores: Vec<f64> = branch["validation_scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let (a, b) = (scores[0], scores[1]);
+        let centre = calibration["mean"].as_f64().unwrap();
+        let spread = calibration["std"].as_f64().unwrap();
+        assert!((centre - (a + b) / 2.0).abs() < 1e-12, "{branch}");
+        assert!((spread - (1.482_602_218_505_602 * (a - b).abs() / 2.0).max(1e-12)).abs() < 1e-12);
+    }
 
     let defect = root.join("scratch/000.png").display().to_string();
     let output = logsad(&[

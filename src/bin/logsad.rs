@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use gstlogsad::detect::calibrate::CalibrationMethod;
 use gstlogsad::detect::score::Reduction;
 use gstlogsad::detect::tiling::{Resize, Tiling};
 use gstlogsad::detector::Detector;
@@ -104,6 +105,11 @@ struct DetectorArgs {
     /// applies to every branch.
     #[arg(long, default_value = "squash")]
     resize: Resize,
+    /// How each branch's validation scores are summarised for calibration: mean-std (the
+    /// reference) or median-mad (median and 1.4826 x median absolute deviation, robust to an
+    /// odd validation image).
+    #[arg(long, default_value = "mean-std")]
+    calibration: CalibrationMethod,
 }
 
 #[derive(Args)]
@@ -323,6 +329,7 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
         threshold: args.threshold,
         seed: args.seed,
         engine: args.engine.options(),
+        calibration: args.detector.calibration,
     };
     let refs_bar = bar(references.len(), "references");
     let val_bar = bar(validation.len(), "validation");
@@ -445,6 +452,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         engine: args.engine.options(),
         pixel: !args.no_pixel,
         batch: args.batch,
+        calibration: args.detector.calibration,
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;

@@ -13,14 +13,60 @@ use serde::{Deserialize, Serialize};
 /// the mean map to 0.5, and any score below it to ~0.
 pub const MIN_STD: f64 = 1e-12;
 
-/// Mean and unbiased standard deviation of a detector's scores on anomaly-free images.
+/// Scale factor that makes the median absolute deviation of normally distributed scores
+/// estimate their standard deviation.
+const MAD_TO_STD: f64 = 1.482_602_218_505_602;
+
+/// How the centre and spread of the validation scores are estimated.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CalibrationMethod {
+    /// Mean and unbiased standard deviation (the reference).
+    #[default]
+    MeanStd,
+    /// Median and 1.4826 x the median absolute deviation: one odd validation image cannot
+    /// inflate the spread and mute the branch.
+    MedianMad,
+}
+
+impl std::str::FromStr for CalibrationMethod {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mean-std" => Ok(CalibrationMethod::MeanStd),
+            "median-mad" => Ok(CalibrationMethod::MedianMad),
+            other => Err(format!(
+                "unknown calibration {other:?} (mean-std or median-mad)"
+            )),
+        }
+    }
+}
+
+/// Centre and spread of a detector's scores on anomaly-free images.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 pub struct Calibration {
+    /// The mean (or, for median-mad, the median).
     pub mean: f64,
-    /// Unbiased (n - 1) sample standard deviation; at least [`MIN_STD`] when produced by `fit`.
+    /// Unbiased (n - 1) sample standard deviation (or 1.4826 x the median absolute deviation);
+    /// at least [`MIN_STD`] when produced by `fit`.
     pub std: f64,
     /// Number of scores the statistics came from.
     pub count: usize,
+    /// Absent from profiles written before robust calibration existed: mean-std.
+    #[serde(default)]
+    pub method: CalibrationMethod,
+}
+
+/// The median of a non-empty slice (the mean of the middle two for an even length).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
 }
 
 /// Why a [`Calibration`] could not be fitted.
@@ -35,21 +81,36 @@ pub enum CalibrationError {
 impl Calibration {
     /// Fits mean and unbiased std; the std is floored at [`MIN_STD`].
     pub fn fit(scores: &[f64]) -> Result<Self, CalibrationError> {
+        Self::fit_with(scores, CalibrationMethod::MeanStd)
+    }
+
+    /// Fits centre and spread by `method`; the spread is floored at [`MIN_STD`].
+    pub fn fit_with(scores: &[f64], method: CalibrationMethod) -> Result<Self, CalibrationError> {
         if scores.len() < 2 {
             return Err(CalibrationError::TooFew(scores.len()));
         }
         if let Some((index, &value)) = scores.iter().enumerate().find(|(_, s)| !s.is_finite()) {
             return Err(CalibrationError::NonFinite { index, value });
         }
-        let n = scores.len() as f64;
-        let mean = scores.iter().sum::<f64>() / n;
-        // Two-pass variance: exact enough for scores clustered far from zero.
-        let ss: f64 = scores.iter().map(|s| (s - mean) * (s - mean)).sum();
-        let std = (ss / (n - 1.0)).sqrt();
+        let (mean, std) = match method {
+            CalibrationMethod::MeanStd => {
+                let n = scores.len() as f64;
+                let mean = scores.iter().sum::<f64>() / n;
+                // Two-pass variance: exact enough for scores clustered far from zero.
+                let ss: f64 = scores.iter().map(|s| (s - mean) * (s - mean)).sum();
+                (mean, (ss / (n - 1.0)).sqrt())
+            }
+            CalibrationMethod::MedianMad => {
+                let centre = median(&mut scores.to_vec());
+                let mut deviations: Vec<f64> = scores.iter().map(|s| (s - centre).abs()).collect();
+                (centre, MAD_TO_STD * median(&mut deviations))
+            }
+        };
         Ok(Calibration {
             mean,
             std: std.max(MIN_STD),
             count: scores.len(),
+            method,
         })
     }
 
@@ -132,6 +193,29 @@ mod tests {
     }
 
     #[test]
+    fn median_mad_hand_computed() {
+        // Median 3; deviations 2 1 0 1 97 -> median 1; one outlier moves neither.
+        let c = Calibration::fit_with(&[1.0, 2.0, 3.0, 4.0, 100.0], CalibrationMethod::MedianMad)
+            .unwrap();
+        assert_eq!(c.method, CalibrationMethod::MedianMad);
+        assert!(close(c.mean, 3.0, 1e-12));
+        assert!(close(c.std, MAD_TO_STD, 1e-12));
+        // Even count: median (2 + 4) / 2 = 3; deviations 2 1 1 3 -> 1.5.
+        let even =
+            Calibration::fit_with(&[4.0, 1.0, 2.0, 6.0], CalibrationMethod::MedianMad).unwrap();
+        assert!(close(even.mean, 3.0, 1e-12));
+        assert!(close(even.std, 1.5 * MAD_TO_STD, 1e-12));
+        // The mean and std of the same scores are pulled by the outlier.
+        let plain = Calibration::fit(&[1.0, 2.0, 3.0, 4.0, 100.0]).unwrap();
+        assert!(close(plain.mean, 22.0, 1e-12) && plain.std > 40.0);
+        assert_eq!("median-mad".parse(), Ok(CalibrationMethod::MedianMad));
+        assert!("mad".parse::<CalibrationMethod>().is_err());
+        // Profiles written before the method existed read as mean-std.
+        let old: Calibration = serde_json::from_str(r#"{"mean":1.0,"std":2.0,"count":3}"#).unwrap();
+        assert_eq!(old.method, CalibrationMethod::MeanStd);
+    }
+
+    #[test]
     fn fit_errors() {
         assert_eq!(Calibration::fit(&[]), Err(CalibrationError::TooFew(0)));
         assert_eq!(Calibration::fit(&[1.0]), Err(CalibrationError::TooFew(1)));
@@ -158,6 +242,7 @@ mod tests {
             mean: 1.0,
             std: 0.0,
             count: 2,
+            method: CalibrationMethod::MeanStd,
         };
         assert!(close(d.z(1.0 + 1e-12), 1.0, 1e-3));
     }
@@ -181,6 +266,7 @@ mod tests {
             mean: 0.275,
             std: 0.0247,
             count: 10,
+            method: CalibrationMethod::MeanStd,
         };
         assert!(close(c.raw_at(0.5), 0.275, 1e-15));
         // sigmoid(ln 3) = 0.75 -> raw = mean + ln(3) * std

@@ -33,6 +33,7 @@ use super::report::{
     aligned_table, plot_roc, union_masks, CategoryReport, PixelAccumulator, PixelMetrics, Report,
     ScoredImage, Timing,
 };
+use crate::detect::calibrate::CalibrationMethod;
 use crate::detect::metrics;
 use crate::detect::preprocess::RgbImage;
 use crate::detector::{Analysis, Detector, DetectorError};
@@ -92,6 +93,8 @@ pub struct EvalOptions {
     pub pixel: bool,
     /// Test images per inference.
     pub batch: usize,
+    /// How each branch's validation scores are summarised.
+    pub calibration: CalibrationMethod,
 }
 
 impl Default for EvalOptions {
@@ -109,6 +112,7 @@ impl Default for EvalOptions {
             engine: EngineOptions::default(),
             pixel: true,
             batch: DEFAULT_BATCH,
+            calibration: CalibrationMethod::MeanStd,
         }
     }
 }
@@ -292,6 +296,7 @@ pub fn evaluate(
                 threshold: DEFAULT_THRESHOLD,
                 seed: seed.unwrap_or(0),
                 engine: options.engine.clone(),
+                calibration: options.calibration,
             };
             let start = Instant::now();
             let profile = enroll_with(
@@ -331,6 +336,7 @@ pub fn evaluate(
                 "validation_images": validation.len(),
                 "test_limit": options.test_limit,
                 "coreset_ratio": options.coreset_ratio,
+                "calibration": options.calibration,
                 "enroll_s": enroll_s,
                 "pixel_images": scored.pixel_images,
             });
