@@ -16,9 +16,10 @@
 # defect covers a few patches: local defects then separate well (AUROC ~0.95 in our runs).
 # Global defects (a finer weave over the whole frame) are caught by neither: they raise the mean
 # of the anomaly map rather than its maximum (AUROC < 0.5 with tiles alone). So the demo enrolls
-# the multiscale preset: the 2x2 tiled maximum for local defects fused with a whole-frame mean
-# branch for global ones (AUROC ~0.96 for both on this demo's frames). ENROLL_OPTIONS="" runs
-# the tiles alone, ENROLL_OPTIONS="--preset faithful" TILES=1x1 the reference detector.
+# the multiscale-embedding preset: the 2x2 tiled maximum for local defects fused with the
+# distance of the frame's mean-pooled features to the nearest reference frame's, for global
+# ones, calibrated with median and MAD. ENROLL_OPTIONS="" runs the tiles alone,
+# ENROLL_OPTIONS="--preset faithful" TILES=1x1 the reference detector.
 #
 # Outputs (in $OUT): demo.logsad (profile), demo.jsonl (one JSON line per frame),
 # demo.mp4 (annotated H.264 video), demo-frames.txt (frame index, source image, kind).
@@ -29,7 +30,7 @@ usage() {
     cat <<'EOF'
 Usage: pipelines/demo.sh [--help]
 
-Enrolls a textile profile (multiscale: 2x2 tiles + whole frame), runs a short annotated video of nominal, local-defect and
+Enrolls a textile profile (multiscale-embedding: 2x2 tiles + whole-frame embedding), runs a short annotated video of nominal, local-defect and
 global-defect images through logsad + anomalyoverlay + anomalypublish, writes an mp4 and JSON
 lines, and prints per-kind scores and the AUROC.
 
@@ -44,7 +45,7 @@ Settings (environment variables, defaults in brackets):
   SHOTS              reference images, nominal/textile_0001.. [4]
   VALIDATION         validation images, the nominal ones after the references [20]
   TILES              tile grid ROWSxCOLS [2x2]
-  ENROLL_OPTIONS     more `logsad enroll` options ["--preset multiscale"]
+  ENROLL_OPTIONS     more `logsad enroll` options ["--preset multiscale-embedding --calibration median-mad"]
   DEMO_FRAMES        frame counts "NOMINAL,LOCAL,GLOBAL" [12,6,6]; short CI run: DEMO_FRAMES=3,2,0
   NOMINAL_FRAMES, LOCAL_FRAMES, GLOBAL_FRAMES   the same counts one by one (override DEMO_FRAMES)
   NOMINAL_START      first nominal test image number [SHOTS + VALIDATION + 1]
@@ -80,7 +81,7 @@ PROFILE=${PROFILE:-}
 SHOTS=${SHOTS:-4}
 VALIDATION=${VALIDATION:-20}
 TILES=${TILES:-2x2}
-ENROLL_OPTIONS=${ENROLL_OPTIONS-"--preset multiscale"}
+ENROLL_OPTIONS=${ENROLL_OPTIONS-"--preset multiscale-embedding --calibration median-mad"}
 DEMO_FRAMES=${DEMO_FRAMES:-12,6,6}
 IFS=, read -r n_default l_default g_default <<<"$DEMO_FRAMES"
 NOMINAL_FRAMES=${NOMINAL_FRAMES:-${n_default:-0}}
@@ -277,8 +278,8 @@ if not tiles.startswith("1x1"):
           " whole-frame mode barely separates them.)")
 if aurocs["global"] is not None and aurocs["global"] < 0.7:
     print("(Global defects, a finer weave over the whole frame, raise the mean of the map rather\n"
-          " than its maximum, which the score misses; ENROLL_OPTIONS=\"--preset multiscale\"\n"
-          " adds a whole-frame mean branch for them.)")
+          " than its maximum, which the score misses; ENROLL_OPTIONS=\"--preset\n"
+          " multiscale-embedding\" adds a whole-frame embedding branch for them.)")
 EOF
 
 echo
