@@ -15,7 +15,11 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"LOGSADPF";
-pub const FORMAT_VERSION: u32 = 3;
+/// Version 4 added a tile's resize, a branch's pooling and the calibration method; an older
+/// build must refuse such a file rather than read it without them.
+pub const FORMAT_VERSION: u32 = 4;
+/// Version 3 files lack only those fields, which default to the reference's behaviour.
+const OLDEST_READABLE_VERSION: u32 = 3;
 
 /// What a branch matches against its bank.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,9 +182,10 @@ impl Profile {
             return Err("it does not start with the LOGSADPF signature".into());
         }
         let version = u32::from_le_bytes(reader.take(4)?.try_into().unwrap());
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(format!(
-                "format version {version}, this build reads version {FORMAT_VERSION}"
+                "format version {version}, this build reads versions \
+                 {OLDEST_READABLE_VERSION} to {FORMAT_VERSION}"
             ));
         }
         if bytes.len() < 4 {
@@ -389,6 +394,29 @@ mod tests {
             assert!(err.contains(reason), "{err:?} should mention {reason:?}");
             assert!(err.contains("p.logsad"), "{err:?} should name the file");
         }
+    }
+
+    #[test]
+    fn reads_version_3_without_the_new_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.logsad");
+        let profile = sample();
+        profile.save(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let n = bytes.len();
+        let crc = crc32fast::hash(&bytes[..n - 4]);
+        bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(Profile::load(&path).unwrap(), profile);
+        // A version-3 branch, as written before resize and pooling existed.
+        let spec: BranchSpec = serde_json::from_str(
+            r#"{"name":"patch","tiling":{"rows":2,"cols":2,"overlap":0.0},
+                "score":{"kind":"max"},"smoothing":0.0}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.pooling, Pooling::None);
+        assert_eq!(spec.tiling.resize, Resize::Squash);
     }
 
     #[test]
