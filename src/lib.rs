@@ -13,6 +13,7 @@ pub mod enroll;
 pub mod eval;
 pub mod meta;
 pub mod profile;
+pub mod synth;
 
 mod anomalyoverlay;
 mod anomalypublish;

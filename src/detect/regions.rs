@@ -89,6 +89,191 @@ pub fn regions_above(
     regions
 }
 
+/// How the regions reported for a frame are derived from its anomaly map.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RegionOptions {
+    /// Fraction of the way from the map's background level (its median) to a region's peak
+    /// below which cells are cut from the region, 0..1. `0` keeps every cell above the
+    /// threshold (the boxes of earlier versions); `0.5` keeps the cells above half the peak's
+    /// height over the background, so a small defect's box frames the defect rather than the
+    /// tile around it.
+    pub peak_fraction: f32,
+    /// Merge regions whose boxes overlap into one (repeated until no two overlap).
+    pub merge_overlapping: bool,
+    /// Smallest region kept, in map cells (after trimming).
+    pub min_area: usize,
+}
+
+impl Default for RegionOptions {
+    fn default() -> Self {
+        RegionOptions {
+            peak_fraction: DEFAULT_PEAK_FRACTION,
+            merge_overlapping: true,
+            min_area: 1,
+        }
+    }
+}
+
+/// Default [`RegionOptions::peak_fraction`], chosen on a tuning set of synthetic defects (see
+/// the README's region measurements).
+pub const DEFAULT_PEAK_FRACTION: f32 = 0.5;
+
+impl RegionOptions {
+    /// The regions of earlier versions: every 8-connected group of cells above the threshold.
+    pub fn above_threshold(min_area: usize) -> Self {
+        RegionOptions {
+            peak_fraction: 0.0,
+            merge_overlapping: false,
+            min_area,
+        }
+    }
+}
+
+/// The regions where a map shows anomalies, in map cells, sorted by `max` descending.
+///
+/// 1. Seeds: the 8-connected groups of cells strictly above `threshold` (any size).
+/// 2. Each seed is cut down to its cells above `max(threshold, b + f * (peak - b))`, where `b` is
+///    the median of the map's finite cells (the background level), `peak` the seed's largest
+///    value and `f` = `options.peak_fraction`; what remains may split into several regions.
+///    With `f = 0` nothing is cut.
+/// 3. Regions smaller than `options.min_area` cells are dropped; with `merge_overlapping`,
+///    regions whose boxes overlap are merged (box union, largest max, area-weighted mean) until
+///    no two boxes overlap.
+///
+/// # Panics
+/// If `map.len() != width * height`.
+pub fn anomaly_regions(
+    map: &[f32],
+    width: usize,
+    height: usize,
+    threshold: f32,
+    options: &RegionOptions,
+) -> Vec<Region> {
+    let mut regions = if options.peak_fraction > 0.0 {
+        let fraction = options.peak_fraction.min(1.0);
+        let background = median_finite(map);
+        let seeds = label_above(map, width, height, threshold);
+        let mut peaks = vec![f32::NEG_INFINITY; seeds.count];
+        for (&label, &v) in seeds.labels.iter().zip(map) {
+            if let Some(l) = label {
+                peaks[l] = peaks[l].max(v);
+            }
+        }
+        let levels: Vec<f32> = peaks
+            .iter()
+            .map(|&peak| threshold.max(background + fraction * (peak - background)))
+            .collect();
+        // Cells outside every seed, or below their seed's level, can never join a region.
+        let trimmed: Vec<f32> = seeds
+            .labels
+            .iter()
+            .zip(map)
+            .map(|(label, &v)| match label {
+                Some(l) if v > levels[*l] => v,
+                _ => f32::NAN,
+            })
+            .collect();
+        regions_above(&trimmed, width, height, f32::NEG_INFINITY, options.min_area)
+    } else {
+        regions_above(map, width, height, threshold, options.min_area)
+    };
+    if options.merge_overlapping {
+        regions = merge_overlapping(regions);
+    }
+    regions
+}
+
+/// The 8-connected components of cells above a threshold.
+struct Labels {
+    /// Per cell, the index of its component.
+    labels: Vec<Option<usize>>,
+    count: usize,
+}
+
+fn label_above(map: &[f32], width: usize, height: usize, threshold: f32) -> Labels {
+    assert_eq!(map.len(), width * height, "map size does not match width x height");
+    let mut labels = vec![None; map.len()];
+    let mut count = 0;
+    let mut stack = Vec::new();
+    for start in 0..map.len() {
+        if labels[start].is_some() || !(map[start] > threshold) {
+            continue;
+        }
+        labels[start] = Some(count);
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % width, i / width);
+            for ny in y.saturating_sub(1)..=(y + 1).min(height - 1) {
+                for nx in x.saturating_sub(1)..=(x + 1).min(width - 1) {
+                    let j = ny * width + nx;
+                    if labels[j].is_none() && map[j] > threshold {
+                        labels[j] = Some(count);
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        count += 1;
+    }
+    Labels { labels, count }
+}
+
+/// The median of the finite values (the mean of the middle two for an even count); 0 when none.
+fn median_finite(values: &[f32]) -> f32 {
+    let mut finite: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if finite.is_empty() {
+        return 0.0;
+    }
+    let mid = finite.len() / 2;
+    let (_, &mut upper, _) = finite.select_nth_unstable_by(mid, f32::total_cmp);
+    if finite.len() % 2 == 1 {
+        upper
+    } else {
+        let lower = finite[..mid].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        (lower + upper) / 2.0
+    }
+}
+
+/// Whether two boxes share at least one cell.
+fn boxes_overlap(a: &Region, b: &Region) -> bool {
+    a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height
+}
+
+/// Merges regions whose boxes overlap until no two do; sorted by `max` descending.
+fn merge_overlapping(mut regions: Vec<Region>) -> Vec<Region> {
+    let mut merged_any = true;
+    while merged_any {
+        merged_any = false;
+        let mut out: Vec<Region> = Vec::with_capacity(regions.len());
+        for region in regions {
+            match out.iter_mut().find(|o| boxes_overlap(o, &region)) {
+                Some(o) => {
+                    let (x0, y0) = (o.x.min(region.x), o.y.min(region.y));
+                    let x1 = (o.x + o.width).max(region.x + region.width);
+                    let y1 = (o.y + o.height).max(region.y + region.height);
+                    let area = o.area + region.area;
+                    o.mean = (o.mean * o.area as f32 + region.mean * region.area as f32)
+                        / area as f32;
+                    *o = Region {
+                        x: x0,
+                        y: y0,
+                        width: x1 - x0,
+                        height: y1 - y0,
+                        max: o.max.max(region.max),
+                        mean: o.mean,
+                        area,
+                    };
+                    merged_any = true;
+                }
+                None => out.push(region),
+            }
+        }
+        regions = out;
+    }
+    regions.sort_by(|a, b| b.max.total_cmp(&a.max));
+    regions
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +405,100 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!((r[0].y, r[0].height), (0, 2));
         assert_eq!((r[1].y, r[1].height), (3, 1));
+    }
+
+    #[test]
+    fn peak_fraction_cuts_the_plateau_around_a_small_defect() {
+        // A tile-sized plateau (0.3) around a 2-cell defect (0.9) on a 0.1 background.
+        let (m, w, h) = map(&[
+            "11111111", //
+            "13333331", //
+            "13333331", //
+            "13399331", //
+            "13333331", //
+            "13333331", //
+            "11111111", //
+        ]);
+        // Earlier boxes: the whole plateau.
+        let before = anomaly_regions(&m, w, h, 0.2, &RegionOptions::above_threshold(1));
+        assert_eq!(before, regions_above(&m, w, h, 0.2, 1));
+        assert_eq!((before[0].x, before[0].y, before[0].width, before[0].height), (1, 1, 6, 5));
+        // Background 0.1 (the median), peak 0.9: cut at 0.1 + 0.5 * 0.8 = 0.5.
+        let after = anomaly_regions(&m, w, h, 0.2, &RegionOptions::default());
+        assert_eq!(
+            after,
+            vec![Region {
+                x: 3,
+                y: 3,
+                width: 2,
+                height: 1,
+                max: 0.9,
+                mean: 0.9,
+                area: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn the_threshold_still_bounds_a_faint_region() {
+        // Peak 0.4 on a 0.1 background: 0.1 + 0.5 * 0.3 = 0.25 is below the threshold 0.3,
+        // so the cut is the threshold itself.
+        let (m, w, h) = map(&["1111", "1341", "1441", "1111"]);
+        let r = anomaly_regions(&m, w, h, 0.3, &RegionOptions::default());
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].x, r[0].y, r[0].width, r[0].height, r[0].area), (1, 1, 2, 2, 3));
+    }
+
+    #[test]
+    fn two_peaks_on_one_seed_stay_two_regions() {
+        // One seed above 0.2; cut at 0.1 + 0.5 * 0.8 = 0.5 leaves two separate peaks.
+        let (m, w, h) = map(&["1111111", "1933381", "1111111", "1111111"]);
+        let r = anomaly_regions(&m, w, h, 0.2, &RegionOptions::default());
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].x, r[0].max), (1, 0.9));
+        assert_eq!((r[1].x, r[1].max), (5, 0.8));
+    }
+
+    #[test]
+    fn overlapping_boxes_merge() {
+        // A hook and a cell inside its box, not 8-connected to it.
+        let (m, w, h) = map(&["9999", "0009", "0709"]);
+        let options = RegionOptions {
+            peak_fraction: 0.0,
+            merge_overlapping: true,
+            min_area: 1,
+        };
+        assert_eq!(regions_above(&m, w, h, 0.5, 1).len(), 2);
+        let r = anomaly_regions(&m, w, h, 0.5, &options);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].x, r[0].y, r[0].width, r[0].height, r[0].area), (0, 0, 4, 3, 7));
+        assert_eq!(r[0].max, 0.9);
+        assert!((r[0].mean - 6.1 / 7.0).abs() < 1e-6, "{}", r[0].mean);
+        // A union can reach a region kept earlier: C is apart from A and from B, but not from
+        // the union of A and B.
+        let boxed = |x, y, width, height, max| Region {
+            x,
+            y,
+            width,
+            height,
+            max,
+            mean: max,
+            area: 1,
+        };
+        let r = merge_overlapping(vec![
+            boxed(5, 0, 2, 1, 0.9),
+            boxed(0, 0, 2, 2, 0.8),
+            boxed(1, 1, 5, 1, 0.7),
+        ]);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!((r[0].x, r[0].y, r[0].width, r[0].height, r[0].area), (0, 0, 7, 2, 3));
+    }
+
+    #[test]
+    fn median_of_finite_cells() {
+        assert_eq!(median_finite(&[3.0, 1.0, 2.0, f32::NAN]), 2.0);
+        assert_eq!(median_finite(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median_finite(&[f32::NAN]), 0.0);
     }
 
     #[test]
