@@ -6,6 +6,7 @@ use crate::detect::calibrate::{fuse_max, sigmoid};
 use crate::detect::features::{patch_features, Grid, PatchFeatures};
 use crate::detect::patch::{anomaly_map, MemoryBank};
 use crate::detect::preprocess::{Preprocessor, RgbImage};
+use crate::detect::regions::{anomaly_regions, RegionOptions};
 use crate::detect::score::{gaussian_blur, reduce};
 use crate::detect::tiling::{Stitcher, Tiling};
 use crate::engine::{Backbone, EngineError, EngineOptions, Manifest};
@@ -251,6 +252,48 @@ pub struct BranchScore {
     pub raw: f64,
     /// sigmoid of the branch's calibrated score.
     pub calibrated: f64,
+}
+
+/// A region of a frame where the map shows an anomaly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameRegion {
+    /// Left, top, width, height in frame pixels.
+    pub rect: (u32, u32, u32, u32),
+    /// The largest map value inside, raw map units.
+    pub score: f64,
+}
+
+/// The anomaly regions of `map` (see [`anomaly_regions`]) with `map_threshold` (raw map units,
+/// [`Verdict::map_threshold`]) as seed threshold, as boxes in the pixels of a `frame` of
+/// (width, height); a box covers every frame pixel its map cells touch.
+pub fn frame_regions(
+    map: &BranchResult,
+    map_threshold: f64,
+    frame: (u32, u32),
+    options: &RegionOptions,
+) -> Vec<FrameRegion> {
+    let (frame_w, frame_h) = frame;
+    let sx = frame_w as f64 / map.map_width as f64;
+    let sy = frame_h as f64 / map.map_height as f64;
+    anomaly_regions(
+        &map.map,
+        map.map_width,
+        map.map_height,
+        map_threshold as f32,
+        options,
+    )
+    .into_iter()
+    .map(|r| {
+        let x0 = ((r.x as f64 * sx).floor() as u32).min(frame_w);
+        let y0 = ((r.y as f64 * sy).floor() as u32).min(frame_h);
+        let x1 = (((r.x + r.width) as f64 * sx).ceil() as u32).min(frame_w);
+        let y1 = (((r.y + r.height) as f64 * sy).ceil() as u32).min(frame_h);
+        FrameRegion {
+            rect: (x0, y0, x1 - x0, y1 - y0),
+            score: r.max as f64,
+        }
+    })
+    .collect()
 }
 
 /// A loaded profile with the backbone it was built for.

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gstlogsad::detect::calibrate::CalibrationMethod;
+use gstlogsad::detect::regions::{PeakScope, RegionOptions};
 use gstlogsad::detect::score::Reduction;
 use gstlogsad::detect::tiling::{Resize, Tiling};
 use gstlogsad::detector::Detector;
@@ -15,6 +16,7 @@ use gstlogsad::eval::run::{
     DEFAULT_BATCH,
 };
 use gstlogsad::profile::BranchSpec;
+use gstlogsad::synth::{write_structural_set, StructuralSetOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
@@ -41,6 +43,36 @@ enum Command {
     /// folders): enroll each category, score its test images, print image/pixel AUROC and
     /// F1-max, write report.json and ROC plots.
     Eval(EvalArgs),
+    /// Write a synthetic evaluation set with exact masks (MVTec AD layout): local damage
+    /// (specks, scratches, stains) painted onto anomaly-free images, for the measurements that
+    /// need masks (pixel AUROC, region boxes) on images that ship none.
+    Synth(SynthArgs),
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    /// Seed of the defects' placement, shape and polarity.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Leave out the first N source images (to build disjoint tuning and test sets).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    skip: usize,
+    /// Anomaly-free training images (train/good): `logsad eval` takes references from the
+    /// start and validation images from the end.
+    #[arg(long, value_name = "N", default_value_t = 24)]
+    train: usize,
+    /// Images in test/good and in each defect folder.
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    per_kind: usize,
+    /// Category folder name under the output root.
+    #[arg(long, default_value = "synthetic")]
+    category: String,
+    /// Output root (the dataset root for `logsad eval --layout mvtec-ad`).
+    #[arg(long)]
+    out: PathBuf,
+    /// Anomaly-free source images or folders (used in sorted order).
+    #[arg(required = true)]
+    sources: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -203,6 +235,19 @@ struct EvalArgs {
     /// Test images per inference (decoding runs ahead on a second thread).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH)]
     batch: usize,
+    /// Region boxes measured against the masks: cut each region to the cells above this
+    /// fraction of the way from the map's median to the region's peak (0 keeps every cell above
+    /// the threshold); several comma-separated values are measured side by side.
+    #[arg(long, value_name = "F,...", value_delimiter = ',', default_value = "0.5")]
+    region_peak_fraction: Vec<f32>,
+    /// Region boxes measured against the masks: merge overlapping boxes (on), keep them apart
+    /// (off), or measure both.
+    #[arg(long, value_name = "on|off|both", default_value = "on")]
+    region_merge: RegionMerge,
+    /// Region boxes measured against the masks: whose peak the fraction refers to, each
+    /// region's own (region) or the frame's highest cell (frame); comma-separated for both.
+    #[arg(long, value_name = "region|frame", value_delimiter = ',', default_value = "region")]
+    region_peak_scope: Vec<PeakScope>,
     /// Dataset root (or one category folder of MVTec AD / LOCO).
     root: PathBuf,
 }
@@ -453,6 +498,11 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         pixel: !args.no_pixel,
         batch: args.batch,
         calibration: args.detector.calibration,
+        regions: region_settings(
+            &args.region_peak_fraction,
+            &args.region_peak_scope,
+            args.region_merge,
+        )?,
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -502,6 +552,9 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         if split_by_type && report.defect_rows() <= MAX_DEFECT_ROWS_SHOWN {
             println!("{}", report.defect_table());
         }
+        if let Some(table) = report.boxes_table() {
+            println!("region boxes against the masks\n{table}");
+        }
         println!("{}\n", time_split(report));
     }
     let record = EvalRecord::new(&dataset, &options, reports);
@@ -521,6 +574,43 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RegionMerge {
+    On,
+    Off,
+    Both,
+}
+
+/// Every combination of peak fraction and merging asked for.
+fn region_settings(
+    fractions: &[f32],
+    scopes: &[PeakScope],
+    merge: RegionMerge,
+) -> Result<Vec<RegionOptions>> {
+    let merges: &[bool] = match merge {
+        RegionMerge::On => &[true],
+        RegionMerge::Off => &[false],
+        RegionMerge::Both => &[false, true],
+    };
+    let mut settings = Vec::new();
+    for &peak_fraction in fractions {
+        if !(0.0..=1.0).contains(&peak_fraction) {
+            bail!("--region-peak-fraction {peak_fraction} must lie in 0..1");
+        }
+        for &peak_scope in scopes {
+            for &merge_overlapping in merges {
+                settings.push(RegionOptions {
+                    peak_fraction,
+                    peak_scope,
+                    merge_overlapping,
+                    min_area: 1,
+                });
+            }
+        }
+    }
+    Ok(settings)
 }
 
 /// Longer per-defect tables are left to report.json.
@@ -562,6 +652,26 @@ fn save_map(path: &Path, map: &[f32], width: usize, height: usize) -> Result<()>
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+fn run_synth(args: SynthArgs) -> Result<()> {
+    let sources = expand(&args.sources)?;
+    let sources = sources.get(args.skip..).unwrap_or_default();
+    let options = StructuralSetOptions {
+        seed: args.seed,
+        train: args.train,
+        per_kind: args.per_kind,
+    };
+    let summary = write_structural_set(sources, &args.out, &args.category, &options)
+        .map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "wrote {}: {} training, {} good and {} defective test images with masks",
+        args.out.join(&args.category).display(),
+        summary.train,
+        summary.good,
+        summary.defective
+    );
+    Ok(())
+}
+
 fn run_info(profile: &Path) -> Result<()> {
     let profile = gstlogsad::profile::Profile::load(profile)?;
     println!("{}", serde_json::to_string_pretty(&profile.header)?);
@@ -575,6 +685,7 @@ fn main() {
         Command::Score(args) => run_score(args),
         Command::Eval(args) => run_eval(args),
         Command::Info { profile } => run_info(&profile),
+        Command::Synth(args) => run_synth(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

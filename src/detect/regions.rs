@@ -98,6 +98,8 @@ pub struct RegionOptions {
     /// height over the background, so a small defect's box frames the defect rather than the
     /// tile around it.
     pub peak_fraction: f32,
+    /// Whose peak `peak_fraction` is measured against.
+    pub peak_scope: PeakScope,
     /// Merge regions whose boxes overlap into one (repeated until no two overlap).
     pub merge_overlapping: bool,
     /// Smallest region kept, in map cells (after trimming).
@@ -108,9 +110,40 @@ impl Default for RegionOptions {
     fn default() -> Self {
         RegionOptions {
             peak_fraction: DEFAULT_PEAK_FRACTION,
+            peak_scope: PeakScope::Region,
             merge_overlapping: true,
             min_area: 1,
         }
+    }
+}
+
+/// The peak that [`RegionOptions::peak_fraction`] refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeakScope {
+    /// Each seed region's own peak: every defect keeps a box, however weak next to another.
+    Region,
+    /// The frame's highest cell: only responses comparable to the strongest remain.
+    Frame,
+}
+
+impl std::str::FromStr for PeakScope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "region" => Ok(PeakScope::Region),
+            "frame" => Ok(PeakScope::Frame),
+            other => Err(format!("unknown peak scope {other:?} (region or frame)")),
+        }
+    }
+}
+
+impl std::fmt::Display for PeakScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PeakScope::Region => "region",
+            PeakScope::Frame => "frame",
+        })
     }
 }
 
@@ -123,6 +156,7 @@ impl RegionOptions {
     pub fn above_threshold(min_area: usize) -> Self {
         RegionOptions {
             peak_fraction: 0.0,
+            peak_scope: PeakScope::Region,
             merge_overlapping: false,
             min_area,
         }
@@ -134,8 +168,8 @@ impl RegionOptions {
 /// 1. Seeds: the 8-connected groups of cells strictly above `threshold` (any size).
 /// 2. Each seed is cut down to its cells above `max(threshold, b + f * (peak - b))`, where `b` is
 ///    the median of the map's finite cells (the background level), `peak` the seed's largest
-///    value and `f` = `options.peak_fraction`; what remains may split into several regions.
-///    With `f = 0` nothing is cut.
+///    value (or the frame's, with [`PeakScope::Frame`]) and `f` = `options.peak_fraction`; what
+///    remains may split into several regions. With `f = 0` nothing is cut.
 /// 3. Regions smaller than `options.min_area` cells are dropped; with `merge_overlapping`,
 ///    regions whose boxes overlap are merged (box union, largest max, area-weighted mean) until
 ///    no two boxes overlap.
@@ -158,6 +192,10 @@ pub fn anomaly_regions(
             if let Some(l) = label {
                 peaks[l] = peaks[l].max(v);
             }
+        }
+        if options.peak_scope == PeakScope::Frame {
+            let frame_peak = peaks.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            peaks.fill(frame_peak);
         }
         let levels: Vec<f32> = peaks
             .iter()
@@ -460,13 +498,30 @@ mod tests {
     }
 
     #[test]
+    fn frame_scope_drops_weak_regions() {
+        // Peaks 0.9 and 0.4 on a 0.1 background, threshold 0.2. Per region, the weak one is cut
+        // at 0.1 + 0.5 * 0.3 = 0.25 and stays; against the frame's peak (cut at 0.5) it goes.
+        let (m, w, h) = map(&["1111111", "1911141", "1111111"]);
+        let per_region = anomaly_regions(&m, w, h, 0.2, &RegionOptions::default());
+        assert_eq!(per_region.len(), 2);
+        let options = RegionOptions {
+            peak_scope: PeakScope::Frame,
+            ..RegionOptions::default()
+        };
+        let r = anomaly_regions(&m, w, h, 0.2, &options);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].x, r[0].y, r[0].max), (1, 1, 0.9));
+        assert_eq!("frame".parse::<PeakScope>(), Ok(PeakScope::Frame));
+        assert!("global".parse::<PeakScope>().is_err());
+    }
+
+    #[test]
     fn overlapping_boxes_merge() {
         // A hook and a cell inside its box, not 8-connected to it.
         let (m, w, h) = map(&["9999", "0009", "0709"]);
         let options = RegionOptions {
-            peak_fraction: 0.0,
             merge_overlapping: true,
-            min_area: 1,
+            ..RegionOptions::above_threshold(1)
         };
         assert_eq!(regions_above(&m, w, h, 0.5, 1).len(), 2);
         let r = anomaly_regions(&m, w, h, 0.5, &options);

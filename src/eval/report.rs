@@ -299,6 +299,123 @@ fn groups_desc(neg: &mut [u16], pos: &mut [u16], mut f: impl FnMut(u64, u64)) {
     }
 }
 
+/// How well reported region boxes frame the ground-truth defects of a set of images.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BoxMetrics {
+    /// Ground-truth defects: 8-connected components of the masks, over all defective images.
+    pub components: usize,
+    /// Mean over the components of the best intersection over union between a reported box and
+    /// the component's bounding box (0 for a component no box overlaps).
+    pub mean_iou: Option<f64>,
+    /// Fraction of the components whose best IoU is at least 0.5.
+    pub found_at_iou_50: Option<f64>,
+    /// Mean number of boxes reported on a defective image with masks.
+    pub boxes_per_defective_image: Option<f64>,
+    /// Mean number of boxes reported on a good image (all of them false).
+    pub boxes_per_good_image: Option<f64>,
+}
+
+/// [`BoxMetrics`] under one region setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionBoxes {
+    /// [`crate::detect::regions::RegionOptions::peak_fraction`].
+    pub peak_fraction: f32,
+    /// [`crate::detect::regions::RegionOptions::peak_scope`]: `region` or `frame`.
+    pub peak_scope: String,
+    /// [`crate::detect::regions::RegionOptions::merge_overlapping`].
+    pub merge_overlapping: bool,
+    #[serde(flatten)]
+    pub metrics: BoxMetrics,
+}
+
+/// A box: left, top, width, height in pixels.
+pub type PixelBox = (u32, u32, u32, u32);
+
+/// Intersection over union of two boxes (0 when both are empty).
+pub fn box_iou(a: PixelBox, b: PixelBox) -> f64 {
+    let overlap = |a0: u32, a_len: u32, b0: u32, b_len: u32| {
+        (a0 + a_len).min(b0 + b_len).saturating_sub(a0.max(b0)) as f64
+    };
+    let intersection = overlap(a.0, a.2, b.0, b.2) * overlap(a.1, a.3, b.1, b.3);
+    let union = (a.2 as f64 * a.3 as f64) + (b.2 as f64 * b.3 as f64) - intersection;
+    if union > 0.0 {
+        intersection / union
+    } else {
+        0.0
+    }
+}
+
+/// The bounding boxes of the 8-connected components of a mask's nonzero pixels.
+pub fn mask_components(mask: &GrayImage) -> Vec<PixelBox> {
+    let values: Vec<f32> = mask.as_raw().iter().map(|&v| (v != 0) as u8 as f32).collect();
+    let (w, h) = (mask.width() as usize, mask.height() as usize);
+    crate::detect::regions::regions_above(&values, w, h, 0.5, 1)
+        .into_iter()
+        .map(|r| (r.x, r.y, r.width, r.height))
+        .collect()
+}
+
+/// Gathers [`BoxMetrics`] image by image.
+#[derive(Debug, Clone, Default)]
+pub struct BoxAccumulator {
+    best_ious: Vec<f64>,
+    defective_images: usize,
+    defective_boxes: usize,
+    good_images: usize,
+    good_boxes: usize,
+}
+
+impl BoxAccumulator {
+    /// Adds one image: its union mask (`None` for a good image) and the boxes reported on it,
+    /// in the pixels of a frame of `frame` (width, height); boxes are scaled to the mask's size
+    /// when it differs.
+    pub fn add(&mut self, mask: Option<&GrayImage>, boxes: &[PixelBox], frame: (u32, u32)) {
+        let Some(mask) = mask else {
+            self.good_images += 1;
+            self.good_boxes += boxes.len();
+            return;
+        };
+        let (sx, sy) = (
+            mask.width() as f64 / frame.0.max(1) as f64,
+            mask.height() as f64 / frame.1.max(1) as f64,
+        );
+        let scaled: Vec<PixelBox> = boxes
+            .iter()
+            .map(|&(x, y, w, h)| {
+                let x0 = (x as f64 * sx).floor() as u32;
+                let y0 = (y as f64 * sy).floor() as u32;
+                let x1 = ((x + w) as f64 * sx).ceil() as u32;
+                let y1 = ((y + h) as f64 * sy).ceil() as u32;
+                (x0, y0, x1 - x0, y1 - y0)
+            })
+            .collect();
+        self.defective_images += 1;
+        self.defective_boxes += boxes.len();
+        for component in mask_components(mask) {
+            let best = scaled
+                .iter()
+                .map(|&b| box_iou(component, b))
+                .fold(0.0, f64::max);
+            self.best_ious.push(best);
+        }
+    }
+
+    pub fn finish(&self) -> BoxMetrics {
+        let n = self.best_ious.len();
+        let mean = |total: f64, count: usize| (count > 0).then(|| total / count as f64);
+        BoxMetrics {
+            components: n,
+            mean_iou: mean(self.best_ious.iter().sum(), n),
+            found_at_iou_50: mean(
+                self.best_ious.iter().filter(|&&iou| iou >= 0.5).count() as f64,
+                n,
+            ),
+            boxes_per_defective_image: mean(self.defective_boxes as f64, self.defective_images),
+            boxes_per_good_image: mean(self.good_boxes as f64, self.good_images),
+        }
+    }
+}
+
 /// Image-level metrics on a subset of a category (MVTec LOCO logical or structural anomalies,
 /// together with all normal images).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -360,6 +477,10 @@ pub struct CategoryReport {
     #[serde(default)]
     pub defects: Vec<DefectMetrics>,
     pub pixel: Option<PixelMetrics>,
+    /// How well the region boxes frame the masks' defects, per region setting evaluated; empty
+    /// without masks.
+    #[serde(default)]
+    pub boxes: Vec<RegionBoxes>,
     pub timing: Timing,
     /// Free-form run settings (model, resolution, thresholds...).
     pub settings: serde_json::Value,
@@ -416,6 +537,7 @@ impl CategoryReport {
             structural: split("structural"),
             defects,
             pixel,
+            boxes: Vec::new(),
             timing,
             settings,
         }
@@ -550,6 +672,49 @@ impl Report {
         let header = HEADER.map(str::to_string);
         let body: Vec<[String; 9]> = self.categories.iter().map(row).collect();
         aligned_table(1, &header, &body, Some(&mean_row))
+    }
+
+    /// Region boxes against the masks, one row per category with masks and region setting
+    /// (category, peak fraction and scope, merging, defects, mean IoU and found at IoU >= 0.5 in percent,
+    /// boxes per defective and per good image); `None` when no category has masks.
+    pub fn boxes_table(&self) -> Option<String> {
+        let count = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let body: Vec<[String; 9]> = self
+            .categories
+            .iter()
+            .flat_map(|c| c.boxes.iter().map(move |b| (c, b)))
+            .filter(|(_, b)| b.metrics.components > 0)
+            .map(|(c, b)| {
+                let m = &b.metrics;
+                [
+                    c.category.clone(),
+                    b.peak_fraction.to_string(),
+                    b.peak_scope.clone(),
+                    if b.merge_overlapping { "yes" } else { "no" }.to_string(),
+                    m.components.to_string(),
+                    pct(m.mean_iou),
+                    pct(m.found_at_iou_50),
+                    count(m.boxes_per_defective_image),
+                    count(m.boxes_per_good_image),
+                ]
+            })
+            .collect();
+        if body.is_empty() {
+            return None;
+        }
+        let header = [
+            "category",
+            "peak fraction",
+            "of peak",
+            "merged",
+            "defects",
+            "box IoU",
+            "found (IoU>=0.5)",
+            "boxes/defective",
+            "boxes/good",
+        ]
+        .map(String::from);
+        Some(aligned_table(1, &header, &body, None))
     }
 
     /// Defect types as rows (category, defect, images, image AUROC, F1-max), each over the
@@ -1030,5 +1195,42 @@ mean              10         83.3    87.5           83.3              50.0      
         assert_eq!(v["categories"][0]["settings"]["k"], 3);
         assert_eq!(v["mean"]["images"], 10);
         assert!(Report::from_json("{").is_err());
+    }
+
+    #[test]
+    fn box_iou_by_hand() {
+        // 4x4 at the origin and 4x4 shifted by (2, 2): intersection 2x2 = 4, union 16 + 16 - 4.
+        assert!((box_iou((0, 0, 4, 4), (2, 2, 4, 4)) - 4.0 / 28.0).abs() < 1e-12);
+        assert_eq!(box_iou((0, 0, 4, 4), (0, 0, 4, 4)), 1.0);
+        assert_eq!(box_iou((0, 0, 4, 4), (4, 0, 4, 4)), 0.0); // touching edges share no pixel
+        assert_eq!(box_iou((0, 0, 0, 0), (0, 0, 0, 0)), 0.0);
+        // A box inside another: 2x3 in 10x10.
+        assert!((box_iou((1, 1, 2, 3), (0, 0, 10, 10)) - 0.06).abs() < 1e-12);
+    }
+
+    #[test]
+    fn boxes_against_mask_components() {
+        // Two defects: a 3x2 block at (1, 1) and a diagonal pair at (7, 6)-(8, 7).
+        let mut mask = GrayImage::new(10, 10);
+        for (x, y) in [(1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2), (7, 6), (8, 7)] {
+            mask.put_pixel(x, y, image::Luma([255]));
+        }
+        let mut components = mask_components(&mask);
+        components.sort();
+        assert_eq!(components, vec![(1, 1, 3, 2), (7, 6, 2, 2)]);
+
+        let mut acc = BoxAccumulator::default();
+        // The block framed exactly; the pair missed; one false box far away. The frame is twice
+        // the mask's size, so boxes are halved.
+        acc.add(Some(&mask), &[(2, 2, 6, 4), (0, 16, 2, 2)], (20, 20));
+        acc.add(None, &[(0, 0, 1, 1), (5, 5, 1, 1)], (10, 10));
+        acc.add(None, &[], (10, 10));
+        let m = acc.finish();
+        assert_eq!(m.components, 2);
+        assert_eq!(m.mean_iou, Some(0.5));
+        assert_eq!(m.found_at_iou_50, Some(0.5));
+        assert_eq!(m.boxes_per_defective_image, Some(2.0));
+        assert_eq!(m.boxes_per_good_image, Some(1.0));
+        assert_eq!(BoxAccumulator::default().finish().mean_iou, None);
     }
 }

@@ -30,13 +30,14 @@ use super::dataset::{
     DEFAULT_VALIDATION_COUNT,
 };
 use super::report::{
-    aligned_table, plot_roc, union_masks, CategoryReport, PixelAccumulator, PixelMetrics, Report,
-    ScoredImage, Timing,
+    aligned_table, plot_roc, union_masks, BoxAccumulator, CategoryReport,
+    PixelAccumulator, PixelBox, PixelMetrics, RegionBoxes, Report, ScoredImage, Timing,
 };
 use crate::detect::calibrate::CalibrationMethod;
 use crate::detect::metrics;
 use crate::detect::preprocess::RgbImage;
-use crate::detector::{Analysis, Detector, DetectorError};
+use crate::detect::regions::RegionOptions;
+use crate::detector::{frame_regions, Analysis, Detector, DetectorError};
 use crate::engine::EngineOptions;
 use crate::enroll::{
     enroll_with, load_extractor, load_image, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD,
@@ -95,6 +96,9 @@ pub struct EvalOptions {
     pub batch: usize,
     /// How each branch's validation scores are summarised.
     pub calibration: CalibrationMethod,
+    /// Region settings whose boxes are measured against the masks (with `pixel`), each in
+    /// its own row of box metrics.
+    pub regions: Vec<RegionOptions>,
 }
 
 impl Default for EvalOptions {
@@ -113,6 +117,7 @@ impl Default for EvalOptions {
             pixel: true,
             batch: DEFAULT_BATCH,
             calibration: CalibrationMethod::MeanStd,
+            regions: vec![RegionOptions::default()],
         }
     }
 }
@@ -316,6 +321,7 @@ pub fn evaluate(
             )?;
             let enroll_s = start.elapsed().as_secs_f64();
             let mut detector = Detector { extractor, profile };
+            let pixel = pixel.then_some(options.regions.as_slice());
             let scored = score_category(&mut detector, test, pixel, options.batch, &mut |done| {
                 progress(EvalProgress::Image {
                     draw,
@@ -340,13 +346,14 @@ pub fn evaluate(
                 "enroll_s": enroll_s,
                 "pixel_images": scored.pixel_images,
             });
-            let report = CategoryReport::from_scores(
+            let mut report = CategoryReport::from_scores(
                 name,
                 &scored.scores,
                 scored.pixel,
                 scored.timing,
                 settings,
             );
+            report.boxes = scored.boxes;
             progress(EvalProgress::CategoryDone {
                 draw,
                 seed,
@@ -365,20 +372,23 @@ struct Scored {
     pixel: Option<PixelMetrics>,
     /// Images that took part in the pixel metrics.
     pixel_images: Option<usize>,
+    boxes: Vec<RegionBoxes>,
     timing: Timing,
 }
 
 /// Analyses each test image once, `batch` images per inference, while a second thread decodes
-/// the next images.
+/// the next images. With `pixel` (region settings), also the pixel metrics and the box metrics
+/// of each region setting.
 fn score_category(
     detector: &mut Detector,
     test: &[Sample],
-    pixel: bool,
+    pixel: Option<&[RegionOptions]>,
     batch: usize,
     on_image: &mut dyn FnMut(usize),
 ) -> Result<Scored, EvalError> {
     let before = detector.extractor.timing;
-    let mut accumulator = pixel.then(PixelAccumulator::new);
+    let mut accumulator = pixel.map(|_| PixelAccumulator::new());
+    let mut boxes = vec![BoxAccumulator::default(); pixel.map_or(0, <[_]>::len)];
     let mut pixel_images = 0;
     let mut scores = Vec::with_capacity(test.len());
     let start = Instant::now();
@@ -406,9 +416,19 @@ fn score_category(
             let refs: Vec<&RgbImage> = images.iter().collect();
             let analyses = detector.analyse_batch(&refs)?;
             for ((sample, image), analysis) in samples.iter().zip(&images).zip(&analyses) {
-                if let Some(acc) = accumulator.as_mut() {
-                    if add_pixels(acc, analysis, sample, (image.width, image.height))? {
+                if let (Some(acc), Some(regions)) = (accumulator.as_mut(), pixel) {
+                    let frame = (image.width, image.height);
+                    if let Some(mask) = add_pixels(acc, analysis, sample, frame)? {
                         pixel_images += 1;
+                        let threshold = detector.judge(analysis, None).map_threshold;
+                        for (options, acc) in regions.iter().zip(&mut boxes) {
+                            let found: Vec<PixelBox> =
+                                frame_regions(analysis.map(), threshold, frame, options)
+                                    .iter()
+                                    .map(|r| r.rect)
+                                    .collect();
+                            acc.add(mask.as_ref(), &found, frame);
+                        }
                     }
                 }
                 scores.push(ScoredImage {
@@ -437,22 +457,34 @@ fn score_category(
     Ok(Scored {
         scores,
         pixel: accumulator.map(PixelAccumulator::finish),
-        pixel_images: pixel.then_some(pixel_images),
+        pixel_images: pixel.map(|_| pixel_images),
+        boxes: pixel
+            .unwrap_or_default()
+            .iter()
+            .zip(&boxes)
+            .map(|(options, acc)| RegionBoxes {
+                peak_fraction: options.peak_fraction,
+                peak_scope: options.peak_scope.to_string(),
+                merge_overlapping: options.merge_overlapping,
+                metrics: acc.finish(),
+            })
+            .collect(),
         timing,
     })
 }
 
-/// Adds the first branch's map of one test image; `false` for an anomalous image without masks
-/// (left out: its anomalous pixels are unknown).
+/// Adds the first branch's map of one test image and returns `Some` of its union mask (`None`
+/// inside for a good image), or `None` for an anomalous image without masks (left out: its
+/// anomalous pixels are unknown).
 fn add_pixels(
     acc: &mut PixelAccumulator,
     analysis: &Analysis,
     sample: &Sample,
     size: (u32, u32),
-) -> Result<bool, EvalError> {
+) -> Result<Option<Option<GrayImage>>, EvalError> {
     let mask = if sample.masks.is_empty() {
         if sample.anomalous {
-            return Ok(false);
+            return Ok(None);
         }
         None
     } else {
@@ -480,7 +512,7 @@ fn add_pixels(
             path: sample.masks.first().unwrap_or(&sample.path).clone(),
             message: format!("{message} (test image {})", sample.path.display()),
         })?;
-    Ok(true)
+    Ok(Some(mask))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@
 //! `interval`, when frames arrive faster than they can be analysed.
 
 use crate::detect::preprocess::RgbImage;
-use crate::detect::regions::regions_above;
-use crate::detector::{BranchResult, Detector, Verdict};
+use crate::detect::regions::{RegionOptions, DEFAULT_PEAK_FRACTION};
+use crate::detector::{frame_regions, BranchResult, Detector, Verdict};
 use crate::engine::{self, EngineOptions};
 use crate::meta::{AnomalyMap, AnomalyResult, DetectorScore};
 use gst::glib;
@@ -56,6 +56,8 @@ struct Settings {
     threshold: f64,
     interval: u32,
     min_region_area: u32,
+    region_peak_fraction: f64,
+    merge_regions: bool,
 }
 
 impl Default for Settings {
@@ -71,6 +73,8 @@ impl Default for Settings {
             threshold: DEFAULT_THRESHOLD,
             interval: DEFAULT_INTERVAL,
             min_region_area: 1,
+            region_peak_fraction: DEFAULT_PEAK_FRACTION as f64,
+            merge_regions: true,
         }
     }
 }
@@ -218,6 +222,23 @@ impl ObjectImpl for Logsad {
                     .default_value(1)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecDouble::builder("region-peak-fraction")
+                    .nick("Region peak fraction")
+                    .blurb(
+                        "Cut each region to the map cells above this fraction of the way from the \
+                         map's median to the region's peak (0: every cell above the threshold)",
+                    )
+                    .minimum(0.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_PEAK_FRACTION as f64)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("merge-regions")
+                    .nick("Merge regions")
+                    .blurb("Merge regions whose boxes overlap into one")
+                    .default_value(true)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecString::builder("provider")
                     .nick("Provider")
                     .blurb("Execution provider in use once started: cpu, cuda or tensorrt")
@@ -242,6 +263,8 @@ impl ObjectImpl for Logsad {
             "threshold" => s.threshold = value.get().unwrap(),
             "interval" => s.interval = value.get().unwrap(),
             "min-region-area" => s.min_region_area = value.get().unwrap(),
+            "region-peak-fraction" => s.region_peak_fraction = value.get().unwrap(),
+            "merge-regions" => s.merge_regions = value.get().unwrap(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -260,6 +283,8 @@ impl ObjectImpl for Logsad {
             "threshold" => s.threshold.to_value(),
             "interval" => s.interval.to_value(),
             "min-region-area" => s.min_region_area.to_value(),
+            "region-peak-fraction" => s.region_peak_fraction.to_value(),
+            "merge-regions" => s.merge_regions.to_value(),
             "provider" => self.provider.lock().unwrap().to_value(),
             other => unreachable!("unknown property {other}"),
         }
@@ -392,13 +417,15 @@ impl BaseTransformImpl for Logsad {
     }
 
     fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let (interval, threshold, min_area) = {
+        let (interval, threshold, region_options) = {
             let s = self.settings.lock().unwrap();
-            (
-                s.interval.max(1) as u64,
-                s.threshold,
-                s.min_region_area as usize,
-            )
+            let region_options = RegionOptions {
+                peak_fraction: s.region_peak_fraction as f32,
+                merge_overlapping: s.merge_regions,
+                min_area: s.min_region_area as usize,
+                ..RegionOptions::default()
+            };
+            (s.interval.max(1) as u64, s.threshold, region_options)
         };
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
@@ -415,7 +442,7 @@ impl BaseTransformImpl for Logsad {
                 (result, regions, false)
             }
             None => {
-                let (result, regions) = self.analyse(state, buf, frame, threshold, min_area)?;
+                let (result, regions) = self.analyse(state, buf, frame, threshold, &region_options)?;
                 state.last = Some((result.clone(), regions.clone()));
                 (result, regions, true)
             }
@@ -455,7 +482,7 @@ impl Logsad {
         buf: &gst::BufferRef,
         frame: u64,
         threshold: f64,
-        min_area: usize,
+        region_options: &RegionOptions,
     ) -> Result<(AnomalyResult, Vec<RegionBox>), gst::FlowError> {
         let converter = state.converter.as_mut().ok_or_else(|| {
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ("no caps negotiated"));
@@ -490,7 +517,7 @@ impl Logsad {
                 })?;
         let verdict = detector.judge(&analysis, (threshold >= 0.0).then_some(threshold));
         let map = analysis.map();
-        let regions = region_boxes(map, &verdict, image.width, image.height, min_area);
+        let regions = region_boxes(map, &verdict, image.width, image.height, region_options);
         let detectors = detector
             .branch_scores(&analysis)
             .into_iter()
@@ -535,33 +562,19 @@ impl Logsad {
     }
 }
 
-/// Connected regions of the map above the verdict's map threshold, scaled to frame pixels.
+/// The map's anomaly regions (seeded at the verdict's map threshold) in frame pixels.
 fn region_boxes(
     analysis: &BranchResult,
     verdict: &Verdict,
     frame_w: u32,
     frame_h: u32,
-    min_area: usize,
+    options: &RegionOptions,
 ) -> Vec<RegionBox> {
-    let sx = frame_w as f64 / analysis.map_width as f64;
-    let sy = frame_h as f64 / analysis.map_height as f64;
-    regions_above(
-        &analysis.map,
-        analysis.map_width,
-        analysis.map_height,
-        verdict.map_threshold as f32,
-        min_area,
-    )
-    .into_iter()
-    .map(|r| {
-        let x0 = (r.x as f64 * sx).floor() as u32;
-        let y0 = (r.y as f64 * sy).floor() as u32;
-        let x1 = (((r.x + r.width) as f64 * sx).ceil() as u32).min(frame_w);
-        let y1 = (((r.y + r.height) as f64 * sy).ceil() as u32).min(frame_h);
-        RegionBox {
-            rect: (x0, y0, x1 - x0, y1 - y0),
-            score: r.max as f64,
-        }
-    })
-    .collect()
+    frame_regions(analysis, verdict.map_threshold, (frame_w, frame_h), options)
+        .into_iter()
+        .map(|r| RegionBox {
+            rect: r.rect,
+            score: r.score,
+        })
+        .collect()
 }

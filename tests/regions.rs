@@ -1,0 +1,87 @@
+//! Region boxes on a real defect: the demo's textile speck (`local/textile_0001.jpg`, about
+//! 11x23 px at (162, 196)) with the demo's profile (4 references, 20 validation images,
+//! `multiscale-embedding`, 2x2 tiles, median/MAD calibration) and the DINOv2 ViT-S/14 backbone.
+//!
+//! Needs what `make deps` prepares in `.deps/` (skips with a message without the model or data).
+
+use gstlogsad::detect::calibrate::CalibrationMethod;
+use gstlogsad::detect::regions::RegionOptions;
+use gstlogsad::detector::{frame_regions, Detector};
+use gstlogsad::engine::EngineOptions;
+use gstlogsad::enroll::{enroll, preset, EnrollOptions};
+use gstlogsad::imageio::load_rgb;
+use std::path::PathBuf;
+
+fn deps() -> PathBuf {
+    std::env::var_os("LOGSAD_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps"))
+}
+
+/// The speck's extent in frame pixels (left, top, right, bottom, inclusive), read off the image.
+const SPECK: (u32, u32, u32, u32) = (162, 196, 172, 218);
+
+#[test]
+fn one_box_frames_the_demo_speck() {
+    let manifest = deps().join("models/dinov2-vits14-224/manifest.json");
+    let textile = deps().join("data/textile");
+    if !manifest.with_file_name("model.onnx").is_file() || !textile.join("nominal").is_dir() {
+        eprintln!("SKIPPED one_box_frames_the_demo_speck: run `make deps` first");
+        return;
+    }
+    let nominal = |i: u32| textile.join(format!("nominal/textile_{i:04}.jpg"));
+    let references: Vec<PathBuf> = (1..=4).map(nominal).collect();
+    let validation: Vec<PathBuf> = (5..=24).map(nominal).collect();
+    let options = EnrollOptions {
+        branches: preset("multiscale-embedding", None).unwrap(),
+        calibration: CalibrationMethod::MedianMad,
+        ..EnrollOptions::default()
+    };
+    let (profile, _) = enroll(
+        &manifest,
+        &references,
+        &validation,
+        &options,
+        &mut |_, _, _| {},
+    )
+    .expect("enrollment");
+    let dir = tempfile::tempdir().unwrap();
+    let profile_path = dir.path().join("demo.logsad");
+    profile.save(&profile_path).unwrap();
+    let (mut detector, _) =
+        Detector::load(&profile_path, &manifest, &EngineOptions::default()).unwrap();
+
+    let image = load_rgb(&textile.join("local/textile_0001.jpg")).unwrap();
+    let analysis = detector.analyse(&image).unwrap();
+    let verdict = detector.judge(&analysis, None);
+    assert!(verdict.anomalous, "the speck frame is flagged");
+    let frame = (image.width, image.height);
+    let boxes = frame_regions(
+        analysis.map(),
+        verdict.map_threshold,
+        frame,
+        &RegionOptions::default(),
+    );
+    assert_eq!(boxes.len(), 1, "one box, got {boxes:?}");
+    let (x, y, w, h) = boxes[0].rect;
+    let (left, top, right, bottom) = SPECK;
+    let centre = ((left + right) / 2, (top + bottom) / 2);
+    assert!(
+        (x..x + w).contains(&centre.0) && (y..y + h).contains(&centre.1),
+        "box {:?} misses the speck's centre {centre:?}",
+        boxes[0].rect
+    );
+    // A ViT patch is 14 px of a 224 px tile, 7.8 px of a 125 px frame tile: a box that frames
+    // the 11x23 px speck stays within a few patches of it.
+    assert!(w <= 48 && h <= 48, "box {:?} is far larger than the speck", boxes[0].rect);
+
+    // Every cell above the threshold (the earlier boxes) reaches far beyond it.
+    let before = frame_regions(
+        analysis.map(),
+        verdict.map_threshold,
+        frame,
+        &RegionOptions::above_threshold(1),
+    );
+    let largest = before.iter().map(|r| r.rect.2 * r.rect.3).max().unwrap();
+    assert!(largest > 2 * w * h, "earlier boxes {before:?}");
+}
