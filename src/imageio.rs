@@ -105,7 +105,8 @@ pub fn load(path: &Path) -> Result<DynamicImage, LoadError> {
     let orientation = decoder
         .orientation()
         .map_err(|e| decode_error(path, format, e))?;
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(path, format, e))?;
+    let mut image =
+        DynamicImage::from_decoder(decoder).map_err(|e| decode_error(path, format, e))?;
     image.apply_orientation(orientation);
     Ok(image)
 }
@@ -424,7 +425,11 @@ mod tests {
         let cases: [(&str, Vec<u8>, &str); 4] = [
             ("empty.png", Vec::new(), "empty"),
             ("text.png", b"hello, world".to_vec(), "unknown-format"),
-            ("anim.png", b"GIF89a\x01\x00\x01\x00".to_vec(), "unsupported"),
+            (
+                "anim.png",
+                b"GIF89a\x01\x00\x01\x00".to_vec(),
+                "unsupported",
+            ),
             (
                 "cut.jpg",
                 encode(&gradient(), ImageFormat::Jpeg)[..200].to_vec(),

@@ -38,9 +38,7 @@ use crate::detect::metrics;
 use crate::detect::preprocess::RgbImage;
 use crate::detector::{Analysis, Detector, DetectorError};
 use crate::engine::EngineOptions;
-use crate::enroll::{
-    enroll_with, load_extractor, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD,
-};
+use crate::enroll::{enroll_with, load_extractor, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
 use crate::imageio::{self, LoadError};
 use crate::profile::BranchSpec;
 
@@ -327,25 +325,26 @@ pub fn evaluate(
             )?;
             let enroll_s = start.elapsed().as_secs_f64();
             let mut detector = Detector { extractor, profile };
-            let scored = score_category(
-                &mut detector,
-                test,
-                pixel,
-                options.batch,
-                &mut |event| match event {
-                    Ok(done) => progress(EvalProgress::Image {
-                        draw,
-                        category: name,
-                        done,
-                        total: test.len(),
-                    }),
-                    Err(error) => progress(EvalProgress::Unreadable {
-                        draw,
-                        category: name,
-                        error,
-                    }),
-                },
-            );
+            let scored =
+                score_category(
+                    &mut detector,
+                    test,
+                    pixel,
+                    options.batch,
+                    &mut |event| match event {
+                        Ok(done) => progress(EvalProgress::Image {
+                            draw,
+                            category: name,
+                            done,
+                            total: test.len(),
+                        }),
+                        Err(error) => progress(EvalProgress::Unreadable {
+                            draw,
+                            category: name,
+                            error,
+                        }),
+                    },
+                );
             extractor = detector.extractor;
             let scored = scored?;
             let settings = serde_json::json!({
