@@ -259,7 +259,8 @@ const JPEG_SOS: u8 = 0xda;
 
 /// Walks a JPEG's segments from SOI to EOI, skipping each segment by its length and each scan's
 /// entropy-coded data up to the next marker (in which a 0xFF byte is followed by 0x00 or a
-/// restart marker). `None` when EOI is reached; bytes after it are allowed.
+/// restart marker). `None` when EOI is reached; bytes after it are allowed, and so are stray
+/// bytes between segments (decoders skip them; viewers show such files).
 fn jpeg_fault(bytes: &[u8]) -> Option<Fault> {
     let len = bytes.len();
     let cut = |at: &str| {
@@ -269,14 +270,9 @@ fn jpeg_fault(bytes: &[u8]) -> Option<Fault> {
     };
     let mut pos = 2; // after SOI (FF D8), checked by the format sniffing
     loop {
-        if pos >= len {
-            return cut("between segments");
-        }
-        if bytes[pos] != 0xff {
-            return Some(Fault::Corrupt(format!(
-                "byte {pos} is 0x{:02x} where a marker (0xFF..) must start",
-                bytes[pos]
-            )));
+        match bytes[pos..].iter().position(|&b| b == 0xff) {
+            None => return cut("between segments"),
+            Some(stray) => pos += stray,
         }
         // Any number of 0xFF fill bytes may precede a marker code.
         while pos < len && bytes[pos] == 0xff {
@@ -412,11 +408,27 @@ mod tests {
     }
 
     #[test]
-    fn marker_expected_but_data_found_is_corrupt() {
-        let mut bytes = encode(&gradient(), ImageFormat::Jpeg);
+    fn stray_bytes_between_jpeg_segments_are_skipped() {
+        let bytes = encode(&gradient(), ImageFormat::Jpeg);
         // The first segment (APP0 or DQT) starts right after SOI.
-        bytes[2] = 0x12;
-        assert!(matches!(jpeg_fault(&bytes), Some(Fault::Corrupt(_))));
+        let first = 4 + u16::from_be_bytes([bytes[4], bytes[5]]) as usize;
+        let mut stray = bytes[..first].to_vec();
+        stray.extend_from_slice(&[0, 0, 0]);
+        stray.extend_from_slice(&bytes[first..]);
+        assert_eq!(jpeg_fault(&stray), None);
+    }
+
+    #[test]
+    fn a_segment_length_under_2_is_corrupt() {
+        let mut bytes = encode(&gradient(), ImageFormat::Jpeg);
+        bytes[4..6].copy_from_slice(&[0, 1]);
+        let marker = bytes[3];
+        assert_eq!(
+            jpeg_fault(&bytes),
+            Some(Fault::Corrupt(format!(
+                "marker 0xFF{marker:02X} at byte 2 has length 1"
+            )))
+        );
     }
 
     #[test]
