@@ -38,7 +38,8 @@ use gstlogsad::detect::score::{reduce, Reduction};
 use gstlogsad::detect::tiling::{Stitcher, Tiling};
 use gstlogsad::detector::Detector;
 use gstlogsad::engine::{self, Backbone, Device, EngineOptions, Manifest};
-use gstlogsad::enroll::{enroll, load_image, EnrollOptions};
+use gstlogsad::enroll::{enroll, EnrollOptions};
+use gstlogsad::imageio::load_rgb;
 use gstlogsad::profile::Profile;
 use serde_json::json;
 use std::ops::Range;
@@ -757,7 +758,7 @@ fn main() {
     let first = REFERENCES + VALIDATION + 1;
     let decode = |range: std::ops::Range<usize>| -> Vec<RgbImage> {
         range
-            .map(|i| load_image(&textile(first + i)).expect("frame"))
+            .map(|i| load_rgb(&textile(first + i)).expect("frame"))
             .collect()
     };
     let frames = decode(WARMUP_FRAMES..WARMUP_FRAMES + cfg.frames);
@@ -878,7 +879,7 @@ fn main() {
             bank.upsample,
         );
         for path in &references {
-            let image = load_image(path).expect("reference image");
+            let image = load_rgb(path).expect("reference image");
             for features in tile_features(&mut bare.backbone, header.upsample, &image, &quarters) {
                 tiled.push(&features);
             }

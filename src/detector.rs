@@ -31,6 +31,9 @@ pub enum DetectorError {
     },
     #[error("bad image: {0}")]
     Image(String),
+    /// An image file that could not be read (names the file and the cause).
+    #[error(transparent)]
+    Load(#[from] crate::imageio::LoadError),
 }
 
 /// Where the time of analysing images went.

@@ -4,13 +4,13 @@
 use crate::detect::calibrate::{Calibration, CalibrationMethod};
 use crate::detect::coreset::greedy_coreset;
 use crate::detect::patch::MemoryBank;
-use crate::detect::preprocess::RgbImage;
 use crate::detect::score::Reduction;
 use crate::detect::tiling::Tiling;
 use crate::detector::{
     features_by_tiling, score_branch, tiles_of, DetectorError, Extractor, REFERENCE_UPSAMPLE,
 };
 use crate::engine::{Backbone, EngineOptions, Manifest};
+use crate::imageio::load_rgb;
 use crate::profile::{Branch, BranchSpec, Pooling, Profile, ProfileHeader};
 use std::path::{Path, PathBuf};
 
@@ -101,15 +101,6 @@ pub enum Phase {
     Validation,
 }
 
-/// Decodes an image file into packed RGB.
-pub fn load_image(path: &Path) -> Result<RgbImage, DetectorError> {
-    let decoded = image::open(path)
-        .map_err(|e| DetectorError::Image(format!("{}: {e}", path.display())))?
-        .to_rgb8();
-    let (w, h) = decoded.dimensions();
-    RgbImage::new(w, h, decoded.into_raw()).map_err(DetectorError::Image)
-}
-
 /// Loads the model of `manifest_path` for enrollment.
 pub fn load_extractor(
     manifest_path: &Path,
@@ -177,7 +168,7 @@ pub fn enroll_with(
     for (group_index, group) in references.chunks(CORESET_GROUP).enumerate() {
         let mut group_banks: Vec<MemoryBank> = kinds.iter().map(|(_, p)| new_bank(*p)).collect();
         for (i, path) in group.iter().enumerate() {
-            let image = load_image(path)?;
+            let image = load_rgb(path)?;
             let features = features_by_tiling(extractor, &specs, &[&image])?;
             for ((tiling, pooling), bank) in kinds.iter().zip(&mut group_banks) {
                 for tile in tiles_of(&features, tiling, 0) {
@@ -218,7 +209,7 @@ pub fn enroll_with(
 
     let mut scores = vec![Vec::with_capacity(validation.len()); options.branches.len()];
     for (i, path) in validation.iter().enumerate() {
-        let image = load_image(path)?;
+        let image = load_rgb(path)?;
         let features = features_by_tiling(extractor, &specs, &[&image])?;
         for ((spec, bank), branch_scores) in specs.iter().zip(&branch_banks).zip(&mut scores) {
             let tiles = tiles_of(&features, &spec.tiling, 0);

@@ -11,6 +11,7 @@ pub mod detector;
 pub mod engine;
 pub mod enroll;
 pub mod eval;
+pub mod imageio;
 pub mod meta;
 pub mod profile;
 pub mod synth;

@@ -573,7 +573,7 @@ fn embedding_branch_through_a_profile() {
         gstlogsad::enroll::load_extractor(&model, &Default::default()).unwrap();
     let whole = gstlogsad::detect::tiling::Tiling::whole();
     let mut mean_tokens = |path: &str| {
-        let image = gstlogsad::enroll::load_image(Path::new(path)).unwrap();
+        let image = gstlogsad::imageio::load_rgb(Path::new(path)).unwrap();
         let features = extractor.features(&image, &whole).unwrap().remove(0);
         features
             .tokens

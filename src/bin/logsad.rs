@@ -8,17 +8,43 @@ use gstlogsad::detect::score::Reduction;
 use gstlogsad::detect::tiling::{Resize, Tiling};
 use gstlogsad::detector::Detector;
 use gstlogsad::engine::{self, Device, EngineOptions};
-use gstlogsad::enroll::{enroll, load_image, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
+use gstlogsad::enroll::{enroll, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
 use gstlogsad::eval::dataset::{self, Layout, LoadOptions, DEFAULT_VALIDATION_COUNT};
 use gstlogsad::eval::report::{Report, ScoredImage};
 use gstlogsad::eval::run::{
     evaluate, summary_table, write_roc, Branches, EvalOptions, EvalProgress, EvalRecord,
     DEFAULT_BATCH,
 };
+use gstlogsad::imageio;
 use gstlogsad::profile::BranchSpec;
 use gstlogsad::synth::{write_structural_set, StructuralSetOptions};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::HashSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// Standard output was closed by its reader (`logsad score DIR | head -1`): the command stops
+/// at once, quietly, with exit status 0.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+struct StdoutClosed;
+
+/// Writes a line to standard output; a closed pipe becomes [`StdoutClosed`].
+fn print_line(line: std::fmt::Arguments) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to standard output")),
+    }
+}
+
+/// `println!` through [`print_line`], returning its error from the calling function.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        print_line(format_args!($($arg)*))?
+    };
+}
 
 #[derive(Parser)]
 #[command(
@@ -254,7 +280,9 @@ struct EvalArgs {
 
 const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 
-/// Expands folders into their image files, sorted by name; files are kept in the order given.
+/// Expands folders into their image files (by extension), sorted by name; files named
+/// explicitly are kept in the order given whatever their extension (the loader reads the
+/// content).
 fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for input in inputs {
@@ -290,8 +318,7 @@ fn parse_tiling(
             bail!("--upscale {upscale} must be a positive factor");
         }
         let manifest = engine::Manifest::load(manifest)?;
-        let (w, h) = image::image_dimensions(first_reference)
-            .with_context(|| format!("cannot read {}", first_reference.display()))?;
+        let (w, h) = imageio::dimensions(first_reference)?;
         let input = (manifest.input.width, manifest.input.height);
         Tiling::for_upscale(upscale, args.overlap, (w, h), input)
     } else if let Some(tiles) = &args.tiles {
@@ -441,8 +468,26 @@ fn run_score(args: ScoreArgs) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let progress = bar(images.len(), "scoring");
+    let mut unreadable = 0;
     for path in &images {
-        let analysis = detector.analyse(&load_image(path)?)?;
+        let image = match imageio::load_rgb(path) {
+            Ok(image) => image,
+            Err(e) => {
+                // One JSON line for the file, and the command goes on with the others.
+                unreadable += 1;
+                let line = serde_json::json!({
+                    "path": path.display().to_string(),
+                    "error": {"kind": e.kind(), "message": e.to_string()},
+                });
+                progress.suspend(|| {
+                    eprintln!("error: {e}");
+                    print_line(format_args!("{line}"))
+                })?;
+                progress.inc(1);
+                continue;
+            }
+        };
+        let analysis = detector.analyse(&image)?;
         let verdict = detector.judge(&analysis, args.threshold);
         let map = analysis.map();
         let detectors: serde_json::Map<String, serde_json::Value> = detector
@@ -466,10 +511,13 @@ fn run_score(args: ScoreArgs) -> Result<()> {
             save_map(&map_path, &map.map, map.map_width, map.map_height)?;
             line["map"] = map_path.display().to_string().into();
         }
-        progress.suspend(|| println!("{line}"));
+        progress.suspend(|| print_line(format_args!("{line}")))?;
         progress.inc(1);
     }
     progress.finish_and_clear();
+    if unreadable > 0 {
+        bail!("{unreadable} of {} images could not be read", images.len());
+    }
     Ok(())
 }
 
@@ -509,8 +557,20 @@ fn run_eval(args: EvalArgs) -> Result<()> {
 
     let progress = bar(0, "loading");
     let mut first_draw: Vec<(String, Vec<ScoredImage>)> = Vec::new();
+    // Test images per draw, and those that could not be read (each draw meets them again).
+    let mut test_images = 0;
+    let mut unreadable: HashSet<PathBuf> = HashSet::new();
     let reports = evaluate(&manifest, &dataset, &options, &mut |event| match event {
-        EvalProgress::Start { images, .. } => progress.set_length(images as u64),
+        EvalProgress::Start { images, draws, .. } => {
+            test_images = images / draws.max(1);
+            progress.set_length(images as u64)
+        }
+        EvalProgress::Unreadable { error, .. } => {
+            if unreadable.insert(error.path().to_path_buf()) {
+                progress.suspend(|| eprintln!("error: {error} (left out)"));
+            }
+            progress.inc(1);
+        }
         EvalProgress::Warning(w) => progress.suspend(|| eprintln!("warning: {w}")),
         EvalProgress::Enrolling {
             category,
@@ -545,25 +605,25 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let seeds = options.draw_seeds();
     for (draw, (report, seed)) in reports.iter().zip(&seeds).enumerate() {
         if let (true, Some(seed)) = (reports.len() > 1, seed) {
-            println!("draw {}/{}, seed {seed}", draw + 1, reports.len());
+            out!("draw {}/{}, seed {seed}", draw + 1, reports.len());
         }
-        println!("{}", report.table());
+        out!("{}", report.table());
         let split_by_type = report.categories.iter().any(|c| c.defects.len() > 1);
         if split_by_type && report.defect_rows() <= MAX_DEFECT_ROWS_SHOWN {
-            println!("{}", report.defect_table());
+            out!("{}", report.defect_table());
         }
         if let Some(table) = report.boxes_table() {
-            println!("region boxes against the masks\n{table}");
+            out!("region boxes against the masks\n{table}");
         }
-        println!("{}\n", time_split(report));
+        out!("{}\n", time_split(report));
     }
     let record = EvalRecord::new(&dataset, &options, reports);
     if record.draws.len() > 1 {
-        println!(
+        out!(
             "image AUROC and F1-max, mean ± std over {} draws",
             record.draws.len()
         );
-        println!("{}", summary_table(&record.summary));
+        out!("{}", summary_table(&record.summary));
     }
     let json_path = args.out.join("report.json");
     std::fs::write(&json_path, record.to_json())
@@ -572,6 +632,13 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     for (category, scores) in &first_draw {
         let path = write_roc(&args.out, category, scores).map_err(anyhow::Error::msg)?;
         eprintln!("wrote {}", path.display());
+    }
+    if !unreadable.is_empty() {
+        bail!(
+            "{} of {test_images} test images could not be read (listed as `unreadable` in {})",
+            unreadable.len(),
+            json_path.display()
+        );
     }
     Ok(())
 }
@@ -674,7 +741,7 @@ fn run_synth(args: SynthArgs) -> Result<()> {
 
 fn run_info(profile: &Path) -> Result<()> {
     let profile = gstlogsad::profile::Profile::load(profile)?;
-    println!("{}", serde_json::to_string_pretty(&profile.header)?);
+    out!("{}", serde_json::to_string_pretty(&profile.header)?);
     Ok(())
 }
 
@@ -688,6 +755,9 @@ fn main() {
         Command::Synth(args) => run_synth(args),
     };
     if let Err(e) = result {
+        if e.is::<StdoutClosed>() {
+            return;
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

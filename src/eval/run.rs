@@ -39,9 +39,8 @@ use crate::detect::preprocess::RgbImage;
 use crate::detect::regions::RegionOptions;
 use crate::detector::{frame_regions, Analysis, Detector, DetectorError};
 use crate::engine::EngineOptions;
-use crate::enroll::{
-    enroll_with, load_extractor, load_image, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD,
-};
+use crate::enroll::{enroll_with, load_extractor, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
+use crate::imageio::{self, LoadError};
 use crate::profile::BranchSpec;
 
 /// Works out a category's detector branches from its first reference image (an upscale tiling
@@ -175,6 +174,9 @@ pub enum EvalError {
     Invalid(String),
     #[error("{}: {message}", path.display())]
     Mask { path: PathBuf, message: String },
+    /// A ground-truth mask that could not be read.
+    #[error("mask {0}")]
+    MaskFile(LoadError),
 }
 
 /// What an evaluation is doing, for progress reports.
@@ -202,6 +204,13 @@ pub enum EvalProgress<'a> {
         category: &'a str,
         done: usize,
         total: usize,
+    },
+    /// A test image that could not be read: it is left out of the metrics (and listed in the
+    /// category's settings as `unreadable`); the evaluation goes on. Reported in every draw.
+    Unreadable {
+        draw: usize,
+        category: &'a str,
+        error: &'a LoadError,
     },
     /// A category of a draw is finished.
     CategoryDone {
@@ -322,14 +331,26 @@ pub fn evaluate(
             let enroll_s = start.elapsed().as_secs_f64();
             let mut detector = Detector { extractor, profile };
             let pixel = pixel.then_some(options.regions.as_slice());
-            let scored = score_category(&mut detector, test, pixel, options.batch, &mut |done| {
-                progress(EvalProgress::Image {
-                    draw,
-                    category: name,
-                    done,
-                    total: test.len(),
-                })
-            });
+            let scored =
+                score_category(
+                    &mut detector,
+                    test,
+                    pixel,
+                    options.batch,
+                    &mut |event| match event {
+                        Ok(done) => progress(EvalProgress::Image {
+                            draw,
+                            category: name,
+                            done,
+                            total: test.len(),
+                        }),
+                        Err(error) => progress(EvalProgress::Unreadable {
+                            draw,
+                            category: name,
+                            error,
+                        }),
+                    },
+                );
             extractor = detector.extractor;
             let scored = scored?;
             let settings = serde_json::json!({
@@ -345,6 +366,11 @@ pub fn evaluate(
                 "calibration": options.calibration,
                 "enroll_s": enroll_s,
                 "pixel_images": scored.pixel_images,
+                "unreadable": scored.unreadable.iter().map(|e| serde_json::json!({
+                    "path": e.path().display().to_string(),
+                    "kind": e.kind(),
+                    "message": e.to_string(),
+                })).collect::<Vec<_>>(),
             });
             let mut report = CategoryReport::from_scores(
                 name,
@@ -373,49 +399,66 @@ struct Scored {
     /// Images that took part in the pixel metrics.
     pixel_images: Option<usize>,
     boxes: Vec<RegionBoxes>,
+    /// Test images that could not be read, left out.
+    unreadable: Vec<LoadError>,
     timing: Timing,
 }
 
 /// Analyses each test image once, `batch` images per inference, while a second thread decodes
-/// the next images. With `pixel` (region settings), also the pixel metrics and the box metrics
-/// of each region setting.
+/// the next images. An image that cannot be read is left out: `on_image` gets its error, and
+/// the number of images scored so far after each scored one. With `pixel` (region settings),
+/// also the pixel metrics and the box metrics of each region setting.
 fn score_category(
     detector: &mut Detector,
     test: &[Sample],
     pixel: Option<&[RegionOptions]>,
     batch: usize,
-    on_image: &mut dyn FnMut(usize),
+    on_image: &mut dyn FnMut(Result<usize, &LoadError>),
 ) -> Result<Scored, EvalError> {
     let before = detector.extractor.timing;
     let mut accumulator = pixel.map(|_| PixelAccumulator::new());
     let mut boxes = vec![BoxAccumulator::default(); pixel.map_or(0, <[_]>::len)];
     let mut pixel_images = 0;
     let mut scores = Vec::with_capacity(test.len());
+    let mut unreadable = Vec::new();
     let start = Instant::now();
     std::thread::scope(|scope| -> Result<(), EvalError> {
         let (decoded, receiver) = std::sync::mpsc::sync_channel(2 * batch);
         scope.spawn(move || {
             for sample in test {
                 // A closed channel means scoring stopped on an error: stop decoding too.
-                if decoded.send(load_image(&sample.path)).is_err() {
+                if decoded.send(imageio::load_rgb(&sample.path)).is_err() {
                     break;
                 }
             }
         });
         for samples in test.chunks(batch) {
-            let images = samples
-                .iter()
-                .map(|sample| match receiver.recv() {
-                    Ok(image) => Ok(image?),
-                    Err(_) => Err(EvalError::Invalid(format!(
-                        "the image decoder stopped before {}",
-                        sample.path.display()
-                    ))),
-                })
-                .collect::<Result<Vec<_>, EvalError>>()?;
+            let mut readable = Vec::with_capacity(samples.len());
+            let mut images = Vec::with_capacity(samples.len());
+            for sample in samples {
+                match receiver.recv() {
+                    Ok(Ok(image)) => {
+                        readable.push(sample);
+                        images.push(image);
+                    }
+                    Ok(Err(error)) => {
+                        on_image(Err(&error));
+                        unreadable.push(error);
+                    }
+                    Err(_) => {
+                        return Err(EvalError::Invalid(format!(
+                            "the image decoder stopped before {}",
+                            sample.path.display()
+                        )))
+                    }
+                }
+            }
+            if images.is_empty() {
+                continue;
+            }
             let refs: Vec<&RgbImage> = images.iter().collect();
             let analyses = detector.analyse_batch(&refs)?;
-            for ((sample, image), analysis) in samples.iter().zip(&images).zip(&analyses) {
+            for ((sample, image), analysis) in readable.into_iter().zip(&images).zip(&analyses) {
                 if let (Some(acc), Some(regions)) = (accumulator.as_mut(), pixel) {
                     let frame = (image.width, image.height);
                     if let Some(mask) = add_pixels(acc, analysis, sample, frame)? {
@@ -438,7 +481,7 @@ fn score_category(
                     split: sample.split.map(|s| s.name().to_string()),
                     score: analysis.fused_z(),
                 });
-                on_image(scores.len());
+                on_image(Ok(scores.len()));
             }
         }
         Ok(())
@@ -469,6 +512,7 @@ fn score_category(
                 metrics: acc.finish(),
             })
             .collect(),
+        unreadable,
         timing,
     })
 }
@@ -491,15 +535,9 @@ fn add_pixels(
         let masks = sample
             .masks
             .iter()
-            .map(|path| {
-                image::open(path)
-                    .map(|m| m.to_luma8())
-                    .map_err(|e| EvalError::Mask {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })
-            })
-            .collect::<Result<Vec<GrayImage>, _>>()?;
+            .map(|path| imageio::load(path).map(|m| m.into_luma8()))
+            .collect::<Result<Vec<GrayImage>, _>>()
+            .map_err(EvalError::MaskFile)?;
         let union = union_masks(&masks).map_err(|message| EvalError::Mask {
             path: sample.masks[0].clone(),
             message,
