@@ -104,6 +104,8 @@ fn result(anomalous: bool, calibrated: f64, stale: bool, map: Option<AnomalyMap>
         detectors: vec![],
         map,
         map_threshold: 1.0,
+        deinterlaced: false,
+        regions: None,
     }
 }
 

@@ -35,6 +35,8 @@ fn result(score: f64, anomalous: bool, frame: u64) -> AnomalyResult {
         }],
         map: None,
         map_threshold: 0.25,
+        deinterlaced: false,
+        regions: None,
     }
 }
 

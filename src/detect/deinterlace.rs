@@ -134,7 +134,10 @@ mod tests {
     fn wrong_size_is_an_error() {
         let mut p = vec![0u8; 7];
         let err = bob(&mut p, 2, 4, Field::Top).unwrap_err();
-        assert!(err.contains("7 bytes") && err.contains("4 rows of 2 bytes"), "{err}");
+        assert!(
+            err.contains("7 bytes") && err.contains("4 rows of 2 bytes"),
+            "{err}"
+        );
         assert_eq!(p, vec![0u8; 7], "nothing is written on error");
     }
 }
