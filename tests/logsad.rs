@@ -1259,7 +1259,9 @@ fn built_plugin() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-/// Python (PyGObject) reads the custom meta's structure and map through the installed plugin.
+/// Python (PyGObject) reads the custom meta's structure, map and regions through the installed
+/// plugin, after a `videoscale`. With threshold 0 every frame is anomalous with one region: the
+/// whole frame, scored the map's maximum.
 #[test]
 fn metadata_is_readable_from_python() {
     let python = Path::new("/usr/bin/python3");
@@ -1281,6 +1283,7 @@ fn metadata_is_readable_from_python() {
         .arg(&t.whole)
         .arg(&t.manifest)
         .arg("3")
+        .arg("0")
         .env("GST_PLUGIN_PATH", &plugins)
         .env("GST_REGISTRY", t.dir.path().join("registry.bin"))
         .output()
@@ -1333,6 +1336,13 @@ fn metadata_is_readable_from_python() {
         assert_eq!(
             v["anomalous"].as_bool().unwrap(),
             calibrated >= v["threshold"].as_f64().unwrap()
+        );
+        assert_eq!(v["anomalous"], true, "{v}");
+        assert_eq!(v["deinterlaced"], false, "{v}");
+        assert_eq!(
+            v["regions"],
+            serde_json::json!([{"x": 0.0, "y": 0.0, "width": 1.0, "height": 1.0, "score": score}]),
+            "{v}"
         );
     }
 }
