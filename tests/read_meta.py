@@ -8,8 +8,8 @@ videoscale ! video/x-raw,width=96,height=96 ! fakesink` and, in a pad probe on t
 reads each buffer's `LogsadAnomalyMeta` custom meta: the fields of its structure, the anomaly
 map (GBytes of native-endian float32) and the regions (an array of structures, read with
 `Gst.Structure.get_array`). Prints one JSON object per buffer on standard output; non-finite
-numbers are printed as null. Exits non-zero on a pipeline error. Used by tests/logsad.rs (`metadata_is_readable_from_python`), which points
-GST_PLUGIN_PATH at the built plugin.
+numbers are printed as null. Exits non-zero on a pipeline error. Used by tests/logsad.rs
+(`metadata_is_readable_from_python`), which points GST_PLUGIN_PATH at the built plugin.
 """
 
 import json
