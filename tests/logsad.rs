@@ -1388,7 +1388,7 @@ fn line_doubled(frame: &[u8], first_line: usize) -> Vec<u8> {
             out.extend(
                 a.iter()
                     .zip(b)
-                    .map(|(&a, &b)| ((a as u16 + b as u16 + 1) / 2) as u8),
+                    .map(|(&a, &b)| (a as u16 + b as u16).div_ceil(2) as u8),
             );
         }
     }

@@ -53,7 +53,7 @@ pub fn bob(pixels: &mut [u8], row_bytes: usize, height: usize, keep: Field) -> R
         match (above, below) {
             (Some(a), Some(b)) => {
                 for i in 0..row_bytes {
-                    let mean = (pixels[a + i] as u16 + pixels[b + i] as u16 + 1) / 2;
+                    let mean = (pixels[a + i] as u16 + pixels[b + i] as u16).div_ceil(2);
                     pixels[start + i] = mean as u8;
                 }
             }
