@@ -15,11 +15,14 @@
  * Runs `INPUT ! videoconvert ! logsad ! fakesink` and prints one JSON object per buffer:
  * - the LogsadAnomalyMeta custom meta (gst_buffer_get_custom_meta +
  *   gst_custom_meta_get_structure): score, calibrated, anomalous, threshold, map-threshold,
- *   stale, frame, detectors, map-width, map-height;
+ *   stale, frame, detectors, map-width, map-height, deinterlaced;
+ * - meta_regions: the meta's "regions" field, a GstValueArray of GstStructures (gst_value_array_*
+ *   and gst_value_get_structure), each region's box relative to the frame (x, y, width, height
+ *   in 0..1) and its score; these survive videoconvert and videoscale after logsad;
  * - the anomaly map, a GBytes of native-endian float32 (gst_structure_get with G_TYPE_BYTES):
  *   map_len (number of values), map_min, map_max, map_mean;
  * - every GstVideoRegionOfInterestMeta of type "anomaly" (gst_buffer_iterate_meta_filtered),
- *   with the "score" of its "anomaly" parameter structure.
+ *   the same regions in pixels, with the "score" of its "anomaly" parameter structure.
  */
 #include <gst/gst.h>
 #include <gst/video/video.h>
@@ -48,7 +51,8 @@ probe (GstPad * pad, GstPadProbeInfo * info, gpointer user_data)
   GstCustomMeta *meta;
   const GstStructure *s;
   gdouble score = NAN, calibrated = NAN, threshold = NAN, map_threshold = NAN;
-  gboolean anomalous = FALSE, stale = FALSE;
+  gboolean anomalous = FALSE, stale = FALSE, deinterlaced = FALSE;
+  const GValue *meta_regions;
   guint64 frame = 0;
   guint map_w = 0, map_h = 0;
   const gchar *detectors;
@@ -76,6 +80,7 @@ probe (GstPad * pad, GstPadProbeInfo * info, gpointer user_data)
       "threshold", G_TYPE_DOUBLE, &threshold,
       "map-threshold", G_TYPE_DOUBLE, &map_threshold,
       "stale", G_TYPE_BOOLEAN, &stale, "frame", G_TYPE_UINT64, &frame, NULL);
+  gst_structure_get_boolean (s, "deinterlaced", &deinterlaced);
   printf (",\"meta\":true,");
   print_number ("score", score);
   printf (",");
@@ -88,6 +93,37 @@ probe (GstPad * pad, GstPadProbeInfo * info, gpointer user_data)
   /* Detector names are plain identifiers ("patch"): no JSON escaping needed. */
   detectors = gst_structure_get_string (s, "detectors");
   printf (",\"detectors\":\"%s\"", detectors ? detectors : "");
+  printf (",\"deinterlaced\":%s", deinterlaced ? "true" : "false");
+
+  /* The regions, relative to the frame: an array of "region" structures. */
+  meta_regions = gst_structure_get_value (s, "regions");
+  if (meta_regions && GST_VALUE_HOLDS_ARRAY (meta_regions)) {
+    guint i, n = gst_value_array_get_size (meta_regions);
+
+    printf (",\"meta_regions\":[");
+    for (i = 0; i < n; i++) {
+      const GValue *v = gst_value_array_get_value (meta_regions, i);
+      const GstStructure *r = GST_VALUE_HOLDS_STRUCTURE (v) ? gst_value_get_structure (v) : NULL;
+      gdouble x = NAN, y = NAN, w = NAN, h = NAN, region_score = NAN;
+
+      if (r)
+        gst_structure_get (r, "x", G_TYPE_DOUBLE, &x, "y", G_TYPE_DOUBLE, &y,
+            "width", G_TYPE_DOUBLE, &w, "height", G_TYPE_DOUBLE, &h,
+            "score", G_TYPE_DOUBLE, &region_score, NULL);
+      printf ("%s{", i ? "," : "");
+      print_number ("x", x);
+      printf (",");
+      print_number ("y", y);
+      printf (",");
+      print_number ("width", w);
+      printf (",");
+      print_number ("height", h);
+      printf (",");
+      print_number ("score", region_score);
+      printf ("}");
+    }
+    printf ("]");
+  }
 
   /* The map: width x height native-endian float32, row-major, covering the whole frame. */
   if (gst_structure_get (s, "map-width", G_TYPE_UINT, &map_w,

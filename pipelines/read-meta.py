@@ -13,20 +13,24 @@ pad, prints one JSON object per buffer:
 - the fields of the `LogsadAnomalyMeta` custom meta, read with
   `buffer.get_custom_meta("LogsadAnomalyMeta").get_structure()`: score, calibrated, anomalous,
   threshold, map-threshold, stale, frame, detectors (and each detector's `NAME-score` and
-  `NAME-calibrated`), map-width, map-height;
+  `NAME-calibrated`), map-width, map-height, deinterlaced;
+- `meta_regions`: the meta's `regions` field, every anomalous region with its box relative to
+  the frame (x, y, width, height in 0..1) and score. It is a GstValueArray of GstStructures,
+  which PyGObject cannot convert itself: `structure.get_array("regions")` hands it over as a
+  GObject.ValueArray, read with `get_nth(i)` (deprecated by GLib, still working). These boxes
+  survive videoconvert and videoscale after logsad;
 - the anomaly map (a GLib.Bytes of native-endian float32, row-major, map-width x map-height):
   `map_len` (number of values), `map_min`, `map_max`, `map_mean`, and with --full-map the values;
-- the `GstVideoRegionOfInterestMeta`s of type "anomaly": `region_count` (all of them, from
-  `Gst.Buffer.get_n_meta`) and `regions` (those Python can reach, see below).
+- the `GstVideoRegionOfInterestMeta`s of type "anomaly" (the same regions in pixels, for other
+  consumers): `region_count` (all of them, from `Gst.Buffer.get_n_meta`) and `regions` (those
+  Python can reach, see below).
 
-Regions from Python: the 1.22 bindings cannot walk a buffer's metas. `iterate_meta` is not
+ROI metas from Python: the 1.22 bindings cannot walk a buffer's metas. `iterate_meta` is not
 exposed (its `gpointer *` state cannot be passed), and `foreach_meta`/`remove_meta` need a
 writable buffer, which no buffer seen from PyGObject is (the bindings hold extra references).
 The only way in is `GstVideo.buffer_get_video_region_of_interest_meta_id(buffer, id)`, which
-returns the first ROI meta with that id. This script asks for ids 0, 1, 2, ...; regions that
-share an id (logsad gives all its regions id 0 at the time of writing) hide behind the first
-one, so `regions` may be shorter than `region_count`. The anomaly map with `map-threshold` holds
-the same information; C (read-meta.c) reads every region with gst_buffer_iterate_meta_filtered.
+returns the first ROI meta with that id. This script asks for ids 0, 1, 2, ... (logsad numbers
+its regions from 0). `meta_regions` needs none of this.
 
 Needs Debian's python3 with python3-gi and gir1.2-gstreamer-1.0 (hence /usr/bin/python3), and
 GST_PLUGIN_PATH pointing at the folder of libgstlogsad.so (default here: ../target/release).
@@ -38,6 +42,7 @@ import math
 import os
 import struct
 import sys
+import warnings
 
 import gi
 
@@ -81,6 +86,20 @@ def read_regions(buffer):
     return count, regions
 
 
+def read_meta_regions(structure):
+    """The custom meta's `regions` array as a list of dicts (None when the field is missing)."""
+    if not structure.has_field("regions"):
+        return None
+    ok, array = structure.get_array("regions")
+    if not ok:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        items = [array.get_nth(i) for i in range(array.n_values)]
+    return [{name: finite(region.get_value(name))
+             for name in ("x", "y", "width", "height", "score")} for region in items]
+
+
 def read(buffer, full_map):
     out = {"pts": None if buffer.pts == Gst.CLOCK_TIME_NONE else buffer.pts}
     meta = buffer.get_custom_meta(META_NAME)
@@ -91,8 +110,10 @@ def read(buffer, full_map):
     out["meta"] = True
     for name in ("score", "calibrated", "threshold", "map-threshold"):
         out[name] = finite(field(s, name))
-    for name in ("anomalous", "stale", "frame", "detectors", "map-width", "map-height"):
+    for name in ("anomalous", "stale", "frame", "detectors", "map-width", "map-height",
+                 "deinterlaced"):
         out[name] = field(s, name)
+    out["meta_regions"] = read_meta_regions(s)
     detectors = [d for d in (out["detectors"] or "").split(",") if d]
     out["detector_scores"] = {
         d: {"score": finite(field(s, f"{d}-score")),

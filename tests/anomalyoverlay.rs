@@ -5,7 +5,7 @@ use std::sync::Once;
 use gst::glib;
 use gst::prelude::*;
 use gst_video::prelude::*;
-use gstlogsad::meta::{AnomalyMap, AnomalyResult};
+use gstlogsad::meta::{AnomalyMap, AnomalyRegion, AnomalyResult};
 
 static INIT: Once = Once::new();
 
@@ -104,6 +104,8 @@ fn result(anomalous: bool, calibrated: f64, stale: bool, map: Option<AnomalyMap>
         detectors: vec![],
         map,
         map_threshold: 1.0,
+        deinterlaced: false,
+        regions: None,
     }
 }
 
@@ -623,4 +625,49 @@ fn switches_between_drawing_and_passthrough_per_buffer() {
         assert_eq!(out.as_ptr(), keep.as_ptr(), "round {round}");
         assert_eq!(pixel(&s.info, &out, 2, 2), GREY);
     }
+}
+
+/// The meta's `regions` (relative boxes) are drawn scaled to the frame, and take the place of
+/// the ROI metas, which are then ignored.
+#[test]
+fn meta_regions_are_scaled_to_the_frame_and_replace_rois() {
+    let mut s = setup(
+        gst_video::VideoFormat::Rgb,
+        100,
+        80,
+        &[
+            ("show-badge", false.to_value()),
+            ("show-heatmap", false.to_value()),
+        ],
+    );
+    let mut r = result(true, 0.9, false, None);
+    // A box of a 50x40 frame: (15, 20, 10, 10) -> (30, 40, 20, 20) in this 100x80 frame.
+    r.regions = Some(vec![AnomalyRegion::from_pixels(
+        (15, 20, 10, 10),
+        50,
+        40,
+        0.83,
+    )]);
+    let mut input = solid(&s.info, GREY);
+    r.attach(input.get_mut().unwrap()).unwrap();
+    // A stale ROI elsewhere: not drawn, the meta's regions win.
+    add_roi(&mut input, "anomaly", (70, 40, 20, 20), Some(0.5));
+    let out = push_pull(&mut s, input);
+    for (x, y) in [(30, 50), (31, 50), (49, 50), (48, 50), (40, 41), (40, 59)] {
+        assert_eq!(pixel(&s.info, &out, x, y), REGION, "box edge at ({x}, {y})");
+    }
+    for (x, y) in [(29, 50), (32, 50), (50, 50), (40, 60)] {
+        assert_eq!(pixel(&s.info, &out, x, y), GREY, "outside at ({x}, {y})");
+    }
+    // The label with the score sits above the box.
+    assert_eq!(pixel(&s.info, &out, 30, 30), REGION);
+    assert_eq!(pixel(&s.info, &out, 70, 50), GREY, "the ROI meta was drawn");
+
+    // An empty `regions` field draws nothing, ROI metas notwithstanding: the buffer passes.
+    r.regions = Some(vec![]);
+    let mut input = solid(&s.info, GREY);
+    r.attach(input.get_mut().unwrap()).unwrap();
+    add_roi(&mut input, "anomaly", (70, 40, 20, 20), Some(0.5));
+    let out = push_pull(&mut s, input);
+    assert_eq!(pixel(&s.info, &out, 70, 50), GREY);
 }

@@ -2,7 +2,7 @@
 //! EOS, errors, and what happens when the writer cannot keep up.
 
 use gst::prelude::*;
-use gstlogsad::meta::{AnomalyMap, AnomalyResult, DetectorScore};
+use gstlogsad::meta::{AnomalyMap, AnomalyRegion, AnomalyResult, DetectorScore};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -35,6 +35,8 @@ fn result(score: f64, anomalous: bool, frame: u64) -> AnomalyResult {
         }],
         map: None,
         map_threshold: 0.25,
+        deinterlaced: false,
+        regions: None,
     }
 }
 
@@ -669,4 +671,53 @@ fn property_defaults() {
     assert!(!e.property::<bool>("include-map"));
     assert!(!e.property::<bool>("append"));
     assert_eq!(e.property::<u64>("dropped"), 0);
+}
+
+/// The meta's `regions` are published in the pixels of the negotiated frame size (64x48 here)
+/// and replace the ROI metas; caps without a video size fall back to the ROI metas.
+#[test]
+fn meta_regions_are_published_in_frame_pixels() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.jsonl");
+    let (mut h, _element, _bus) = harness(&[("location", &path.to_str().unwrap())]);
+    let mut r = result(0.8, true, 0);
+    // (8, 6, 16, 12) of a 32x24 frame is (16, 12, 32, 24) of 64x48.
+    r.regions = Some(vec![
+        AnomalyRegion::from_pixels((8, 6, 16, 12), 32, 24, 0.75),
+        AnomalyRegion::from_pixels((0, 0, 32, 24), 32, 24, 0.5),
+    ]);
+    let mut b = buffer(0, true, Some(&r));
+    add_roi(&mut b, "anomaly", (1, 2, 3, 4), None);
+    h.push(b).unwrap();
+    h.pull().unwrap();
+    assert!(h.push_event(gst::event::Eos::new()));
+    let lines = read_lines(&path);
+    assert_eq!(
+        lines[0]["regions"],
+        serde_json::json!([
+            {"x": 16, "y": 12, "width": 32, "height": 24, "score": 0.75},
+            {"x": 0, "y": 0, "width": 64, "height": 48, "score": 0.5}
+        ])
+    );
+    drop(h);
+
+    // Non-video caps: no frame size to scale to, so the ROI metas are published.
+    let path = dir.path().join("any.jsonl");
+    let element = gst::ElementFactory::make("anomalypublish")
+        .property("location", path.to_str().unwrap())
+        .build()
+        .unwrap();
+    let mut h = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
+    h.set_src_caps_str("application/x-test");
+    h.play();
+    let mut b = buffer(0, true, Some(&r));
+    add_roi(&mut b, "anomaly", (1, 2, 3, 4), Some(0.25));
+    h.push(b).unwrap();
+    assert!(h.push_event(gst::event::Eos::new()));
+    let lines = read_lines(&path);
+    assert_eq!(
+        lines[0]["regions"],
+        serde_json::json!([{"x": 1, "y": 2, "width": 3, "height": 4, "score": 0.25}])
+    );
 }

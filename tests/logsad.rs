@@ -1259,7 +1259,9 @@ fn built_plugin() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-/// Python (PyGObject) reads the custom meta's structure and map through the installed plugin.
+/// Python (PyGObject) reads the custom meta's structure, map and regions through the installed
+/// plugin, after a `videoscale`. With threshold 0 every frame is anomalous with one region: the
+/// whole frame, scored the map's maximum.
 #[test]
 fn metadata_is_readable_from_python() {
     let python = Path::new("/usr/bin/python3");
@@ -1281,6 +1283,7 @@ fn metadata_is_readable_from_python() {
         .arg(&t.whole)
         .arg(&t.manifest)
         .arg("3")
+        .arg("0")
         .env("GST_PLUGIN_PATH", &plugins)
         .env("GST_REGISTRY", t.dir.path().join("registry.bin"))
         .output()
@@ -1334,5 +1337,331 @@ fn metadata_is_readable_from_python() {
             v["anomalous"].as_bool().unwrap(),
             calibrated >= v["threshold"].as_f64().unwrap()
         );
+        assert_eq!(v["anomalous"], true, "{v}");
+        assert_eq!(v["deinterlaced"], false, "{v}");
+        assert_eq!(
+            v["regions"],
+            serde_json::json!([{"x": 0.0, "y": 0.0, "width": 1.0, "height": 1.0, "score": score}]),
+            "{v}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: interlaced input
+// ---------------------------------------------------------------------------------------------
+
+/// A combed frame, as when the texture moved between the two fields' instants: the top field
+/// (even lines) from one texture, the bottom field (odd lines) from another one shifted by half
+/// a stripe period (4 pixels), so that the lines alternate between light and dark stripes.
+fn combed() -> Vec<u8> {
+    let top = texture(W, H, NOMINAL_SEEDS[0], false);
+    let other = texture(W, H, NOMINAL_SEEDS[1], false);
+    let row = W as usize * 3;
+    let mut out = top.clone();
+    for y in (1..H as usize).step_by(2) {
+        for x in 0..W as usize {
+            let from = y * row + ((x + 4) % W as usize) * 3;
+            out[y * row + x * 3..][..3].copy_from_slice(&other[from..from + 3]);
+        }
+    }
+    out
+}
+
+/// The progressive frame made of `frame`'s `first_line` field (0: top, 1: bottom), written
+/// out by hand: a kept line stays, every other line is the mean (rounded half up) of the lines
+/// above and below, or a copy of its only neighbour at the frame's edges.
+fn line_doubled(frame: &[u8], first_line: usize) -> Vec<u8> {
+    let row = W as usize * 3;
+    let h = H as usize;
+    let line = |y: usize| &frame[y * row..(y + 1) * row];
+    let mut out = Vec::with_capacity(frame.len());
+    for y in 0..h {
+        if y % 2 == first_line {
+            out.extend_from_slice(line(y));
+        } else if y == 0 {
+            out.extend_from_slice(line(1));
+        } else if y + 1 == h {
+            out.extend_from_slice(line(y - 1));
+        } else {
+            let (a, b) = (line(y - 1), line(y + 1));
+            out.extend(
+                a.iter()
+                    .zip(b)
+                    .map(|(&a, &b)| (a as u16 + b as u16).div_ceil(2) as u8),
+            );
+        }
+    }
+    out
+}
+
+/// Scores of packed RGB frames analysed by a progressive-caps `logsad`.
+fn progressive_scores(t: &Tiny, frames: &[&[u8]]) -> Vec<f64> {
+    let element = logsad(&tiny_props(t, &t.tiled));
+    let mut h = harness(&element, gst_video::VideoFormat::Rgb, W, H);
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, rgb)| {
+            let out = h
+                .push_and_pull(frame_buffer(
+                    gst_video::VideoFormat::Rgb,
+                    W,
+                    H,
+                    rgb,
+                    i as u64,
+                ))
+                .unwrap();
+            let r = result_of(&out);
+            assert!(!r.deinterlaced, "a progressive frame was deinterlaced");
+            r.score
+        })
+        .collect()
+}
+
+/// An RGB buffer of `rgb` with the given video buffer flags.
+fn flagged(rgb: &[u8], index: u64, flags: gst_video::VideoBufferFlags) -> gst::Buffer {
+    let mut buffer = frame_buffer(gst_video::VideoFormat::Rgb, W, H, rgb, index);
+    buffer.make_mut().set_video_flags(flags);
+    buffer
+}
+
+/// `interlace-mode=interleaved`: the combed frame scores exactly as the progressive frame made of
+/// its first field line-doubled (top or bottom, from the caps' field order or else the buffer's
+/// TFF flag), not as the combed frame taken as progressive; the video goes on untouched.
+#[test]
+fn interleaved_frames_are_deinterlaced_before_analysis() {
+    use gst_video::{VideoBufferFlags, VideoFieldOrder, VideoInterlaceMode};
+    let t = tiny();
+    let combed = combed();
+    let (top, bottom) = (line_doubled(&combed, 0), line_doubled(&combed, 1));
+    let expected = progressive_scores(&t, &[&top, &bottom, &combed]);
+    let (top_score, bottom_score, combed_score) = (expected[0], expected[1], expected[2]);
+    eprintln!("top field {top_score}, bottom field {bottom_score}, combed {combed_score}");
+    // The three frames score apart, so the test tells which one the element analysed.
+    for (a, b) in [
+        (combed_score, top_score),
+        (combed_score, bottom_score),
+        (top_score, bottom_score),
+    ] {
+        assert!(
+            (a - b).abs() > 0.1 * a.max(b),
+            "scores too close: {a} and {b}"
+        );
+    }
+
+    let cases = [
+        (
+            VideoFieldOrder::TopFieldFirst,
+            VideoBufferFlags::empty(),
+            top_score,
+        ),
+        (
+            VideoFieldOrder::BottomFieldFirst,
+            VideoBufferFlags::TFF,
+            bottom_score,
+        ),
+        (VideoFieldOrder::Unknown, VideoBufferFlags::TFF, top_score),
+        (
+            VideoFieldOrder::Unknown,
+            VideoBufferFlags::empty(),
+            bottom_score,
+        ),
+    ];
+    for (order, flags, expected) in cases {
+        let what = format!("field order {order:?}, buffer flags {flags:?}");
+        let element = logsad(&tiny_props(&t, &t.tiled));
+        let mut h = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, W, H)
+            .fps(gst::Fraction::new(30, 1))
+            .interlace_mode(VideoInterlaceMode::Interleaved)
+            .field_order(order)
+            .build()
+            .unwrap();
+        h.set_src_caps(info.to_caps().unwrap());
+        let input = flagged(&combed, 0, flags);
+        let out = h.push_and_pull(input.clone()).unwrap();
+        let r = result_of(&out);
+        assert!(r.deinterlaced, "{what}");
+        assert_eq!(r.score, expected, "{what}");
+        let bytes = |b: &gst::Buffer| b.map_readable().unwrap().as_slice().to_vec();
+        assert_eq!(bytes(&out), bytes(&input), "{what}: the video was changed");
+    }
+}
+
+/// `interlace-mode=mixed`: only the buffers flagged interlaced are deinterlaced.
+#[test]
+fn mixed_streams_deinterlace_only_flagged_buffers() {
+    use gst_video::VideoBufferFlags as F;
+    let t = tiny();
+    let combed = combed();
+    let (top, bottom) = (line_doubled(&combed, 0), line_doubled(&combed, 1));
+    let expected = progressive_scores(&t, &[&top, &bottom, &combed]);
+
+    let element = logsad(&tiny_props(&t, &t.tiled));
+    let mut h = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, W, H)
+        .fps(gst::Fraction::new(30, 1))
+        .interlace_mode(gst_video::VideoInterlaceMode::Mixed)
+        .build()
+        .unwrap();
+    h.set_src_caps(info.to_caps().unwrap());
+    let stream = [
+        (F::INTERLACED | F::TFF, true, expected[0]),
+        (F::empty(), false, expected[2]),
+        (F::INTERLACED, true, expected[1]),
+        // TFF alone (no INTERLACED flag) is a progressive frame.
+        (F::TFF, false, expected[2]),
+    ];
+    for (i, (flags, deinterlaced, score)) in stream.into_iter().enumerate() {
+        let out = h.push_and_pull(flagged(&combed, i as u64, flags)).unwrap();
+        let r = result_of(&out);
+        assert_eq!(r.deinterlaced, deinterlaced, "buffer {i} ({flags:?})");
+        assert_eq!(r.score, score, "buffer {i} ({flags:?})");
+    }
+}
+
+/// `interlace-mode=alternate` (one field per buffer) fails with an error naming the mode and
+/// the fix.
+#[test]
+fn alternate_fields_are_refused_with_the_fix() {
+    let t = tiny();
+    let caps = gst::Caps::from_str(
+        "video/x-raw(format:Interlaced),format=RGB,width=64,height=48,framerate=30/1,\
+         interlace-mode=alternate",
+    )
+    .unwrap();
+    let frames = vec![frame_buffer(
+        gst_video::VideoFormat::Rgb,
+        W,
+        H / 2,
+        &texture(W, H / 2, 0, false),
+        0,
+    )];
+    let middle = format!(
+        "logsad name=d profile={} model={}",
+        path_str(&t.tiled),
+        path_str(&t.manifest)
+    );
+    let run = run_pipeline(&middle, &caps, frames);
+    let error = run.error.expect("alternate fields were accepted");
+    assert!(
+        error.contains("interlace-mode=alternate") && error.contains("`deinterlace` before logsad"),
+        "{error}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: regions through conversion and scaling
+// ---------------------------------------------------------------------------------------------
+
+/// Regions as `logsad` attaches them (ROI metas) for the defect frame, with the tiled profile.
+fn defect_regions(t: &Tiny) -> Vec<((u32, u32, u32, u32), f64)> {
+    let element = logsad(&tiny_props(t, &t.tiled));
+    let mut h = harness(&element, gst_video::VideoFormat::Rgb, W, H);
+    let out = h
+        .push_and_pull(frame_buffer(
+            gst_video::VideoFormat::Rgb,
+            W,
+            H,
+            &texture(W, H, DEFECT_SEED, true),
+            0,
+        ))
+        .unwrap();
+    let regions = rois(&out);
+    let meta = result_of(&out)
+        .regions
+        .expect("no regions field in the meta");
+    assert_eq!(meta.len(), regions.len());
+    regions
+}
+
+/// `logsad ! videoscale ! 128x96 ! anomalypublish ! anomalyoverlay`, and the same with
+/// `videoconvert` to I420: the JSON lines give every region with its score and its box in the
+/// new frame's pixels, and the overlay draws the boxes where they belong after scaling.
+#[test]
+fn regions_survive_videoscale_and_videoconvert() {
+    let t = tiny();
+    let regions = defect_regions(&t);
+    assert!(!regions.is_empty(), "the defect frame has no region");
+    let caps = video_info(gst_video::VideoFormat::Rgb, W, H)
+        .to_caps()
+        .unwrap();
+    const MAGENTA: [u8; 3] = [255, 0, 255];
+    for (after, (w2, h2)) in [
+        (
+            "videoscale ! video/x-raw,width=128,height=96",
+            (128u32, 96u32),
+        ),
+        ("videoconvert ! video/x-raw,format=I420", (W, H)),
+    ] {
+        let jsonl = t.dir.path().join("regions.jsonl");
+        let overlay = if w2 == W {
+            // The overlay draws packed RGB only.
+            String::new()
+        } else {
+            "! anomalyoverlay show-heatmap=false show-badge=false region-color=0xff00ff".into()
+        };
+        let middle = format!(
+            "logsad profile={} model={} ! {after} ! anomalypublish location={} {overlay}",
+            path_str(&t.tiled),
+            path_str(&t.manifest),
+            path_str(&jsonl)
+        );
+        let frame = frame_buffer(
+            gst_video::VideoFormat::Rgb,
+            W,
+            H,
+            &texture(W, H, DEFECT_SEED, true),
+            0,
+        );
+        let run = run_pipeline(&middle, &caps, vec![frame]);
+        assert!(run.error.is_none(), "{after}: {:?}", run.error);
+        let line: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&jsonl).unwrap().trim()).unwrap();
+        let published = line["regions"].as_array().unwrap();
+        assert_eq!(published.len(), regions.len(), "{after}: {line}");
+        // Both scale factors are exact (2 and 1), so every edge lands on a whole pixel.
+        let (sx, sy) = (w2 / W, h2 / H);
+        for (p, &((x, y, w, h), score)) in published.iter().zip(&regions) {
+            let scaled = (x * sx, y * sy, w * sx, h * sy);
+            let got = (
+                p["x"].as_u64().unwrap() as u32,
+                p["y"].as_u64().unwrap() as u32,
+                p["width"].as_u64().unwrap() as u32,
+                p["height"].as_u64().unwrap() as u32,
+            );
+            assert_eq!(got, scaled, "{after}: {p}");
+            assert_eq!(p["score"].as_f64(), Some(score), "{after}: {p}");
+        }
+        if overlay.is_empty() {
+            continue;
+        }
+        let info = video_info(gst_video::VideoFormat::Rgb, w2, h2);
+        let frame =
+            gst_video::VideoFrame::from_buffer_readable(run.buffers[0].clone(), &info).unwrap();
+        let stride = frame.plane_stride()[0] as usize;
+        let data = frame.plane_data(0).unwrap();
+        let px = |x: u32, y: u32| {
+            let p = y as usize * stride + x as usize * 3;
+            [data[p], data[p + 1], data[p + 2]]
+        };
+        for &((x, y, w, h), _) in &regions {
+            let (x, y, w, h) = (x * sx, y * sy, w * sx, h * sy);
+            // The outline's corners and the middle of its left and right edges.
+            for (px_x, px_y) in [
+                (x, y + h - 1),
+                (x + w - 1, y + h - 1),
+                (x, y + h / 2),
+                (x + w - 1, y + h / 2),
+            ] {
+                assert_eq!(
+                    px(px_x, px_y),
+                    MAGENTA,
+                    "{after}: no box edge at ({px_x}, {px_y}) for region {:?}",
+                    (x, y, w, h)
+                );
+            }
+        }
     }
 }

@@ -1,20 +1,22 @@
 #!/usr/bin/env python3
 """Read the logsad anomaly metadata from Python, without any of the plugin's Rust types.
 
-    read_meta.py PROFILE MODEL [NUM_BUFFERS]
+    read_meta.py PROFILE MODEL [NUM_BUFFERS [THRESHOLD]]
 
-Runs `videotestsrc num-buffers=N ! video/x-raw,width=64,height=64 ! logsad ! fakesink` and, in
-a pad probe on the fakesink, reads each buffer's `LogsadAnomalyMeta` custom meta: the fields of
-its structure and the anomaly map (GBytes of native-endian float32). Prints one JSON object per
-buffer on standard output; non-finite map values are printed as null. Exits non-zero on a
-pipeline error. Used by tests/logsad.rs (`metadata_is_readable_from_python`), which points
-GST_PLUGIN_PATH at the built plugin.
+Runs `videotestsrc num-buffers=N ! video/x-raw,width=64,height=64 ! logsad [threshold=T] !
+videoscale ! video/x-raw,width=96,height=96 ! fakesink` and, in a pad probe on the fakesink,
+reads each buffer's `LogsadAnomalyMeta` custom meta: the fields of its structure, the anomaly
+map (GBytes of native-endian float32) and the regions (an array of structures, read with
+`Gst.Structure.get_array`). Prints one JSON object per buffer on standard output; non-finite
+numbers are printed as null. Exits non-zero on a pipeline error. Used by tests/logsad.rs
+(`metadata_is_readable_from_python`), which points GST_PLUGIN_PATH at the built plugin.
 """
 
 import json
 import math
 import struct
 import sys
+import warnings
 
 import gi
 
@@ -29,6 +31,25 @@ def field(structure, name):
     return structure.get_value(name)
 
 
+def regions(structure):
+    """The `regions` array of structures as a list of dicts, or None if the field is missing."""
+    if not structure.has_field("regions"):
+        return None
+    # PyGObject cannot convert a GstValueArray itself; gst_structure_get_array hands it over as
+    # a GObject.ValueArray, whose get_nth GLib marks deprecated (it still works).
+    ok, array = structure.get_array("regions")
+    if not ok:
+        return None
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        items = [array.get_nth(i) for i in range(array.n_values)]
+    for region in items:
+        out.append({name: region.get_value(name)
+                    for name in ("x", "y", "width", "height", "score")})
+    return out
+
+
 def read(buffer):
     meta = buffer.get_custom_meta("LogsadAnomalyMeta")
     if meta is None:
@@ -37,8 +58,11 @@ def read(buffer):
     out = {"meta": True, "name": s.get_name()}
     for name in ("score", "calibrated", "threshold", "map-threshold", "patch-score",
                  "patch-calibrated"):
-        out[name] = field(s, name)
-    for name in ("anomalous", "stale", "frame", "detectors", "map-width", "map-height"):
+        value = field(s, name)
+        # JSON has no infinity (threshold 0 gives a map threshold of -inf): null instead.
+        out[name] = value if value is None or math.isfinite(value) else None
+    for name in ("anomalous", "stale", "frame", "detectors", "map-width", "map-height",
+                 "deinterlaced"):
         out[name] = field(s, name)
     out["frame"] = int(out["frame"]) if out["frame"] is not None else None
     data = field(s, "map")
@@ -49,6 +73,7 @@ def read(buffer):
         out["map"] = [v if math.isfinite(v) else None for v in values]
     else:
         out["map"] = None
+    out["regions"] = regions(s)
     return out
 
 
@@ -59,12 +84,16 @@ def main(argv):
     profile, model = argv[1], argv[2]
     buffers = int(argv[3]) if len(argv) > 3 else 3
     Gst.init(None)
+    # videoscale after logsad: the regions must survive it.
     pipeline = Gst.parse_launch(
         "videotestsrc num-buffers=%d ! video/x-raw,width=64,height=64 ! "
-        "logsad name=detector ! fakesink name=sink" % buffers)
+        "logsad name=detector ! videoscale ! video/x-raw,width=96,height=96 ! "
+        "fakesink name=sink" % buffers)
     detector = pipeline.get_by_name("detector")
     detector.set_property("profile", profile)
     detector.set_property("model", model)
+    if len(argv) > 4:
+        detector.set_property("threshold", float(argv[4]))
 
     results = []
 

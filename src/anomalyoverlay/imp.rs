@@ -9,8 +9,12 @@
  * - a **badge** in the top-left corner: `ANOMALY 0.97` on red or `OK 0.12` on green (the
  *   calibrated score), followed by ` (held)` when the result was carried over from an earlier
  *   frame (`stale`);
- * - **region boxes**: an outline for each `GstVideoRegionOfInterestMeta` of type `anomaly`,
- *   labelled with the `score` field of its `anomaly` parameter structure.
+ * - **region boxes**: an outline for each region of the `LogsadAnomalyMeta`'s `regions` field
+ *   (boxes relative to the frame, scaled to the current frame size, so they survive
+ *   `videoconvert` and `videoscale` between `logsad` and the overlay), labelled with its score.
+ *   When the meta has no `regions` field (an older writer), the `GstVideoRegionOfInterestMeta`s
+ *   of type `anomaly` are drawn instead, labelled with the `score` field of their `anomaly`
+ *   parameter structure (GStreamer 1.22's `videoconvert`/`videoscale` drop that structure).
  *
  * Normalisation of the heat map: a map value `v` becomes
  * `t = clamp((v - low) / (high - low), 0, 1)` and `t` indexes the colour map. When
@@ -439,18 +443,27 @@ fn rgb_from_u32(c: u32) -> [u8; 3] {
 impl AnomalyOverlay {
     /// Whether anything would be drawn on `buffer` with `settings`.
     fn has_work(&self, settings: &Settings, buffer: &gst::BufferRef) -> bool {
-        if settings.show_regions
-            && buffer
-                .iter_meta::<gst_video::VideoRegionOfInterestMeta>()
-                .any(|m| m.roi_type() == ROI_TYPE)
-        {
-            return true;
+        let result = AnomalyResult::from_buffer(buffer);
+        if settings.show_regions {
+            let meta_regions = match &result {
+                Some(Ok(r)) => r.regions.as_ref(),
+                _ => None,
+            };
+            let any = match meta_regions {
+                Some(regions) => !regions.is_empty(),
+                None => buffer
+                    .iter_meta::<gst_video::VideoRegionOfInterestMeta>()
+                    .any(|m| m.roi_type() == ROI_TYPE),
+            };
+            if any {
+                return true;
+            }
         }
         let heatmap = settings.show_heatmap && settings.opacity > 0.0;
         if !(settings.show_badge || heatmap) {
             return false;
         }
-        match AnomalyResult::from_buffer(buffer) {
+        match result {
             Some(Ok(result)) => {
                 settings.show_badge
                     || result
@@ -775,16 +788,23 @@ impl VideoFilterImpl for AnomalyOverlay {
         };
         state.regions.clear();
         if settings.show_regions {
-            state.regions.extend(
-                frame
-                    .buffer()
-                    .iter_meta::<gst_video::VideoRegionOfInterestMeta>()
-                    .filter(|m| m.roi_type() == ROI_TYPE)
-                    .map(|m| {
-                        let score = m.param(ROI_TYPE).and_then(|s| s.get::<f64>("score").ok());
-                        (m.rect(), score)
-                    }),
-            );
+            match result.as_ref().and_then(|r| r.regions.as_ref()) {
+                Some(regions) => state.regions.extend(
+                    regions
+                        .iter()
+                        .map(|r| (r.to_pixels(frame.width(), frame.height()), Some(r.score))),
+                ),
+                None => state.regions.extend(
+                    frame
+                        .buffer()
+                        .iter_meta::<gst_video::VideoRegionOfInterestMeta>()
+                        .filter(|m| m.roi_type() == ROI_TYPE)
+                        .map(|m| {
+                            let score = m.param(ROI_TYPE).and_then(|s| s.get::<f64>("score").ok());
+                            (m.rect(), score)
+                        }),
+                ),
+            }
         }
 
         let format = frame.format();

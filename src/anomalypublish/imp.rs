@@ -28,8 +28,13 @@
  * - `score`, `calibrated`, `anomalous`, `threshold`, `stale`, `analysed_frame`, `detectors`:
  *   straight from the anomaly meta (`analysed_frame` is the frame the result was computed on;
  *   `stale` is true when the result was carried over from it);
- * - `regions`: the `GstVideoRegionOfInterestMeta`s of ROI type `anomaly`, with the `score` of
- *   their `anomaly` parameter structure (`null` when absent). Always present, maybe empty;
+ * - `regions`: the regions of the anomaly meta's `regions` field, strongest first, as pixel
+ *   boxes of the current frame (the meta's relative boxes scaled to the negotiated video size,
+ *   so they follow `videoscale`) with their `score`. When the meta has no `regions` field (an
+ *   older writer), or the caps are not raw video of a known size, the
+ *   `GstVideoRegionOfInterestMeta`s of ROI type `anomaly` are used, with the `score` of their
+ *   `anomaly` parameter structure (`null` when absent: GStreamer 1.22's `videoconvert` and
+ *   `videoscale` drop it). Always present, maybe empty;
  * - `map`: size of the anomaly map when the result has one. With `include-map=true` it also holds
  *   `threshold` (the raw map threshold) and `values` (row-major, rounded to 4 decimals);
  * - `dropped_before`: only present when lines were dropped since the previous written line
@@ -352,6 +357,9 @@ struct State {
 pub struct AnomalyPublish {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
+    /// Width and height of the negotiated raw video, which the meta's relative region boxes are
+    /// scaled to; `None` for other caps.
+    frame_size: Mutex<Option<(u32, u32)>>,
     /// Lines dropped since start (the `dropped` property).
     dropped: AtomicU64,
     /// Set from a flush start or the PAUSED->READY change until the flush stop or the next start:
@@ -448,7 +456,27 @@ fn round4(v: f32) -> f64 {
     (f64::from(v) * 10_000.0).round() / 10_000.0
 }
 
-fn regions(buffer: &gst::BufferRef) -> Vec<Region> {
+/// The regions of `result` in a `size` frame, else the buffer's anomaly ROI metas.
+fn regions(
+    buffer: &gst::BufferRef,
+    result: Option<&AnomalyResult>,
+    size: Option<(u32, u32)>,
+) -> Vec<Region> {
+    if let (Some(regions), Some((w, h))) = (result.and_then(|r| r.regions.as_ref()), size) {
+        return regions
+            .iter()
+            .map(|r| {
+                let (x, y, width, height) = r.to_pixels(w, h);
+                Region {
+                    x,
+                    y,
+                    width,
+                    height,
+                    score: Some(r.score),
+                }
+            })
+            .collect();
+    }
     buffer
         .iter_meta::<gst_video::VideoRegionOfInterestMeta>()
         .filter(|roi| roi.roi_type() == ROI_TYPE)
@@ -566,7 +594,7 @@ impl AnomalyPublish {
             stale: r.map(|r| r.stale),
             analysed_frame: r.map(|r| r.frame),
             detectors: r.map(|r| Detectors(&r.detectors)),
-            regions: regions(buffer),
+            regions: regions(buffer, r, *lock(&self.frame_size)),
             map,
         };
         match serde_json::to_string(&record) {
@@ -936,6 +964,7 @@ impl BaseTransformImpl for AnomalyPublish {
 
         self.dropped.store(0, Ordering::SeqCst);
         self.unblock.store(false, Ordering::SeqCst);
+        *lock(&self.frame_size) = None;
         *lock(&self.state) = Some(State {
             sender: Some(sender),
             thread: Some(thread),
@@ -995,6 +1024,14 @@ impl BaseTransformImpl for AnomalyPublish {
             ));
         }
         gst::info!(CAT, imp = self, "Stopped");
+        Ok(())
+    }
+
+    fn set_caps(&self, incaps: &gst::Caps, _outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        // Any caps pass; raw video caps give the frame size that regions are scaled to.
+        *lock(&self.frame_size) = gst_video::VideoInfo::from_caps(incaps)
+            .ok()
+            .map(|info| (info.width(), info.height()));
         Ok(())
     }
 

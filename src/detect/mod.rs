@@ -1,7 +1,8 @@
-//! GStreamer-free algorithms: preprocessing, patch features, nearest-neighbour matching, coreset,
-//! calibration, tiling, regions and metrics.
+//! GStreamer-free algorithms: deinterlacing, preprocessing, patch features, nearest-neighbour
+//! matching, coreset, calibration, tiling, regions and metrics.
 pub mod calibrate;
 pub mod coreset;
+pub mod deinterlace;
 pub mod features;
 pub mod metrics;
 pub mod patch;

@@ -14,15 +14,26 @@
 //!     logsad profile=textile.logsad interval=2 ! videoconvert ! anomalyoverlay ! autovideosink
 //! ```
 //!
+//! Interlaced input is deinterlaced before analysis, so combing is not taken for a change of
+//! texture: with `interlace-mode=interleaved` every frame, with `mixed` the buffers flagged
+//! interlaced. The converted RGB frame is "bob" deinterlaced: the lines of the field that comes
+//! first in time stay (the top field with `field-order=top-field-first`, the bottom one with
+//! `bottom-field-first`; otherwise the buffer's TFF flag decides: top when set, bottom when
+//! not), and each line of the other field becomes the mean of the lines above and below it.
+//! The video that goes downstream is untouched; the meta's `deinterlaced` field says whether
+//! the analysed frame was deinterlaced. `interlace-mode=alternate` (one field per buffer) is
+//! refused with an error: put `deinterlace` before `logsad` for such streams.
+//!
 //! Inference runs in the streaming thread, one frame at a time: the thread is never blocked for
 //! longer than one inference. Put a leaky queue before the element on live sources, or raise
 //! `interval`, when frames arrive faster than they can be analysed.
 
+use crate::detect::deinterlace::{self, Field};
 use crate::detect::preprocess::RgbImage;
 use crate::detect::regions::{RegionOptions, DEFAULT_PEAK_FRACTION};
 use crate::detector::{frame_regions, BranchResult, Detector, Verdict};
 use crate::engine::{self, EngineOptions};
-use crate::meta::{AnomalyMap, AnomalyResult, DetectorScore};
+use crate::meta::{AnomalyMap, AnomalyRegion, AnomalyResult, DetectorScore};
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -79,12 +90,34 @@ impl Default for Settings {
     }
 }
 
-/// Converts negotiated frames to packed RGB for the detector.
+/// Converts negotiated frames to packed RGB for the detector, deinterlacing interlaced ones.
 struct Converter {
     in_info: gst_video::VideoInfo,
     rgb_info: gst_video::VideoInfo,
     converter: gst_video::VideoConverter,
     rgb: gst::Buffer,
+}
+
+/// The field a bob deinterlace of `buffer` keeps, or `None` when the frame is progressive.
+fn field_to_keep(info: &gst_video::VideoInfo, buffer: &gst::BufferRef) -> Option<Field> {
+    use gst_video::prelude::*;
+    use gst_video::{VideoBufferFlags, VideoFieldOrder, VideoInterlaceMode};
+    let flags = buffer.video_flags();
+    let interlaced = match info.interlace_mode() {
+        VideoInterlaceMode::Interleaved => true,
+        VideoInterlaceMode::Mixed => flags.contains(VideoBufferFlags::INTERLACED),
+        _ => false,
+    };
+    if !interlaced {
+        return None;
+    }
+    // The field captured first: the caps' field order, else the buffer's TFF flag.
+    Some(match info.field_order() {
+        VideoFieldOrder::TopFieldFirst => Field::Top,
+        VideoFieldOrder::BottomFieldFirst => Field::Bottom,
+        _ if flags.contains(VideoBufferFlags::TFF) => Field::Top,
+        _ => Field::Bottom,
+    })
 }
 
 impl Converter {
@@ -108,7 +141,8 @@ impl Converter {
         })
     }
 
-    fn convert(&mut self, buffer: &gst::BufferRef) -> Result<RgbImage, String> {
+    /// The frame as packed RGB, and the field kept if it was deinterlaced.
+    fn convert(&mut self, buffer: &gst::BufferRef) -> Result<(RgbImage, Option<Field>), String> {
         let src = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &self.in_info)
             .map_err(|_| "cannot map the input frame".to_string())?;
         let rgb = self.rgb.make_mut();
@@ -126,7 +160,11 @@ impl Converter {
         for row in data.chunks(stride).take(h) {
             pixels.extend_from_slice(&row[..w * 3]);
         }
-        RgbImage::new(w as u32, h as u32, pixels)
+        let field = field_to_keep(&self.in_info, buffer);
+        if let Some(field) = field {
+            deinterlace::bob(&mut pixels, w * 3, h, field)?;
+        }
+        Ok((RgbImage::new(w as u32, h as u32, pixels)?, field))
     }
 }
 
@@ -135,6 +173,8 @@ struct State {
     converter: Option<Converter>,
     frames: u64,
     last: Option<(AnomalyResult, Vec<RegionBox>)>,
+    /// Whether the INFO line about deinterlacing was logged.
+    told_deinterlacing: bool,
 }
 
 /// A region in frame pixels, with its peak map value.
@@ -309,12 +349,22 @@ impl ElementImpl for Logsad {
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             use gst_video::VideoFormat::*;
-            let caps = gst_video::VideoCapsBuilder::new()
-                .format_list([
-                    Rgb, Bgr, Rgbx, Bgrx, Xrgb, Xbgr, Rgba, Bgra, Argb, Abgr, I420, Yv12, Nv12,
-                    Nv21, Yuy2, Uyvy, Y444, Y42b, Gray8,
-                ])
+            let formats = [
+                Rgb, Bgr, Rgbx, Bgrx, Xrgb, Xbgr, Rgba, Bgra, Argb, Abgr, I420, Yv12, Nv12, Nv21,
+                Yuy2, Uyvy, Y444, Y42b, Gray8,
+            ];
+            let mut caps = gst_video::VideoCapsBuilder::new()
+                .format_list(formats)
                 .build();
+            // Alternate-field caps are accepted only to be refused in set_caps with an error
+            // that says what to do, instead of an anonymous negotiation failure.
+            caps.merge(
+                gst_video::VideoCapsBuilder::new()
+                    .features([gst_video::CAPS_FEATURE_FORMAT_INTERLACED])
+                    .format_list(formats)
+                    .field("interlace-mode", "alternate")
+                    .build(),
+            );
             vec![
                 gst::PadTemplate::new(
                     "src",
@@ -381,6 +431,7 @@ impl BaseTransformImpl for Logsad {
             converter: None,
             frames: 0,
             last: None,
+            told_deinterlacing: false,
         });
         Ok(())
     }
@@ -394,6 +445,19 @@ impl BaseTransformImpl for Logsad {
     fn set_caps(&self, incaps: &gst::Caps, _outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
         let info = gst_video::VideoInfo::from_caps(incaps)
             .map_err(|_| gst::loggable_error!(CAT, "unsupported caps {incaps}"))?;
+        if info.interlace_mode() == gst_video::VideoInterlaceMode::Alternate {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Format,
+                ("interlace-mode=alternate (one field per buffer) is not supported: put \
+                     `deinterlace` before logsad"),
+                ["caps {}", incaps]
+            );
+            return Err(gst::loggable_error!(
+                CAT,
+                "interlace-mode=alternate is not supported"
+            ));
+        }
         let converter = Converter::new(&info)
             .map_err(|e| gst::loggable_error!(CAT, "cannot convert {incaps} to RGB: {e}"))?;
         let mut state = self.state.lock().unwrap();
@@ -488,7 +552,7 @@ impl Logsad {
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ("no caps negotiated"));
             gst::FlowError::NotNegotiated
         })?;
-        let image = converter.convert(buf).map_err(|e| {
+        let (image, field) = converter.convert(buf).map_err(|e| {
             gst::element_imp_error!(
                 self,
                 gst::StreamError::Format,
@@ -496,6 +560,19 @@ impl Logsad {
             );
             gst::FlowError::Error
         })?;
+        if let Some(field) = field.filter(|_| !state.told_deinterlacing) {
+            state.told_deinterlacing = true;
+            gst::info!(
+                CAT,
+                imp = self,
+                "interlaced input: frames are deinterlaced (bob, keeping the {} field) before \
+                 analysis; the video itself goes on untouched",
+                match field {
+                    Field::Top => "top",
+                    Field::Bottom => "bottom",
+                }
+            );
+        }
         let detector = &mut state.detector;
         let analysis =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| detector.analyse(&image)))
@@ -541,6 +618,13 @@ impl Logsad {
                 &map.map,
             )),
             map_threshold: verdict.map_threshold,
+            deinterlaced: field.is_some(),
+            regions: Some(
+                regions
+                    .iter()
+                    .map(|r| AnomalyRegion::from_pixels(r.rect, image.width, image.height, r.score))
+                    .collect(),
+            ),
         };
         Ok((result, regions))
     }
