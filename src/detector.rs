@@ -143,6 +143,8 @@ pub struct BranchResult {
     pub map: Vec<f32>,
     pub map_width: usize,
     pub map_height: usize,
+    /// The tile grid (rows, cols) the map was stitched from.
+    pub tiles: (usize, usize),
 }
 
 /// Scores the tile features of one image against a branch's bank; `input` is the model's
@@ -175,6 +177,7 @@ pub fn score_branch(
         map,
         map_width,
         map_height,
+        tiles: (spec.tiling.rows as usize, spec.tiling.cols as usize),
     })
 }
 
@@ -282,6 +285,7 @@ pub fn frame_regions(
         &map.map,
         map.map_width,
         map.map_height,
+        map.tiles,
         map_threshold as f32,
         options,
     )

@@ -272,7 +272,7 @@ struct EvalArgs {
     region_merge: RegionMerge,
     /// Region boxes measured against the masks: whose peak the fraction refers to, each
     /// region's own (region) or the frame's highest cell (frame); comma-separated for both.
-    #[arg(long, value_name = "region|frame", value_delimiter = ',', default_value = "region")]
+    #[arg(long, value_name = "region|frame", value_delimiter = ',', default_value = "frame")]
     region_peak_scope: Vec<PeakScope>,
     /// Dataset root (or one category folder of MVTec AD / LOCO).
     root: PathBuf,

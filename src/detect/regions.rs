@@ -110,7 +110,7 @@ impl Default for RegionOptions {
     fn default() -> Self {
         RegionOptions {
             peak_fraction: DEFAULT_PEAK_FRACTION,
-            peak_scope: PeakScope::Region,
+            peak_scope: PeakScope::Frame,
             merge_overlapping: true,
             min_area: 1,
         }
@@ -148,7 +148,7 @@ impl std::fmt::Display for PeakScope {
 }
 
 /// Default [`RegionOptions::peak_fraction`], chosen on a tuning set of synthetic defects (see
-/// the README's region measurements).
+/// the README's region measurements), as was the default scope, [`PeakScope::Frame`].
 pub const DEFAULT_PEAK_FRACTION: f32 = 0.5;
 
 impl RegionOptions {
@@ -165,11 +165,16 @@ impl RegionOptions {
 
 /// The regions where a map shows anomalies, in map cells, sorted by `max` descending.
 ///
+/// The map is stitched from `blocks` = (rows, cols) equal tiles ((1, 1) for a whole-frame map):
+/// a vision transformer's attention raises the level of a whole tile around a strong defect, so
+/// each tile has its own background level.
+///
 /// 1. Seeds: the 8-connected groups of cells strictly above `threshold` (any size).
 /// 2. Each seed is cut down to its cells above `max(threshold, b + f * (peak - b))`, where `b` is
-///    the median of the map's finite cells (the background level), `peak` the seed's largest
-///    value (or the frame's, with [`PeakScope::Frame`]) and `f` = `options.peak_fraction`; what
-///    remains may split into several regions. With `f = 0` nothing is cut.
+///    the median of the finite cells of the tile that holds the seed's peak (the background
+///    level), `peak` the seed's largest value (or the frame's, with [`PeakScope::Frame`]) and
+///    `f` = `options.peak_fraction`; what remains may split into several regions. With `f = 0`
+///    nothing is cut.
 /// 3. Regions smaller than `options.min_area` cells are dropped; with `merge_overlapping`,
 ///    regions whose boxes overlap are merged (box union, largest max, area-weighted mean) until
 ///    no two boxes overlap.
@@ -180,26 +185,39 @@ pub fn anomaly_regions(
     map: &[f32],
     width: usize,
     height: usize,
+    blocks: (usize, usize),
     threshold: f32,
     options: &RegionOptions,
 ) -> Vec<Region> {
     let mut regions = if options.peak_fraction > 0.0 {
         let fraction = options.peak_fraction.min(1.0);
-        let background = median_finite(map);
+        let backgrounds = block_medians(map, width, height, blocks);
+        let block_of = |cell: usize| {
+            let (rows, cols) = (blocks.0.clamp(1, height.max(1)), blocks.1.clamp(1, width.max(1)));
+            let (x, y) = (cell % width, cell / width);
+            (y * rows / height) * cols + x * cols / width
+        };
         let seeds = label_above(map, width, height, threshold);
-        let mut peaks = vec![f32::NEG_INFINITY; seeds.count];
-        for (&label, &v) in seeds.labels.iter().zip(map) {
+        // Per seed: its peak value and the background of the tile holding the peak.
+        let mut peaks = vec![(f32::NEG_INFINITY, 0usize); seeds.count];
+        for (cell, (&label, &v)) in seeds.labels.iter().zip(map).enumerate() {
             if let Some(l) = label {
-                peaks[l] = peaks[l].max(v);
+                if v > peaks[l].0 {
+                    peaks[l] = (v, cell);
+                }
             }
         }
-        if options.peak_scope == PeakScope::Frame {
-            let frame_peak = peaks.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            peaks.fill(frame_peak);
-        }
+        let frame_peak = peaks.iter().map(|p| p.0).fold(f32::NEG_INFINITY, f32::max);
         let levels: Vec<f32> = peaks
             .iter()
-            .map(|&peak| threshold.max(background + fraction * (peak - background)))
+            .map(|&(peak, cell)| {
+                let peak = match options.peak_scope {
+                    PeakScope::Region => peak,
+                    PeakScope::Frame => frame_peak,
+                };
+                let background = backgrounds[block_of(cell)];
+                threshold.max(background + fraction * (peak - background))
+            })
             .collect();
         // Cells outside every seed, or below their seed's level, can never join a region.
         let trimmed: Vec<f32> = seeds
@@ -254,6 +272,18 @@ fn label_above(map: &[f32], width: usize, height: usize, threshold: f32) -> Labe
         count += 1;
     }
     Labels { labels, count }
+}
+
+/// The median of the finite cells of each of `blocks` = (rows, cols) equal blocks of the map
+/// (block `r * cols + c`); the grid is capped at the map's size.
+fn block_medians(map: &[f32], width: usize, height: usize, blocks: (usize, usize)) -> Vec<f32> {
+    let (rows, cols) = (blocks.0.clamp(1, height.max(1)), blocks.1.clamp(1, width.max(1)));
+    let mut cells: Vec<Vec<f32>> = vec![Vec::new(); rows * cols];
+    for (i, &v) in map.iter().enumerate() {
+        let (x, y) = (i % width, i / width);
+        cells[(y * rows / height) * cols + x * cols / width].push(v);
+    }
+    cells.iter().map(|c| median_finite(c)).collect()
 }
 
 /// The median of the finite values (the mean of the middle two for an even count); 0 when none.
@@ -458,11 +488,11 @@ mod tests {
             "11111111", //
         ]);
         // Earlier boxes: the whole plateau.
-        let before = anomaly_regions(&m, w, h, 0.2, &RegionOptions::above_threshold(1));
+        let before = anomaly_regions(&m, w, h, (1, 1), 0.2, &RegionOptions::above_threshold(1));
         assert_eq!(before, regions_above(&m, w, h, 0.2, 1));
         assert_eq!((before[0].x, before[0].y, before[0].width, before[0].height), (1, 1, 6, 5));
         // Background 0.1 (the median), peak 0.9: cut at 0.1 + 0.5 * 0.8 = 0.5.
-        let after = anomaly_regions(&m, w, h, 0.2, &RegionOptions::default());
+        let after = anomaly_regions(&m, w, h, (1, 1), 0.2, &RegionOptions::default());
         assert_eq!(
             after,
             vec![Region {
@@ -482,7 +512,7 @@ mod tests {
         // Peak 0.4 on a 0.1 background: 0.1 + 0.5 * 0.3 = 0.25 is below the threshold 0.3,
         // so the cut is the threshold itself.
         let (m, w, h) = map(&["1111", "1341", "1441", "1111"]);
-        let r = anomaly_regions(&m, w, h, 0.3, &RegionOptions::default());
+        let r = anomaly_regions(&m, w, h, (1, 1), 0.3, &RegionOptions::default());
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].x, r[0].y, r[0].width, r[0].height, r[0].area), (1, 1, 2, 2, 3));
     }
@@ -491,7 +521,7 @@ mod tests {
     fn two_peaks_on_one_seed_stay_two_regions() {
         // One seed above 0.2; cut at 0.1 + 0.5 * 0.8 = 0.5 leaves two separate peaks.
         let (m, w, h) = map(&["1111111", "1933381", "1111111", "1111111"]);
-        let r = anomaly_regions(&m, w, h, 0.2, &RegionOptions::default());
+        let r = anomaly_regions(&m, w, h, (1, 1), 0.2, &RegionOptions::default());
         assert_eq!(r.len(), 2);
         assert_eq!((r[0].x, r[0].max), (1, 0.9));
         assert_eq!((r[1].x, r[1].max), (5, 0.8));
@@ -502,13 +532,13 @@ mod tests {
         // Peaks 0.9 and 0.4 on a 0.1 background, threshold 0.2. Per region, the weak one is cut
         // at 0.1 + 0.5 * 0.3 = 0.25 and stays; against the frame's peak (cut at 0.5) it goes.
         let (m, w, h) = map(&["1111111", "1911141", "1111111"]);
-        let per_region = anomaly_regions(&m, w, h, 0.2, &RegionOptions::default());
-        assert_eq!(per_region.len(), 2);
         let options = RegionOptions {
-            peak_scope: PeakScope::Frame,
+            peak_scope: PeakScope::Region,
             ..RegionOptions::default()
         };
-        let r = anomaly_regions(&m, w, h, 0.2, &options);
+        let per_region = anomaly_regions(&m, w, h, (1, 1), 0.2, &options);
+        assert_eq!(per_region.len(), 2);
+        let r = anomaly_regions(&m, w, h, (1, 1), 0.2, &RegionOptions::default());
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].x, r[0].y, r[0].max), (1, 1, 0.9));
         assert_eq!("frame".parse::<PeakScope>(), Ok(PeakScope::Frame));
@@ -524,7 +554,7 @@ mod tests {
             ..RegionOptions::above_threshold(1)
         };
         assert_eq!(regions_above(&m, w, h, 0.5, 1).len(), 2);
-        let r = anomaly_regions(&m, w, h, 0.5, &options);
+        let r = anomaly_regions(&m, w, h, (1, 1), 0.5, &options);
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].x, r[0].y, r[0].width, r[0].height, r[0].area), (0, 0, 4, 3, 7));
         assert_eq!(r[0].max, 0.9);
@@ -547,6 +577,24 @@ mod tests {
         ]);
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!((r[0].x, r[0].y, r[0].width, r[0].height, r[0].area), (0, 0, 7, 2, 3));
+    }
+
+    #[test]
+    fn each_tile_has_its_own_background() {
+        // Two tiles side by side: the right one raised to 0.5 around a 0.9 defect, the left one
+        // at 0.1. With the frame's median (0.3) the cut is 0.6 and keeps the raised cell 0.7
+        // apart from the defect as a second region; with the right tile's median (0.5) the cut
+        // is 0.7, and only the defect remains.
+        let (m, w, h) = map(&["11115555", "11115955", "11115557", "11115555"]);
+        let whole = anomaly_regions(&m, w, h, (1, 1), 0.2, &RegionOptions::default());
+        assert_eq!(whole.len(), 2, "{whole:?}");
+        assert_eq!((whole[1].x, whole[1].y, whole[1].max), (7, 2, 0.7));
+        let tiled = anomaly_regions(&m, w, h, (1, 2), 0.2, &RegionOptions::default());
+        assert_eq!(tiled.len(), 1, "{tiled:?}");
+        assert_eq!((tiled[0].x, tiled[0].y, tiled[0].width, tiled[0].height), (5, 1, 1, 1));
+        assert_eq!(block_medians(&m, w, h, (1, 2)), vec![0.1, 0.5]);
+        // More blocks than cells: one block per cell.
+        assert_eq!(block_medians(&[1.0, 2.0], 2, 1, (4, 4)), vec![1.0, 2.0]);
     }
 
     #[test]

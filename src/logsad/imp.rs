@@ -41,7 +41,7 @@ use gst_base::subclass::prelude::*;
 use std::path::PathBuf;
 use std::sync::{LazyLock, Mutex};
 
-use super::LogsadDevice;
+use super::{LogsadDevice, LogsadPeakScope};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -68,6 +68,7 @@ struct Settings {
     interval: u32,
     min_region_area: u32,
     region_peak_fraction: f64,
+    region_peak_scope: LogsadPeakScope,
     merge_regions: bool,
 }
 
@@ -85,6 +86,7 @@ impl Default for Settings {
             interval: DEFAULT_INTERVAL,
             min_region_area: 1,
             region_peak_fraction: DEFAULT_PEAK_FRACTION as f64,
+            region_peak_scope: LogsadPeakScope::Frame,
             merge_regions: true,
         }
     }
@@ -273,6 +275,14 @@ impl ObjectImpl for Logsad {
                     .default_value(DEFAULT_PEAK_FRACTION as f64)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default(
+                    "region-peak-scope",
+                    LogsadPeakScope::Frame,
+                )
+                .nick("Region peak scope")
+                .blurb("Whose peak region-peak-fraction refers to: the frame's or each region's")
+                .mutable_playing()
+                .build(),
                 glib::ParamSpecBoolean::builder("merge-regions")
                     .nick("Merge regions")
                     .blurb("Merge regions whose boxes overlap into one")
@@ -304,6 +314,7 @@ impl ObjectImpl for Logsad {
             "interval" => s.interval = value.get().unwrap(),
             "min-region-area" => s.min_region_area = value.get().unwrap(),
             "region-peak-fraction" => s.region_peak_fraction = value.get().unwrap(),
+            "region-peak-scope" => s.region_peak_scope = value.get().unwrap(),
             "merge-regions" => s.merge_regions = value.get().unwrap(),
             other => unreachable!("unknown property {other}"),
         }
@@ -324,6 +335,7 @@ impl ObjectImpl for Logsad {
             "interval" => s.interval.to_value(),
             "min-region-area" => s.min_region_area.to_value(),
             "region-peak-fraction" => s.region_peak_fraction.to_value(),
+            "region-peak-scope" => s.region_peak_scope.to_value(),
             "merge-regions" => s.merge_regions.to_value(),
             "provider" => self.provider.lock().unwrap().to_value(),
             other => unreachable!("unknown property {other}"),
@@ -485,9 +497,9 @@ impl BaseTransformImpl for Logsad {
             let s = self.settings.lock().unwrap();
             let region_options = RegionOptions {
                 peak_fraction: s.region_peak_fraction as f32,
+                peak_scope: s.region_peak_scope.into(),
                 merge_overlapping: s.merge_regions,
                 min_area: s.min_region_area as usize,
-                ..RegionOptions::default()
             };
             (s.interval.max(1) as u64, s.threshold, region_options)
         };

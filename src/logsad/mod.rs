@@ -36,6 +36,28 @@ impl From<LogsadDevice> for crate::engine::Device {
     }
 }
 
+/// Whose peak the `region-peak-fraction` refers to; mirrors
+/// [`crate::detect::regions::PeakScope`] as a GStreamer enum.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstLogsadPeakScope")]
+pub enum LogsadPeakScope {
+    #[default]
+    #[enum_value(name = "The frame's highest cell: only responses near the strongest", nick = "frame")]
+    Frame = 0,
+    #[enum_value(name = "Each region's own peak: a box for every defect", nick = "region")]
+    Region = 1,
+}
+
+impl From<LogsadPeakScope> for crate::detect::regions::PeakScope {
+    fn from(s: LogsadPeakScope) -> Self {
+        match s {
+            LogsadPeakScope::Frame => crate::detect::regions::PeakScope::Frame,
+            LogsadPeakScope::Region => crate::detect::regions::PeakScope::Region,
+        }
+    }
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     gst::Element::register(
         Some(plugin),
