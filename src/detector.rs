@@ -106,7 +106,7 @@ impl Extractor {
             pixels.reserve(tiles.len() * 3 * plane);
             for tile in &tiles {
                 self.preprocessor
-                    .push_tile(image, tile, &placement, &mut pixels)
+                    .push_tile(image, tile, &placement, tiling.resample, &mut pixels)
                     .map_err(DetectorError::Image)?;
             }
             tile_counts.push(tiles.len());
