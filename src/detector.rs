@@ -2,7 +2,7 @@
 //! calibrated, fused verdict. Shared by the `logsad` element and the `logsad` command; knows
 //! nothing of GStreamer.
 
-use crate::detect::calibrate::{fuse_max, sigmoid};
+use crate::detect::calibrate::{fuse_max, sigmoid, MIN_SPREAD};
 use crate::detect::features::{patch_features, Grid, PatchFeatures};
 use crate::detect::patch::{anomaly_map, MemoryBank};
 use crate::detect::preprocess::{Preprocessor, RgbImage};
@@ -283,8 +283,24 @@ impl Detector {
                 ),
             });
         }
-        let (backbone, warnings) = Backbone::load(manifest, options)?;
+        let (backbone, mut warnings) = Backbone::load(manifest, options)?;
         profile.check_model(profile_path, backbone.identity())?;
+        // Profiles from before the spread floor may hold a spread of float noise.
+        for branch in h
+            .branches
+            .iter()
+            .filter(|b| b.calibration.spread_too_small())
+        {
+            warnings.push(format!(
+                "profile {}: branch {} was calibrated on validation scores that spread by {:.1e}, \
+                 below {MIN_SPREAD:.0e} (float rounding); its calibrated scores divide by \
+                 {MIN_SPREAD:.0e} instead and mean little: enroll again with more, varied \
+                 anomaly-free images for --validation",
+                profile_path.display(),
+                branch.spec.name,
+                branch.calibration.std
+            ));
+        }
         // The same weights run at another input size (a manifest for a dynamic-size model) give
         // another token grid.
         let model_grid = (

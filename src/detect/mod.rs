@@ -1,6 +1,7 @@
 //! GStreamer-free algorithms: preprocessing, patch features, nearest-neighbour matching, coreset,
-//! calibration, tiling, regions and metrics.
+//! calibration, copies among enrollment inputs, tiling, regions and metrics.
 pub mod calibrate;
+pub mod copies;
 pub mod coreset;
 pub mod features;
 pub mod metrics;

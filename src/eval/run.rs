@@ -299,7 +299,7 @@ pub fn evaluate(
                 calibration: options.calibration,
             };
             let start = Instant::now();
-            let profile = enroll_with(
+            let (profile, enroll_warnings) = enroll_with(
                 &mut extractor,
                 references,
                 validation,
@@ -314,6 +314,9 @@ pub fn evaluate(
                     })
                 },
             )?;
+            for w in &enroll_warnings {
+                progress(EvalProgress::Warning(&format!("category '{name}': {w}")));
+            }
             let enroll_s = start.elapsed().as_secs_f64();
             let mut detector = Detector { extractor, profile };
             let scored = score_category(&mut detector, test, pixel, options.batch, &mut |done| {
