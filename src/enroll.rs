@@ -1,7 +1,7 @@
 //! Enrollment: reference images -> memory banks; validation images -> calibration; both ->
 //! profile. Also the presets of detector branches.
 
-use crate::detect::calibrate::{Calibration, CalibrationError, CalibrationMethod};
+use crate::detect::calibrate::{outliers, Calibration, CalibrationError, CalibrationMethod};
 use crate::detect::copies::{is_near_copy, pixel_digest, PixelDigest, NEAR_COPY_DISTANCE};
 use crate::detect::coreset::greedy_coreset;
 use crate::detect::patch::MemoryBank;
@@ -143,7 +143,8 @@ pub fn enroll(
 /// scored and listed in the profile), a validation image with the same pixels as a reference,
 /// and a branch whose validation scores do not spread (see [`Calibration::fit_with`]). Warns
 /// about references that are copies of each other and validation images that match the
-/// references almost exactly ([`is_near_copy`] on every patch-matching branch).
+/// references almost exactly ([`is_near_copy`] on every patch-matching branch) and validation
+/// scores far from the others ([`outliers`]).
 pub fn enroll_with(
     extractor: &mut Extractor,
     references: &[PathBuf],
@@ -283,6 +284,18 @@ pub fn enroll_with(
                     };
                     DetectorError::Image(format!("calibration of branch {}: {e}{fix}", spec.name))
                 })?;
+            for (i, deviations) in outliers(&validation_scores) {
+                warnings.push(format!(
+                    "validation image {} scores {:.1} robust deviations {} the others on branch \
+                     {}: an anomalous or damaged image, or a copy of a reference, widens the \
+                     spread and mutes real defects; check it or leave it out of --validation \
+                     (or use --calibration median-mad)",
+                    validation[i].display(),
+                    deviations.abs(),
+                    if deviations > 0.0 { "above" } else { "below" },
+                    spec.name
+                ));
+            }
             Ok(Branch {
                 spec: spec.clone(),
                 calibration,

@@ -185,6 +185,34 @@ fn a_validation_image_matching_the_references_everywhere_is_warned_about() {
 }
 
 #[test]
+fn a_validation_image_far_from_the_others_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    // A frame of flat colour, as a damaged or blank capture decodes.
+    let flat = dir.path().join("flat.png");
+    image::RgbImage::from_pixel(250, 250, image::Rgb([200, 30, 30]))
+        .save(&flat)
+        .unwrap();
+    // Textile 8 is left out: the tiny model (random features) scores it far out too.
+    let mut validation: Vec<PathBuf> = (5..8).chain(9..13).map(nominal).collect();
+    validation.push(flat.clone());
+    let (profile, warnings) = run(
+        &[nominal(1), nominal(2)],
+        &validation,
+        CalibrationMethod::MeanStd,
+    )
+    .unwrap();
+    let scores = &profile.header.branches[0].validation_scores;
+    assert_eq!(warnings.len(), 1, "{warnings:?} {scores:?}");
+    let want = format!("validation image {} scores ", show(&flat));
+    assert!(
+        warnings[0].starts_with(&want)
+            && warnings[0].contains("robust deviations above the others on branch patch")
+            && warnings[0].contains("check it or leave it out of --validation"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
 fn a_spread_of_float_noise_is_refused_naming_the_branch() {
     let dir = tempfile::tempdir().unwrap();
     // Copies of a reference with one grey level changed in one pixel: not the same pixels, but

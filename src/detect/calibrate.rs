@@ -170,6 +170,30 @@ impl Calibration {
     }
 }
 
+/// Distance from the median, in robust standard deviations (1.4826 x MAD), beyond which a
+/// validation score is an outlier: about 2e-9 of normally distributed scores lie so far out, so
+/// such a score comes from a different image (anomalous, damaged, or a copy of a reference), and
+/// it alone widens the mean-std spread.
+pub const OUTLIER_DEVIATIONS: f64 = 6.0;
+
+/// The scores further than [`OUTLIER_DEVIATIONS`] robust standard deviations from the median of
+/// `scores`, as `(index, signed deviations)`. Empty for fewer than 3 scores or a robust spread
+/// below [`MIN_SPREAD`] (nothing to measure against).
+pub fn outliers(scores: &[f64]) -> Vec<(usize, f64)> {
+    if scores.len() < 3 {
+        return Vec::new();
+    }
+    let Ok(robust) = Calibration::fit_with(scores, CalibrationMethod::MedianMad) else {
+        return Vec::new();
+    };
+    scores
+        .iter()
+        .map(|&s| robust.z(s))
+        .enumerate()
+        .filter(|(_, z)| z.abs() > OUTLIER_DEVIATIONS)
+        .collect()
+}
+
 /// Logistic function, computed without overflow for large |x|.
 pub fn sigmoid(x: f64) -> f64 {
     if x >= 0.0 {
@@ -287,6 +311,27 @@ mod tests {
             assert_eq!(c.calibrated(1.0), 0.5);
             assert!(close(c.raw_at(sigmoid(1.0)), 1.0 + 1e-5, 1e-12));
         }
+    }
+
+    #[test]
+    fn outliers_hand_computed() {
+        // Median 0.10; deviations 0.01 0.01 0 0.01 0.01 0 0.40 -> MAD 0.01, robust std
+        // 0.014826. 0.50 is 0.40 / 0.014826 = 26.98 deviations out; 0.11 only 0.67.
+        let scores = [0.09, 0.11, 0.10, 0.09, 0.11, 0.10, 0.50];
+        let found = outliers(&scores);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, 6);
+        assert!(close(found[0].1, 0.40 / (0.01 * MAD_TO_STD), 1e-9));
+        // Below the median too, as a copy of a reference scores about 0. Median 0.10,
+        // deviations 0.10 0.01 0 0.01 0.01 -> MAD 0.01: 0.0 is -6.74 deviations out.
+        let found = outliers(&[0.0, 0.11, 0.10, 0.09, 0.11]);
+        assert_eq!(found.iter().map(|f| f.0).collect::<Vec<_>>(), [0]);
+        assert!(found[0].1 < -6.0);
+        // 0.16 is 0.06 / 0.014826 = 4.05 deviations out: kept.
+        assert!(outliers(&[0.09, 0.11, 0.10, 0.09, 0.11, 0.10, 0.16]).is_empty());
+        // Too few scores, or no spread to measure against.
+        assert!(outliers(&[0.1, 0.9]).is_empty());
+        assert!(outliers(&[0.1, 0.1, 0.1, 0.9]).is_empty());
     }
 
     #[test]
