@@ -173,7 +173,7 @@ impl Bare {
             let tiles = whole.tiles(image.width, image.height);
             let placement = whole.placement(image.width, image.height, input_size);
             let mut out = Vec::new();
-            pre.push_tile(image, &tiles[0], &placement, &mut out)
+            pre.push_tile(image, &tiles[0], &placement, whole.resample, &mut out)
                 .expect("preprocess");
             out
         };
@@ -262,7 +262,7 @@ fn breakdown_chunk(
         let input_size = (m.input.width as u32, m.input.height as u32);
         let placement = whole.placement(image.width, image.height, input_size);
         let mut pixels = Vec::with_capacity(3 * m.input.width * m.input.height);
-        pre.push_tile(image, &tiles[0], &placement, &mut pixels)
+        pre.push_tile(image, &tiles[0], &placement, whole.resample, &mut pixels)
             .expect("preprocess");
         b.preprocess += t.elapsed();
         let t = Instant::now();
@@ -485,7 +485,7 @@ fn tile_features(
         .iter()
         .map(|tile| {
             let mut pixels = Vec::with_capacity(3 * m.input.width * m.input.height);
-            pre.push_tile(image, tile, &placement, &mut pixels)
+            pre.push_tile(image, tile, &placement, tiling.resample, &mut pixels)
                 .expect("preprocess");
             let outputs = backbone.run(pixels, 1).expect("backbone run");
             patch_features(&outputs.stages, 0, grid, upsample)

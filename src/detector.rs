@@ -2,7 +2,7 @@
 //! calibrated, fused verdict. Shared by the `logsad` element and the `logsad` command; knows
 //! nothing of GStreamer.
 
-use crate::detect::calibrate::{fuse_max, sigmoid};
+use crate::detect::calibrate::{fuse_max, sigmoid, MIN_SPREAD};
 use crate::detect::features::{patch_features, Grid, PatchFeatures};
 use crate::detect::patch::{anomaly_map, MemoryBank};
 use crate::detect::preprocess::{Preprocessor, RgbImage};
@@ -110,7 +110,7 @@ impl Extractor {
             pixels.reserve(tiles.len() * 3 * plane);
             for tile in &tiles {
                 self.preprocessor
-                    .push_tile(image, tile, &placement, &mut pixels)
+                    .push_tile(image, tile, &placement, tiling.resample, &mut pixels)
                     .map_err(DetectorError::Image)?;
             }
             tile_counts.push(tiles.len());
@@ -333,8 +333,24 @@ impl Detector {
                 ),
             });
         }
-        let (backbone, warnings) = Backbone::load(manifest, options)?;
+        let (backbone, mut warnings) = Backbone::load(manifest, options)?;
         profile.check_model(profile_path, backbone.identity())?;
+        // Profiles from before the spread floor may hold a spread of float noise.
+        for branch in h
+            .branches
+            .iter()
+            .filter(|b| b.calibration.spread_too_small())
+        {
+            warnings.push(format!(
+                "profile {}: branch {} was calibrated on validation scores that spread by {:.1e}, \
+                 below {MIN_SPREAD:.0e} (float rounding); its calibrated scores divide by \
+                 {MIN_SPREAD:.0e} instead and mean little: enroll again with more, varied \
+                 anomaly-free images for --validation",
+                profile_path.display(),
+                branch.spec.name,
+                branch.calibration.std
+            ));
+        }
         // The same weights run at another input size (a manifest for a dynamic-size model) give
         // another token grid.
         let model_grid = (

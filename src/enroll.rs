@@ -1,7 +1,8 @@
 //! Enrollment: reference images -> memory banks; validation images -> calibration; both ->
 //! profile. Also the presets of detector branches.
 
-use crate::detect::calibrate::{Calibration, CalibrationMethod};
+use crate::detect::calibrate::{outliers, Calibration, CalibrationError, CalibrationMethod};
+use crate::detect::copies::{is_near_copy, pixel_digest, PixelDigest, NEAR_COPY_DISTANCE};
 use crate::detect::coreset::greedy_coreset;
 use crate::detect::patch::MemoryBank;
 use crate::detect::score::Reduction;
@@ -119,27 +120,34 @@ pub fn enroll(
     options: &EnrollOptions,
     progress: &mut dyn FnMut(Phase, usize, usize),
 ) -> Result<(Profile, Vec<String>), DetectorError> {
-    let (mut extractor, warnings) = load_extractor(manifest_path, &options.engine)?;
-    let profile = enroll_with(&mut extractor, references, validation, options, progress)?;
+    let (mut extractor, mut warnings) = load_extractor(manifest_path, &options.engine)?;
+    let (profile, more) = enroll_with(&mut extractor, references, validation, options, progress)?;
+    warnings.extend(more);
     Ok((profile, warnings))
 }
 
 /// Builds a profile with an already loaded model (evaluation reuses one across categories).
+/// Returns it with warnings about the inputs.
+///
+/// Refuses inputs a calibration cannot stand on, naming the files and the fix: fewer than 2
+/// distinct validation images (exact copies among them count once, and only the first is
+/// scored and listed in the profile), a validation image with the same pixels as a reference,
+/// and a branch whose validation scores do not spread (see [`Calibration::fit_with`]). Warns
+/// about references that are copies of each other and validation images that match the
+/// references almost exactly ([`is_near_copy`] on every patch-matching branch) and validation
+/// scores far from the others ([`outliers`]).
 pub fn enroll_with(
     extractor: &mut Extractor,
     references: &[PathBuf],
     validation: &[PathBuf],
     options: &EnrollOptions,
     progress: &mut dyn FnMut(Phase, usize, usize),
-) -> Result<Profile, DetectorError> {
+) -> Result<(Profile, Vec<String>), DetectorError> {
     if references.is_empty() {
         return Err(DetectorError::Image("no reference images".into()));
     }
-    if validation.len() < 2 {
-        return Err(DetectorError::Image(
-            "calibration needs at least 2 validation images".into(),
-        ));
-    }
+    let mut warnings = Vec::new();
+    let (validation, validation_digests) = distinct_validation(validation, &mut warnings)?;
     if options.branches.is_empty() {
         return Err(DetectorError::Image("no detector branches".into()));
     }
@@ -165,10 +173,29 @@ pub fn enroll_with(
         }
     }
     let mut banks: Vec<MemoryBank> = kinds.iter().map(|(_, p)| new_bank(*p)).collect();
+    let mut reference_digests: Vec<PixelDigest> = Vec::with_capacity(references.len());
     for (group_index, group) in references.chunks(CORESET_GROUP).enumerate() {
         let mut group_banks: Vec<MemoryBank> = kinds.iter().map(|(_, p)| new_bank(*p)).collect();
         for (i, path) in group.iter().enumerate() {
             let image = load_rgb(path)?;
+            let digest = pixel_digest(&image);
+            if let Some(v) = validation_digests.iter().position(|d| *d == digest) {
+                return Err(DetectorError::Image(format!(
+                    "validation image {} is a copy of reference {} (same pixels): use other \
+                     anomaly-free images for --validation",
+                    validation[v].display(),
+                    path.display()
+                )));
+            }
+            if let Some(r) = reference_digests.iter().position(|d| *d == digest) {
+                warnings.push(format!(
+                    "reference {} is a copy of reference {} (same pixels): it adds nothing to the \
+                     bank; use another anomaly-free image",
+                    path.display(),
+                    references[r].display()
+                ));
+            }
+            reference_digests.push(digest);
             let features = features_by_tiling(extractor, &specs, &[&image])?;
             for ((tiling, pooling), bank) in kinds.iter().zip(&mut group_banks) {
                 for tile in tiles_of(&features, tiling, 0) {
@@ -211,10 +238,23 @@ pub fn enroll_with(
     for (i, path) in validation.iter().enumerate() {
         let image = load_rgb(path)?;
         let features = features_by_tiling(extractor, &specs, &[&image])?;
+        // Near copy: every patch of every patch-matching branch found in the bank.
+        let mut near_copy = None;
         for ((spec, bank), branch_scores) in specs.iter().zip(&branch_banks).zip(&mut scores) {
             let tiles = tiles_of(&features, &spec.tiling, 0);
-            branch_scores
-                .push(score_branch(spec, bank, tiles, &image, extractor.input_size())?.raw);
+            let result = score_branch(spec, bank, tiles, &image, extractor.input_size())?;
+            if spec.pooling == Pooling::None {
+                near_copy = Some(near_copy.unwrap_or(true) && is_near_copy(&result.map));
+            }
+            branch_scores.push(result.raw);
+        }
+        if near_copy == Some(true) {
+            warnings.push(format!(
+                "validation image {} matches the references almost exactly (every patch within \
+                 cosine distance {NEAR_COPY_DISTANCE} of the bank): it is probably a copy of a \
+                 reference; use other anomaly-free images for --validation",
+                path.display()
+            ));
         }
         progress(Phase::Validation, i + 1, validation.len());
     }
@@ -225,8 +265,28 @@ pub fn enroll_with(
         .map(|(spec, validation_scores)| {
             let calibration = Calibration::fit_with(&validation_scores, options.calibration)
                 .map_err(|e| {
-                    DetectorError::Image(format!("calibration of branch {}: {e}", spec.name))
+                    let fix = match e {
+                        CalibrationError::NoSpread { .. } => {
+                            "; the validation images score alike on this branch: use more, \
+                             varied anomaly-free images for --validation, not copies of each \
+                             other or of the references"
+                        }
+                        _ => "",
+                    };
+                    DetectorError::Image(format!("calibration of branch {}: {e}{fix}", spec.name))
                 })?;
+            for (i, deviations) in outliers(&validation_scores) {
+                warnings.push(format!(
+                    "validation image {} scores {:.1} robust deviations {} the others on branch \
+                     {}: an anomalous or damaged image, or a copy of a reference, widens the \
+                     spread and mutes real defects; check it or leave it out of --validation \
+                     (or use --calibration median-mad)",
+                    validation[i].display(),
+                    deviations.abs(),
+                    if deviations > 0.0 { "above" } else { "below" },
+                    spec.name
+                ));
+            }
             Ok(Branch {
                 spec: spec.clone(),
                 calibration,
@@ -244,11 +304,51 @@ pub fn enroll_with(
         threshold: options.threshold,
         coreset_ratio: options.coreset_ratio,
         references: names(references),
-        validation: names(validation),
+        validation: names(&validation),
         created_by: concat!("logsad ", env!("CARGO_PKG_VERSION")).into(),
     };
-    Ok(Profile {
+    let profile = Profile {
         header,
         banks: branch_banks,
-    })
+    };
+    Ok((profile, warnings))
+}
+
+/// The validation images with exact copies (same pixels) left out, each copy warned about, and
+/// their digests. Errors when a file cannot be decoded or fewer than 2 distinct images remain.
+fn distinct_validation(
+    validation: &[PathBuf],
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<PathBuf>, Vec<PixelDigest>), DetectorError> {
+    let mut distinct: Vec<PathBuf> = Vec::with_capacity(validation.len());
+    let mut digests: Vec<PixelDigest> = Vec::with_capacity(validation.len());
+    for path in validation {
+        let digest = pixel_digest(&load_rgb(path)?);
+        match digests.iter().position(|d| *d == digest) {
+            Some(first) => warnings.push(format!(
+                "validation image {} is a copy of validation image {} (same pixels): it is \
+                 counted once",
+                path.display(),
+                distinct[first].display()
+            )),
+            None => {
+                distinct.push(path.clone());
+                digests.push(digest);
+            }
+        }
+    }
+    if distinct.len() < 2 {
+        let copies = validation.len() - distinct.len();
+        let copies = if copies > 0 {
+            format!(" ({copies} of the {} given are copies)", validation.len())
+        } else {
+            String::new()
+        };
+        return Err(DetectorError::Image(format!(
+            "calibration needs at least 2 distinct validation images, got {}{copies}: add other \
+             anomaly-free images to --validation",
+            distinct.len()
+        )));
+    }
+    Ok((distinct, digests))
 }

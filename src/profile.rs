@@ -15,10 +15,12 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"LOGSADPF";
-/// Version 4 added a tile's resize, a branch's pooling and the calibration method; an older
-/// build must refuse such a file rather than read it without them.
-pub const FORMAT_VERSION: u32 = 4;
-/// Version 3 files lack only those fields, which default to the reference's behaviour.
+/// Version 4 added a tile's resize, a branch's pooling and the calibration method; version 5 a
+/// tile's resampling (float by default, where every earlier profile resampled 8-bit pixels). An
+/// older build must refuse such a file rather than read it without them.
+pub const FORMAT_VERSION: u32 = 5;
+/// Version 3 and 4 files lack only those fields, which default to the behaviour they were built
+/// with: the reference's squash, no pooling, mean-std, and 8-bit resampling.
 const OLDEST_READABLE_VERSION: u32 = 3;
 
 /// What a branch matches against its bank.
@@ -291,6 +293,7 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::detect::features::PatchFeatures;
+    use crate::detect::preprocess::Resample;
     use crate::detect::tiling::Resize;
 
     fn sample() -> Profile {
@@ -317,6 +320,7 @@ mod tests {
                                 cols: 3,
                                 overlap: 0.25,
                                 resize: Resize::Letterbox,
+                                resample: Resample::U8,
                             },
                             score: Reduction::TopKMean(3),
                             smoothing: 4.0,
@@ -417,6 +421,46 @@ mod tests {
         .unwrap();
         assert_eq!(spec.pooling, Pooling::None);
         assert_eq!(spec.tiling.resize, Resize::Squash);
+        // Format 3 and 4 profiles were built on 8-bit resampling and keep it; new ones record
+        // theirs (the faithful default is float).
+        assert_eq!(spec.tiling.resample, Resample::U8);
+        assert_eq!(
+            sample().header.branches[0].spec.tiling.resample,
+            Resample::F32
+        );
+    }
+
+    #[test]
+    fn reads_version_4_as_8_bit_resampling() {
+        let mut profile = sample();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.logsad");
+        profile.save(&path).unwrap();
+        // Rewrite the header as a format-4 build wrote it: no resample field.
+        let bytes = std::fs::read(&path).unwrap();
+        let header_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value =
+            serde_json::from_slice(&bytes[20..20 + header_len]).unwrap();
+        for branch in header["branches"].as_array_mut().unwrap() {
+            branch["spec"]["tiling"]
+                .as_object_mut()
+                .unwrap()
+                .remove("resample")
+                .unwrap();
+        }
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut old = b"LOGSADPF".to_vec();
+        old.extend_from_slice(&4u32.to_le_bytes());
+        old.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        old.extend_from_slice(&header);
+        old.extend_from_slice(&bytes[20 + header_len..bytes.len() - 4]);
+        let crc = crc32fast::hash(&old);
+        old.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &old).unwrap();
+        for branch in &mut profile.header.branches {
+            branch.spec.tiling.resample = Resample::U8;
+        }
+        assert_eq!(Profile::load(&path).unwrap(), profile);
     }
 
     #[test]

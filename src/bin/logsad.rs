@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gstlogsad::detect::calibrate::CalibrationMethod;
 use gstlogsad::detect::regions::{PeakScope, RegionOptions};
+use gstlogsad::detect::preprocess::Resample;
 use gstlogsad::detect::score::Reduction;
 use gstlogsad::detect::tiling::{Resize, Tiling};
 use gstlogsad::detector::Detector;
@@ -163,6 +164,11 @@ struct DetectorArgs {
     /// applies to every branch.
     #[arg(long, default_value = "squash")]
     resize: Resize,
+    /// How frames (or tiles) are resampled to the model input: f32 (the reference:
+    /// antialiased bilinear on float pixels) or u8 (the same filter on 8-bit pixels, rounded to
+    /// whole grey levels: faster, raw scores up to a few 1e-3 off); applies to every branch.
+    #[arg(long, default_value = "f32")]
+    resample: Resample,
     /// How each branch's validation scores are summarised for calibration: mean-std (the
     /// reference) or median-mad (median and 1.4826 x median absolute deviation, robust to an
     /// odd validation image).
@@ -330,7 +336,7 @@ fn parse_tiling(
             rows,
             cols,
             overlap: args.overlap,
-            resize: Resize::Squash,
+            ..Tiling::whole()
         }
     } else {
         return Ok(None);
@@ -359,6 +365,7 @@ fn branches(
     for branch in &mut branches {
         branch.smoothing = args.smoothing;
         branch.tiling.resize = args.resize;
+        branch.tiling.resample = args.resample;
     }
     Ok(branches)
 }

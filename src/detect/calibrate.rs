@@ -6,12 +6,16 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Smallest standard deviation used when standardising.
+/// Smallest spread (standard deviation, or scaled MAD) of validation scores a calibration stands
+/// on.
 ///
-/// Identical validation scores give `std == 0`; dividing by this floor instead keeps `z` finite
-/// and makes any score above the mean saturate to "anomalous" (calibrated ~1), a score equal to
-/// the mean map to 0.5, and any score below it to ~0.
-pub const MIN_STD: f64 = 1e-12;
+/// Raw scores are cosine distances (0 to about 1) computed in float32, whose rounding noise is
+/// about 1e-6; below 1e-5 the spread says nothing about the images, only about rounding, and a
+/// frame's calibrated score would swing by a tenth of a standard deviation per 1e-6 of noise and
+/// saturate at the first real difference. Real validation sets spread far wider (about 1e-2 on
+/// the textile set). [`Calibration::fit_with`] refuses a smaller spread; a calibration read from
+/// elsewhere is divided by at least this much.
+pub const MIN_SPREAD: f64 = 1e-5;
 
 /// Scale factor that makes the median absolute deviation of normally distributed scores
 /// estimate their standard deviation.
@@ -49,7 +53,7 @@ pub struct Calibration {
     /// The mean (or, for median-mad, the median).
     pub mean: f64,
     /// Unbiased (n - 1) sample standard deviation (or 1.4826 x the median absolute deviation);
-    /// at least [`MIN_STD`] when produced by `fit`.
+    /// at least [`MIN_SPREAD`] when produced by `fit`.
     pub std: f64,
     /// Number of scores the statistics came from.
     pub count: usize,
@@ -76,15 +80,21 @@ pub enum CalibrationError {
     TooFew(usize),
     #[error("calibration score {index} is not finite ({value})")]
     NonFinite { index: usize, value: f64 },
+    #[error(
+        "the validation scores spread by {spread:.1e}, below {MIN_SPREAD:.0e} (float rounding): \
+         too little to scale a calibrated score"
+    )]
+    NoSpread { spread: f64 },
 }
 
 impl Calibration {
-    /// Fits mean and unbiased std; the std is floored at [`MIN_STD`].
+    /// Fits mean and unbiased std; see [`Calibration::fit_with`].
     pub fn fit(scores: &[f64]) -> Result<Self, CalibrationError> {
         Self::fit_with(scores, CalibrationMethod::MeanStd)
     }
 
-    /// Fits centre and spread by `method`; the spread is floored at [`MIN_STD`].
+    /// Fits centre and spread by `method`. Errors on fewer than 2 scores, a non-finite score,
+    /// or a spread below [`MIN_SPREAD`].
     pub fn fit_with(scores: &[f64], method: CalibrationMethod) -> Result<Self, CalibrationError> {
         if scores.len() < 2 {
             return Err(CalibrationError::TooFew(scores.len()));
@@ -106,20 +116,29 @@ impl Calibration {
                 (centre, MAD_TO_STD * median(&mut deviations))
             }
         };
+        if std < MIN_SPREAD {
+            return Err(CalibrationError::NoSpread { spread: std });
+        }
         Ok(Calibration {
             mean,
-            std: std.max(MIN_STD),
+            std,
             count: scores.len(),
             method,
         })
     }
 
+    /// Whether the spread is below [`MIN_SPREAD`] (or not a number): such a calibration, read
+    /// from an old profile, is divided by [`MIN_SPREAD`] instead.
+    pub fn spread_too_small(&self) -> bool {
+        self.std.is_nan() || self.std < MIN_SPREAD
+    }
+
     /// The std actually divided by (guards deserialised values below the floor).
     fn scale(&self) -> f64 {
-        if self.std.is_nan() {
-            MIN_STD
+        if self.spread_too_small() {
+            MIN_SPREAD
         } else {
-            self.std.max(MIN_STD)
+            self.std
         }
     }
 
@@ -149,6 +168,30 @@ impl Calibration {
         let logit = (calibrated / (1.0 - calibrated)).ln();
         self.mean + logit * self.scale()
     }
+}
+
+/// Distance from the median, in robust standard deviations (1.4826 x MAD), beyond which a
+/// validation score is an outlier: about 2e-9 of normally distributed scores lie so far out, so
+/// such a score comes from a different image (anomalous, damaged, or a copy of a reference), and
+/// it alone widens the mean-std spread.
+pub const OUTLIER_DEVIATIONS: f64 = 6.0;
+
+/// The scores further than [`OUTLIER_DEVIATIONS`] robust standard deviations from the median of
+/// `scores`, as `(index, signed deviations)`. Empty for fewer than 3 scores or a robust spread
+/// below [`MIN_SPREAD`] (nothing to measure against).
+pub fn outliers(scores: &[f64]) -> Vec<(usize, f64)> {
+    if scores.len() < 3 {
+        return Vec::new();
+    }
+    let Ok(robust) = Calibration::fit_with(scores, CalibrationMethod::MedianMad) else {
+        return Vec::new();
+    };
+    scores
+        .iter()
+        .map(|&s| robust.z(s))
+        .enumerate()
+        .filter(|(_, z)| z.abs() > OUTLIER_DEVIATIONS)
+        .collect()
 }
 
 /// Logistic function, computed without overflow for large |x|.
@@ -230,21 +273,65 @@ mod tests {
     }
 
     #[test]
-    fn zero_std_uses_floor() {
-        let c = Calibration::fit(&[0.3, 0.3, 0.3]).unwrap();
-        assert_eq!(c.std, MIN_STD);
-        assert_eq!(c.calibrated(0.3), 0.5);
-        assert_eq!(c.calibrated(0.31), 1.0);
-        assert_eq!(c.calibrated(0.29), 0.0);
-        assert!(c.z(0.31).is_finite());
-        // A deserialised zero std is guarded too.
-        let d = Calibration {
-            mean: 1.0,
-            std: 0.0,
-            count: 2,
-            method: CalibrationMethod::MeanStd,
+    fn refuses_a_spread_of_float_noise() {
+        let no_spread = |scores: &[f64], method| match Calibration::fit_with(scores, method) {
+            Err(CalibrationError::NoSpread { spread }) => spread,
+            other => panic!("{scores:?}: {other:?}"),
         };
-        assert!(close(d.z(1.0 + 1e-12), 1.0, 1e-3));
+        assert_eq!(no_spread(&[0.3, 0.3, 0.3], CalibrationMethod::MeanStd), 0.0);
+        // 0.3 +- 4e-6: mean 0.3, squares 2 x 16e-12 over n - 1 = 2 -> std 4e-6, below 1e-5.
+        let std = no_spread(&[0.3 - 4e-6, 0.3, 0.3 + 4e-6], CalibrationMethod::MeanStd);
+        assert!(close(std, 4e-6, 1e-12), "{std}");
+        // Three of five equal: MAD 0 though the std is not.
+        let scores = [0.2, 0.3, 0.3, 0.3, 0.5];
+        assert_eq!(no_spread(&scores, CalibrationMethod::MedianMad), 0.0);
+        assert!(Calibration::fit(&scores).is_ok());
+        // 0.3 +- 2e-5: std 2e-5, above the floor.
+        let c = Calibration::fit(&[0.3 - 2e-5, 0.3, 0.3 + 2e-5]).unwrap();
+        assert!(close(c.std, 2e-5, 1e-12) && !c.spread_too_small());
+        let message = CalibrationError::NoSpread { spread: 4e-6 }.to_string();
+        assert!(
+            message.contains("4.0e-6") && message.contains("1e-5"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_stored_spread_below_the_floor_is_raised_to_it() {
+        // As read from a profile written before the floor existed.
+        for std in [0.0, 1e-12, f64::NAN] {
+            let c = Calibration {
+                mean: 1.0,
+                std,
+                count: 2,
+                method: CalibrationMethod::MeanStd,
+            };
+            assert!(c.spread_too_small());
+            assert!(close(c.z(1.0 + 2e-5), 2.0, 1e-6), "{std}");
+            assert_eq!(c.calibrated(1.0), 0.5);
+            assert!(close(c.raw_at(sigmoid(1.0)), 1.0 + 1e-5, 1e-12));
+        }
+    }
+
+    #[test]
+    fn outliers_hand_computed() {
+        // Median 0.10; deviations 0.01 0.01 0 0.01 0.01 0 0.40 -> MAD 0.01, robust std
+        // 0.014826. 0.50 is 0.40 / 0.014826 = 26.98 deviations out; 0.11 only 0.67.
+        let scores = [0.09, 0.11, 0.10, 0.09, 0.11, 0.10, 0.50];
+        let found = outliers(&scores);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, 6);
+        assert!(close(found[0].1, 0.40 / (0.01 * MAD_TO_STD), 1e-9));
+        // Below the median too, as a copy of a reference scores about 0. Median 0.10,
+        // deviations 0.10 0.01 0 0.01 0.01 -> MAD 0.01: 0.0 is -6.74 deviations out.
+        let found = outliers(&[0.0, 0.11, 0.10, 0.09, 0.11]);
+        assert_eq!(found.iter().map(|f| f.0).collect::<Vec<_>>(), [0]);
+        assert!(found[0].1 < -6.0);
+        // 0.16 is 0.06 / 0.014826 = 4.05 deviations out: kept.
+        assert!(outliers(&[0.09, 0.11, 0.10, 0.09, 0.11, 0.10, 0.16]).is_empty());
+        // Too few scores, or no spread to measure against.
+        assert!(outliers(&[0.1, 0.9]).is_empty());
+        assert!(outliers(&[0.1, 0.1, 0.1, 0.9]).is_empty());
     }
 
     #[test]

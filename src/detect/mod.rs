@@ -1,6 +1,7 @@
 //! GStreamer-free algorithms: deinterlacing, preprocessing, patch features, nearest-neighbour
-//! matching, coreset, calibration, tiling, regions and metrics.
+//! matching, coreset, calibration, copies among enrollment inputs, tiling, regions and metrics.
 pub mod calibrate;
+pub mod copies;
 pub mod coreset;
 pub mod deinterlace;
 pub mod features;

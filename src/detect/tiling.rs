@@ -4,6 +4,7 @@
 //! overlapping tiles, running the model on each and stitching the per-tile anomaly maps back
 //! keeps them visible. Overlap hides tile-border effects: overlapping cells are averaged.
 
+use super::preprocess::Resample;
 use serde::{Deserialize, Serialize};
 
 /// Largest accepted overlap fraction: beyond it tiles are nearly identical.
@@ -88,7 +89,8 @@ impl Placement {
 /// How a frame is cut into tiles.
 ///
 /// The frame is covered by `rows` x `cols` equal tiles, each sharing the fraction `overlap` of
-/// its size with its neighbour; every tile is fitted into the model input as `resize` says. Upscaling the frame
+/// its size with its neighbour; every tile is fitted into the model input as `resize` says,
+/// resampled as `resample` says. Upscaling the frame
 /// first and cutting it into tiles of the model's size is the same as choosing the grid: see
 /// [`Tiling::for_upscale`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -99,6 +101,9 @@ pub struct Tiling {
     /// Absent from profiles written before letterboxing existed: squash.
     #[serde(default)]
     pub resize: Resize,
+    /// Absent from profiles written before format 5, which all resampled 8-bit pixels.
+    #[serde(default = "Resample::before_format_5")]
+    pub resample: Resample,
 }
 
 impl Default for Tiling {
@@ -149,6 +154,7 @@ impl Tiling {
             cols: 1,
             overlap: 0.0,
             resize: Resize::Squash,
+            resample: Resample::F32,
         }
     }
 
@@ -170,7 +176,7 @@ impl Tiling {
             rows: count(frame_h, input_h),
             cols: count(frame_w, input_w),
             overlap,
-            resize: Resize::Squash,
+            ..Tiling::whole()
         }
     }
 
@@ -420,7 +426,7 @@ mod tests {
             rows,
             cols,
             overlap,
-            resize: Resize::Squash,
+            ..Tiling::whole()
         }
     }
 

@@ -313,7 +313,7 @@ pub fn evaluate(
                 calibration: options.calibration,
             };
             let start = Instant::now();
-            let profile = enroll_with(
+            let (profile, enroll_warnings) = enroll_with(
                 &mut extractor,
                 references,
                 validation,
@@ -328,6 +328,9 @@ pub fn evaluate(
                     })
                 },
             )?;
+            for w in &enroll_warnings {
+                progress(EvalProgress::Warning(&format!("category '{name}': {w}")));
+            }
             let enroll_s = start.elapsed().as_secs_f64();
             let mut detector = Detector { extractor, profile };
             let pixel = pixel.then_some(options.regions.as_slice());
