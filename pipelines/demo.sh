@@ -52,7 +52,7 @@ Settings (environment variables, defaults in brackets):
   DEFECT_START       first local/global test image number [1]
   FPS                frames per second of the video [2]
   WIDTH, HEIGHT      size of the encoded video [500, 500]
-  MIN_REGION_AREA    smallest anomaly region boxed, in anomaly-map cells [8]
+  MIN_REGION_AREA    smallest anomaly region boxed, in anomaly-map cells [2]
   DEVICE             cpu, cuda or tensorrt [cpu]
   THREADS            ONNX Runtime threads, 0 = its default [0]
   QUANTIZER          x264 constant quantizer (lower = better quality) [20]
@@ -93,10 +93,9 @@ DEFECT_START=${DEFECT_START:-1}
 FPS=${FPS:-2}
 WIDTH=${WIDTH:-500}
 HEIGHT=${HEIGHT:-500}
-# A defect raises the map of its whole tile, so cells just above the map threshold form dozens of
-# one-cell "regions" (56 on local/textile_0001); boxes for regions of 8+ cells keep the video
-# readable (3 boxes there). The heat map still shows every defect, however small.
-MIN_REGION_AREA=${MIN_REGION_AREA:-8}
+# Regions are cut to the cells above half the frame's peak over their tile's background (README,
+# "Region boxes"): one box frames local/textile_0001's speck. Regions under 2 cells are noise.
+MIN_REGION_AREA=${MIN_REGION_AREA:-2}
 DEVICE=${DEVICE:-cpu}
 THREADS=${THREADS:-0}
 QUANTIZER=${QUANTIZER:-20}
