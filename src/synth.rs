@@ -81,7 +81,10 @@ pub struct StructuralSetSummary {
 pub fn paint_defect(image: &mut RgbImage, kind: DefectKind, rng: &mut StdRng) -> GrayImage {
     let (w, h) = image.dimensions();
     let mut mask = GrayImage::new(w, h);
-    assert!(w >= MIN_SIZE && h >= MIN_SIZE, "{w}x{h} is below {MIN_SIZE} px");
+    assert!(
+        w >= MIN_SIZE && h >= MIN_SIZE,
+        "{w}x{h} is below {MIN_SIZE} px"
+    );
     let centre = (
         rng.random_range(MARGIN..w as f32 - MARGIN),
         rng.random_range(MARGIN..h as f32 - MARGIN),
@@ -270,7 +273,10 @@ mod tests {
                 let mut image = grey(128, 96, 128);
                 let mask = paint_defect(&mut image, kind, &mut rng);
                 let (changed, masked, outside) = changed_and_masked(&image, &mask, 128);
-                assert_eq!(outside, 0, "{kind:?} seed {seed} changed pixels off its mask");
+                assert_eq!(
+                    outside, 0,
+                    "{kind:?} seed {seed} changed pixels off its mask"
+                );
                 // A speck pixel can draw a value in 200..=255 or 0..60, never 128: all change.
                 assert_eq!(changed, masked, "{kind:?} seed {seed}");
                 // Sizes from the documented ranges: ellipse pi*a*b, line length x width.
@@ -278,7 +284,10 @@ mod tests {
                     DefectKind::Speck => (60, 420),
                     _ => (20, 190),
                 };
-                assert!((lo..=hi).contains(&masked), "{kind:?} seed {seed}: {masked} px");
+                assert!(
+                    (lo..=hi).contains(&masked),
+                    "{kind:?} seed {seed}: {masked} px"
+                );
             }
         }
     }
@@ -289,7 +298,10 @@ mod tests {
         let mut image = grey(128, 128, 200);
         let mask = paint_defect(&mut image, DefectKind::Stain, &mut rng);
         let (changed, masked, _) = changed_and_masked(&image, &mask, 200);
-        assert!(masked > 100 && changed > masked, "{masked} masked, {changed} changed");
+        assert!(
+            masked > 100 && changed > masked,
+            "{masked} masked, {changed} changed"
+        );
         // Inside the mask the surface is darkened by at least 0.4 * 0.5 = 20%.
         for (p, m) in image.pixels().zip(mask.pixels()) {
             if m.0[0] == 255 {
@@ -308,7 +320,10 @@ mod tests {
                 let inside = 1..MIN_SIZE - 1;
                 for (x, y, m) in mask.enumerate_pixels() {
                     if m.0[0] == 255 {
-                        assert!(inside.contains(&x) && inside.contains(&y), "{kind:?} at {x},{y}");
+                        assert!(
+                            inside.contains(&x) && inside.contains(&y),
+                            "{kind:?} at {x},{y}"
+                        );
                     }
                 }
             }
@@ -353,7 +368,9 @@ mod tests {
             assert!(root.join("cat").join(file).is_file(), "{file} missing");
         }
         // Sources are consumed in order: the held-out good image is source 2, untouched.
-        let good = image::open(root.join("cat/test/good/0000.png")).unwrap().to_rgb8();
+        let good = image::open(root.join("cat/test/good/0000.png"))
+            .unwrap()
+            .to_rgb8();
         assert_eq!(good, grey(100, 96, 60));
         let again = dir.path().join("b");
         write_structural_set(&sources, &again, "cat", &options).unwrap();

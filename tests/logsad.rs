@@ -557,9 +557,16 @@ fn tiny_model_end_to_end() {
             // The defect frame's regions: the strongest (they come sorted) is on the blob.
             let regions = rois(&run.buffers[DEFECT]);
             assert!(!regions.is_empty(), "{what}: no ROI on the defect frame");
+            // The strongest is cut to the cells near the map's peak: it overlaps the blob's disc
+            // (centre BLOB.0, BLOB.1, radius BLOB.2).
             let ((x, y, w, h), peak) = regions[0];
+            let nearest = |lo: u32, len: u32, c: u32| c.clamp(lo, lo + len - 1) as f64 + 0.5;
+            let (dx, dy) = (
+                nearest(x, w, BLOB.0) - BLOB.0 as f64,
+                nearest(y, h, BLOB.1) - BLOB.1 as f64,
+            );
             assert!(
-                x <= BLOB.0 && BLOB.0 < x + w && y <= BLOB.1 && BLOB.1 < y + h,
+                dx * dx + dy * dy <= (BLOB.2 * BLOB.2) as f64,
                 "{what}: the strongest ROI is not on the blob: {regions:?}"
             );
             assert!((peak - defect.score).abs() < 1e-6, "{what}: {regions:?}");
@@ -606,8 +613,9 @@ fn tiny_model_end_to_end() {
     }
 }
 
-/// `threshold=0` makes every frame anomalous with one region covering the whole frame, and posts
-/// a message per frame; the property can change while playing.
+/// `threshold=0` makes every frame anomalous, with one region covering the whole frame when
+/// regions are left uncut (`region-peak-fraction=0`), and posts a message per frame; the property
+/// can change while playing.
 #[test]
 fn threshold_property_controls_verdict_regions_and_messages() {
     let t = tiny();
@@ -628,7 +636,7 @@ fn threshold_property_controls_verdict_regions_and_messages() {
         })
         .collect::<Vec<_>>();
     let middle = format!(
-        "logsad name=d threshold=0.0 profile={} model={}",
+        "logsad name=d threshold=0.0 region-peak-fraction=0.0 profile={} model={}",
         path_str(&t.tiled),
         path_str(&t.manifest)
     );
@@ -667,6 +675,7 @@ fn threshold_property_controls_verdict_regions_and_messages() {
     assert!(!before.anomalous, "{before:?}");
     assert!(rois(&out).is_empty());
     element.set_property("threshold", 0.0f64);
+    element.set_property("region-peak-fraction", 0.0f64);
     let out = h.push_and_pull(frames[0].clone()).unwrap();
     let after = result_of(&out);
     assert!(after.anomalous);
@@ -682,6 +691,7 @@ fn interval_carries_stale_results() {
         let mut p = tiny_props(&t, &t.tiled);
         p.push(("interval", 3u32.to_value()));
         p.push(("threshold", 0.0f64.to_value()));
+        p.push(("region-peak-fraction", 0.0f64.to_value()));
         p
     });
     let mut h = harness(&element, gst_video::VideoFormat::Rgb, W, H);
@@ -737,6 +747,7 @@ fn caps_change_mid_stream() {
         let mut p = tiny_props(&t, &t.tiled);
         p.push(("interval", 3u32.to_value()));
         p.push(("threshold", 0.0f64.to_value()));
+        p.push(("region-peak-fraction", 0.0f64.to_value()));
         p
     });
     let mut h = harness(&element, Rgb, W, H);
@@ -788,6 +799,7 @@ fn odd_frame_sizes() {
                 let element = logsad(&{
                     let mut p = tiny_props(&t, profile);
                     p.push(("threshold", 0.0f64.to_value()));
+                    p.push(("region-peak-fraction", 0.0f64.to_value()));
                     p
                 });
                 let mut harness = harness(&element, format, w, h);
@@ -1260,8 +1272,8 @@ fn built_plugin() -> Option<PathBuf> {
 }
 
 /// Python (PyGObject) reads the custom meta's structure, map and regions through the installed
-/// plugin, after a `videoscale`. With threshold 0 every frame is anomalous with one region: the
-/// whole frame, scored the map's maximum.
+/// plugin, after a `videoscale`. With threshold 0 and regions left uncut (peak fraction 0) every
+/// frame is anomalous with one region: the whole frame, scored the map's maximum.
 #[test]
 fn metadata_is_readable_from_python() {
     let python = Path::new("/usr/bin/python3");
@@ -1283,6 +1295,7 @@ fn metadata_is_readable_from_python() {
         .arg(&t.whole)
         .arg(&t.manifest)
         .arg("3")
+        .arg("0")
         .arg("0")
         .env("GST_PLUGIN_PATH", &plugins)
         .env("GST_REGISTRY", t.dir.path().join("registry.bin"))

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Read the logsad anomaly metadata from Python, without any of the plugin's Rust types.
 
-    read_meta.py PROFILE MODEL [NUM_BUFFERS [THRESHOLD]]
+    read_meta.py PROFILE MODEL [NUM_BUFFERS [THRESHOLD [REGION_PEAK_FRACTION]]]
 
-Runs `videotestsrc num-buffers=N ! video/x-raw,width=64,height=64 ! logsad [threshold=T] !
+Runs `videotestsrc num-buffers=N ! video/x-raw,width=64,height=64 ! logsad [threshold=T region-peak-fraction=F] !
 videoscale ! video/x-raw,width=96,height=96 ! fakesink` and, in a pad probe on the fakesink,
 reads each buffer's `LogsadAnomalyMeta` custom meta: the fields of its structure, the anomaly
 map (GBytes of native-endian float32) and the regions (an array of structures, read with
@@ -94,6 +94,8 @@ def main(argv):
     detector.set_property("model", model)
     if len(argv) > 4:
         detector.set_property("threshold", float(argv[4]))
+    if len(argv) > 5:
+        detector.set_property("region-peak-fraction", float(argv[5]))
 
     results = []
 

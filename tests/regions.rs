@@ -73,7 +73,11 @@ fn one_box_frames_the_demo_speck() {
     );
     // A ViT patch is 14 px of a 224 px tile, 7.8 px of a 125 px frame tile: a box that frames
     // the 11x23 px speck stays within a few patches of it.
-    assert!(w <= 48 && h <= 48, "box {:?} is far larger than the speck", boxes[0].rect);
+    assert!(
+        w <= 48 && h <= 48,
+        "box {:?} is far larger than the speck",
+        boxes[0].rect
+    );
 
     // Every cell above the threshold (the earlier boxes) reaches far beyond it.
     let before = frame_regions(

@@ -3,8 +3,8 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gstlogsad::detect::calibrate::CalibrationMethod;
-use gstlogsad::detect::regions::{PeakScope, RegionOptions};
 use gstlogsad::detect::preprocess::Resample;
+use gstlogsad::detect::regions::{PeakScope, RegionOptions};
 use gstlogsad::detect::score::Reduction;
 use gstlogsad::detect::tiling::{Resize, Tiling};
 use gstlogsad::detector::Detector;
@@ -270,7 +270,12 @@ struct EvalArgs {
     /// Region boxes measured against the masks: cut each region to the cells above this
     /// fraction of the way from the map's median to the region's peak (0 keeps every cell above
     /// the threshold); several comma-separated values are measured side by side.
-    #[arg(long, value_name = "F,...", value_delimiter = ',', default_value = "0.5")]
+    #[arg(
+        long,
+        value_name = "F,...",
+        value_delimiter = ',',
+        default_value = "0.5"
+    )]
     region_peak_fraction: Vec<f32>,
     /// Region boxes measured against the masks: merge overlapping boxes (on), keep them apart
     /// (off), or measure both.
@@ -278,7 +283,12 @@ struct EvalArgs {
     region_merge: RegionMerge,
     /// Region boxes measured against the masks: whose peak the fraction refers to, each
     /// region's own (region) or the frame's highest cell (frame); comma-separated for both.
-    #[arg(long, value_name = "region|frame", value_delimiter = ',', default_value = "frame")]
+    #[arg(
+        long,
+        value_name = "region|frame",
+        value_delimiter = ',',
+        default_value = "frame"
+    )]
     region_peak_scope: Vec<PeakScope>,
     /// Dataset root (or one category folder of MVTec AD / LOCO).
     root: PathBuf,

@@ -193,7 +193,10 @@ pub fn anomaly_regions(
         let fraction = options.peak_fraction.min(1.0);
         let backgrounds = block_medians(map, width, height, blocks);
         let block_of = |cell: usize| {
-            let (rows, cols) = (blocks.0.clamp(1, height.max(1)), blocks.1.clamp(1, width.max(1)));
+            let (rows, cols) = (
+                blocks.0.clamp(1, height.max(1)),
+                blocks.1.clamp(1, width.max(1)),
+            );
             let (x, y) = (cell % width, cell / width);
             (y * rows / height) * cols + x * cols / width
         };
@@ -247,7 +250,11 @@ struct Labels {
 }
 
 fn label_above(map: &[f32], width: usize, height: usize, threshold: f32) -> Labels {
-    assert_eq!(map.len(), width * height, "map size does not match width x height");
+    assert_eq!(
+        map.len(),
+        width * height,
+        "map size does not match width x height"
+    );
     let mut labels = vec![None; map.len()];
     let mut count = 0;
     let mut stack = Vec::new();
@@ -277,7 +284,10 @@ fn label_above(map: &[f32], width: usize, height: usize, threshold: f32) -> Labe
 /// The median of the finite cells of each of `blocks` = (rows, cols) equal blocks of the map
 /// (block `r * cols + c`); the grid is capped at the map's size.
 fn block_medians(map: &[f32], width: usize, height: usize, blocks: (usize, usize)) -> Vec<f32> {
-    let (rows, cols) = (blocks.0.clamp(1, height.max(1)), blocks.1.clamp(1, width.max(1)));
+    let (rows, cols) = (
+        blocks.0.clamp(1, height.max(1)),
+        blocks.1.clamp(1, width.max(1)),
+    );
     let mut cells: Vec<Vec<f32>> = vec![Vec::new(); rows * cols];
     for (i, &v) in map.iter().enumerate() {
         let (x, y) = (i % width, i / width);
@@ -297,7 +307,10 @@ fn median_finite(values: &[f32]) -> f32 {
     if finite.len() % 2 == 1 {
         upper
     } else {
-        let lower = finite[..mid].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lower = finite[..mid]
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         (lower + upper) / 2.0
     }
 }
@@ -320,8 +333,8 @@ fn merge_overlapping(mut regions: Vec<Region>) -> Vec<Region> {
                     let x1 = (o.x + o.width).max(region.x + region.width);
                     let y1 = (o.y + o.height).max(region.y + region.height);
                     let area = o.area + region.area;
-                    o.mean = (o.mean * o.area as f32 + region.mean * region.area as f32)
-                        / area as f32;
+                    o.mean =
+                        (o.mean * o.area as f32 + region.mean * region.area as f32) / area as f32;
                     *o = Region {
                         x: x0,
                         y: y0,
@@ -490,7 +503,10 @@ mod tests {
         // Earlier boxes: the whole plateau.
         let before = anomaly_regions(&m, w, h, (1, 1), 0.2, &RegionOptions::above_threshold(1));
         assert_eq!(before, regions_above(&m, w, h, 0.2, 1));
-        assert_eq!((before[0].x, before[0].y, before[0].width, before[0].height), (1, 1, 6, 5));
+        assert_eq!(
+            (before[0].x, before[0].y, before[0].width, before[0].height),
+            (1, 1, 6, 5)
+        );
         // Background 0.1 (the median), peak 0.9: cut at 0.1 + 0.5 * 0.8 = 0.5.
         let after = anomaly_regions(&m, w, h, (1, 1), 0.2, &RegionOptions::default());
         assert_eq!(
@@ -514,7 +530,10 @@ mod tests {
         let (m, w, h) = map(&["1111", "1341", "1441", "1111"]);
         let r = anomaly_regions(&m, w, h, (1, 1), 0.3, &RegionOptions::default());
         assert_eq!(r.len(), 1);
-        assert_eq!((r[0].x, r[0].y, r[0].width, r[0].height, r[0].area), (1, 1, 2, 2, 3));
+        assert_eq!(
+            (r[0].x, r[0].y, r[0].width, r[0].height, r[0].area),
+            (1, 1, 2, 2, 3)
+        );
     }
 
     #[test]
@@ -556,7 +575,10 @@ mod tests {
         assert_eq!(regions_above(&m, w, h, 0.5, 1).len(), 2);
         let r = anomaly_regions(&m, w, h, (1, 1), 0.5, &options);
         assert_eq!(r.len(), 1);
-        assert_eq!((r[0].x, r[0].y, r[0].width, r[0].height, r[0].area), (0, 0, 4, 3, 7));
+        assert_eq!(
+            (r[0].x, r[0].y, r[0].width, r[0].height, r[0].area),
+            (0, 0, 4, 3, 7)
+        );
         assert_eq!(r[0].max, 0.9);
         assert!((r[0].mean - 6.1 / 7.0).abs() < 1e-6, "{}", r[0].mean);
         // A union can reach a region kept earlier: C is apart from A and from B, but not from
@@ -576,7 +598,10 @@ mod tests {
             boxed(1, 1, 5, 1, 0.7),
         ]);
         assert_eq!(r.len(), 1, "{r:?}");
-        assert_eq!((r[0].x, r[0].y, r[0].width, r[0].height, r[0].area), (0, 0, 7, 2, 3));
+        assert_eq!(
+            (r[0].x, r[0].y, r[0].width, r[0].height, r[0].area),
+            (0, 0, 7, 2, 3)
+        );
     }
 
     #[test]
@@ -591,7 +616,10 @@ mod tests {
         assert_eq!((whole[1].x, whole[1].y, whole[1].max), (7, 2, 0.7));
         let tiled = anomaly_regions(&m, w, h, (1, 2), 0.2, &RegionOptions::default());
         assert_eq!(tiled.len(), 1, "{tiled:?}");
-        assert_eq!((tiled[0].x, tiled[0].y, tiled[0].width, tiled[0].height), (5, 1, 1, 1));
+        assert_eq!(
+            (tiled[0].x, tiled[0].y, tiled[0].width, tiled[0].height),
+            (5, 1, 1, 1)
+        );
         assert_eq!(block_medians(&m, w, h, (1, 2)), vec![0.1, 0.5]);
         // More blocks than cells: one block per cell.
         assert_eq!(block_medians(&[1.0, 2.0], 2, 1, (4, 4)), vec![1.0, 2.0]);

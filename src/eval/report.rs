@@ -347,7 +347,11 @@ pub fn box_iou(a: PixelBox, b: PixelBox) -> f64 {
 
 /// The bounding boxes of the 8-connected components of a mask's nonzero pixels.
 pub fn mask_components(mask: &GrayImage) -> Vec<PixelBox> {
-    let values: Vec<f32> = mask.as_raw().iter().map(|&v| (v != 0) as u8 as f32).collect();
+    let values: Vec<f32> = mask
+        .as_raw()
+        .iter()
+        .map(|&v| (v != 0) as u8 as f32)
+        .collect();
     let (w, h) = (mask.width() as usize, mask.height() as usize);
     crate::detect::regions::regions_above(&values, w, h, 0.5, 1)
         .into_iter()
@@ -1212,7 +1216,16 @@ mean              10         83.3    87.5           83.3              50.0      
     fn boxes_against_mask_components() {
         // Two defects: a 3x2 block at (1, 1) and a diagonal pair at (7, 6)-(8, 7).
         let mut mask = GrayImage::new(10, 10);
-        for (x, y) in [(1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2), (7, 6), (8, 7)] {
+        for (x, y) in [
+            (1, 1),
+            (2, 1),
+            (3, 1),
+            (1, 2),
+            (2, 2),
+            (3, 2),
+            (7, 6),
+            (8, 7),
+        ] {
             mask.put_pixel(x, y, image::Luma([255]));
         }
         let mut components = mask_components(&mask);

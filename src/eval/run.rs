@@ -30,8 +30,8 @@ use super::dataset::{
     DEFAULT_VALIDATION_COUNT,
 };
 use super::report::{
-    aligned_table, plot_roc, union_masks, BoxAccumulator, CategoryReport,
-    PixelAccumulator, PixelBox, PixelMetrics, RegionBoxes, Report, ScoredImage, Timing,
+    aligned_table, plot_roc, union_masks, BoxAccumulator, CategoryReport, PixelAccumulator,
+    PixelBox, PixelMetrics, RegionBoxes, Report, ScoredImage, Timing,
 };
 use crate::detect::calibrate::CalibrationMethod;
 use crate::detect::metrics;

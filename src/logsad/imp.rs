@@ -518,7 +518,8 @@ impl BaseTransformImpl for Logsad {
                 (result, regions, false)
             }
             None => {
-                let (result, regions) = self.analyse(state, buf, frame, threshold, &region_options)?;
+                let (result, regions) =
+                    self.analyse(state, buf, frame, threshold, &region_options)?;
                 state.last = Some((result.clone(), regions.clone()));
                 (result, regions, true)
             }

@@ -43,9 +43,15 @@ impl From<LogsadDevice> for crate::engine::Device {
 #[enum_type(name = "GstLogsadPeakScope")]
 pub enum LogsadPeakScope {
     #[default]
-    #[enum_value(name = "The frame's highest cell: only responses near the strongest", nick = "frame")]
+    #[enum_value(
+        name = "The frame's highest cell: only responses near the strongest",
+        nick = "frame"
+    )]
     Frame = 0,
-    #[enum_value(name = "Each region's own peak: a box for every defect", nick = "region")]
+    #[enum_value(
+        name = "Each region's own peak: a box for every defect",
+        nick = "region"
+    )]
     Region = 1,
 }
 
