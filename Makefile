@@ -27,6 +27,7 @@ test: build
 
 bench: build
 	$(CARGO) bench --locked --bench throughput
+	$(CARGO) bench --locked --bench resample
 
 clean:
 	$(CARGO) clean

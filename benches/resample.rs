@@ -1,6 +1,6 @@
 //! Time of preprocessing one frame into a 224x224 model input with float (`f32`, the default)
 //! against 8-bit (`u8`) resampling, on synthetic frames of common sizes:
-//! `cargo run --release --example resample_speed`. Prints the best of 5 runs of 50 frames.
+//! `cargo bench --bench resample` (part of `make bench`). Prints the best of 5 runs of 50 frames.
 
 use gstlogsad::detect::preprocess::{Preprocessor, Resample, RgbImage};
 use gstlogsad::detect::tiling::Tiling;
