@@ -651,3 +651,96 @@ fn command_errors() {
     assert!(!output.status.success());
     assert!(stderr.contains("need a seed"), "{stderr}");
 }
+
+/// `logsad synth` writes an MVTec AD set with masks, and `logsad eval` measures region boxes
+/// against its masks' components, one row per region setting.
+#[test]
+fn synthetic_set_and_region_boxes() {
+    let Some(model) = tiny() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Noise sources, large enough for the defects (96 px and up).
+    let sources = dir.path().join("sources");
+    std::fs::create_dir_all(&sources).unwrap();
+    let mut seed = 7u32;
+    for i in 0..12 {
+        let image = image::RgbImage::from_fn(120, 100, |_, _| {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            image::Rgb([100 + (seed >> 27) as u8; 3])
+        });
+        image.save(sources.join(format!("s{i:02}.png"))).unwrap();
+    }
+    let root = dir.path().join("synth");
+    let output = logsad(&[
+        "synth",
+        "--train",
+        "4",
+        "--per-kind",
+        "2",
+        "--category",
+        "cloth",
+        "--out",
+        root.to_str().unwrap(),
+        sources.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    for kind in ["speck", "scratch", "stain"] {
+        for name in ["0000", "0001"] {
+            let mask = root.join(format!("cloth/ground_truth/{kind}/{name}_mask.png"));
+            assert!(mask.is_file(), "{} missing", mask.display());
+        }
+    }
+
+    let out = dir.path().join("out");
+    let output = logsad(&[
+        "eval",
+        "--layout",
+        "mvtec-ad",
+        "--shots",
+        "2",
+        "--validation-count",
+        "2",
+        "--region-peak-fraction",
+        "0,0.5",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        root.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains("region boxes against the masks"),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let boxes = json["draws"][0]["categories"][0]["boxes"]
+        .as_array()
+        .unwrap();
+    assert_eq!(boxes.len(), 2, "{boxes:?}");
+    for (b, fraction) in boxes.iter().zip([0.0, 0.5]) {
+        assert_eq!(b["peak_fraction"].as_f64(), Some(fraction));
+        assert_eq!(b["peak_scope"], "frame");
+        assert_eq!(b["merge_overlapping"], true);
+        // One connected defect per defective image: 3 kinds x 2 images.
+        assert_eq!(b["components"], 6, "{b}");
+        let iou = b["mean_iou"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&iou), "{b}");
+        assert!(b["boxes_per_good_image"].as_f64().is_some(), "{b}");
+    }
+
+    let output = logsad(&[
+        "eval",
+        "--region-peak-fraction",
+        "1.5",
+        "--model",
+        model.to_str().unwrap(),
+        root.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--region-peak-fraction 1.5"),
+        "{output:?}"
+    );
+}
