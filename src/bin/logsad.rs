@@ -268,7 +268,7 @@ struct EvalArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH)]
     batch: usize,
     /// Region boxes measured against the masks: cut each region to the cells above this
-    /// fraction of the way from the map's median to the region's peak (0 keeps every cell above
+    /// fraction of the way from its tile's median to the peak (0 keeps every cell above
     /// the threshold); several comma-separated values are measured side by side.
     #[arg(
         long,

@@ -92,8 +92,8 @@ pub fn regions_above(
 /// How the regions reported for a frame are derived from its anomaly map.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RegionOptions {
-    /// Fraction of the way from the map's background level (its median) to a region's peak
-    /// below which cells are cut from the region, 0..1. `0` keeps every cell above the
+    /// Fraction of the way from the background level (the median of the tile holding the
+    /// region's peak) to the peak below which cells are cut from the region, 0..1. `0` keeps every cell above the
     /// threshold (the boxes of earlier versions); `0.5` keeps the cells above half the peak's
     /// height over the background, so a small defect's box frames the defect rather than the
     /// tile around it.

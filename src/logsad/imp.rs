@@ -267,8 +267,8 @@ impl ObjectImpl for Logsad {
                 glib::ParamSpecDouble::builder("region-peak-fraction")
                     .nick("Region peak fraction")
                     .blurb(
-                        "Cut each region to the map cells above this fraction of the way from the \
-                         map's median to the region's peak (0: every cell above the threshold)",
+                        "Cut each region to the map cells above this fraction of the way from its \
+                         tile's median to the peak (0: every cell above the threshold)",
                     )
                     .minimum(0.0)
                     .maximum(1.0)
