@@ -21,6 +21,8 @@ use gstlogsad::profile::BranchSpec;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A crop: left, top, width, height in pixels.
+type Crop = (u32, u32, u32, u32);
 fn deps() -> PathBuf {
     std::env::var_os("LOGSAD_DATA_DIR")
         .map(PathBuf::from)
@@ -28,7 +30,7 @@ fn deps() -> PathBuf {
 }
 
 /// Writes `source` as an RGB PNG in `dir`, cropped to `(x, y, width, height)` when given.
-fn to_png(source: &Path, crop: Option<(u32, u32, u32, u32)>, dir: &Path, name: &str) -> PathBuf {
+fn to_png(source: &Path, crop: Option<Crop>, dir: &Path, name: &str) -> PathBuf {
     let mut rgb = image::open(source).expect("decode").to_rgb8();
     if let Some((x, y, w, h)) = crop {
         rgb = image::imageops::crop_imm(&rgb, x, y, w, h).to_image();
@@ -147,7 +149,7 @@ fn faithful_scores_match_the_numpy_reference() {
     let validation: Vec<PathBuf> = (5..=7).map(nominal).collect();
     // The textile frames are 250x250; 250x160 and 160x250 crops shrink one axis to 224 and
     // grow the other.
-    let cases: [(PathBuf, Option<(u32, u32, u32, u32)>, &str); 6] = [
+    let cases: [(PathBuf, Option<Crop>, &str); 6] = [
         (nominal(8), None, "nominal8"),
         (nominal(9), Some((0, 0, 250, 160)), "nominal9-250x160"),
         (local(1), Some((0, 90, 250, 160)), "local1-250x160"),

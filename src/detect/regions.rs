@@ -259,7 +259,8 @@ fn label_above(map: &[f32], width: usize, height: usize, threshold: f32) -> Labe
     let mut count = 0;
     let mut stack = Vec::new();
     for start in 0..map.len() {
-        if labels[start].is_some() || !(map[start] > threshold) {
+        let above = map[start] > threshold; // false for NaN
+        if labels[start].is_some() || !above {
             continue;
         }
         labels[start] = Some(count);
