@@ -744,3 +744,34 @@ fn synthetic_set_and_region_boxes() {
         "{output:?}"
     );
 }
+
+/// A reader that closes standard output before `logsad eval` prints its tables (`| head`)
+/// ends the command quietly, and the report and ROC plot are written all the same.
+#[test]
+fn closed_stdout_keeps_the_report() {
+    let Some(model) = tiny() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("fabric");
+    write_miniature(&root, Layout::Plain).unwrap();
+    let out = dir.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_logsad"))
+        .args(["eval", "--shots", "2", "--validation-count", "2", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .arg(&root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the command writes anything.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["draws"][0]["categories"][0]["category"], "fabric");
+    assert!(out.join("roc_fabric.png").is_file());
+}

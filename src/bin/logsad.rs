@@ -619,6 +619,17 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     })?;
     progress.finish_and_clear();
 
+    // Files first: a reader that closes standard output early (`| head`) must not cost the
+    // report.
+    let record = EvalRecord::new(&dataset, &options, reports.clone());
+    let json_path = args.out.join("report.json");
+    std::fs::write(&json_path, record.to_json())
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    eprintln!("wrote {}", json_path.display());
+    for (category, scores) in &first_draw {
+        let path = write_roc(&args.out, category, scores).map_err(anyhow::Error::msg)?;
+        eprintln!("wrote {}", path.display());
+    }
     let seeds = options.draw_seeds();
     for (draw, (report, seed)) in reports.iter().zip(&seeds).enumerate() {
         if let (true, Some(seed)) = (reports.len() > 1, seed) {
@@ -634,21 +645,12 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         }
         out!("{}\n", time_split(report));
     }
-    let record = EvalRecord::new(&dataset, &options, reports);
     if record.draws.len() > 1 {
         out!(
             "image AUROC and F1-max, mean ± std over {} draws",
             record.draws.len()
         );
         out!("{}", summary_table(&record.summary));
-    }
-    let json_path = args.out.join("report.json");
-    std::fs::write(&json_path, record.to_json())
-        .with_context(|| format!("cannot write {}", json_path.display()))?;
-    eprintln!("wrote {}", json_path.display());
-    for (category, scores) in &first_draw {
-        let path = write_roc(&args.out, category, scores).map_err(anyhow::Error::msg)?;
-        eprintln!("wrote {}", path.display());
     }
     if !unreadable.is_empty() {
         bail!(
