@@ -31,7 +31,7 @@
 use crate::detect::deinterlace::{self, Field};
 use crate::detect::preprocess::RgbImage;
 use crate::detect::regions::{RegionOptions, DEFAULT_PEAK_FRACTION};
-use crate::detector::{frame_regions, BranchResult, Detector, Verdict};
+use crate::detector::{frame_regions, Detector, FrameRegion};
 use crate::engine::{self, EngineOptions};
 use crate::meta::{AnomalyMap, AnomalyRegion, AnomalyResult, DetectorScore};
 use gst::glib;
@@ -174,16 +174,9 @@ struct State {
     detector: Detector,
     converter: Option<Converter>,
     frames: u64,
-    last: Option<(AnomalyResult, Vec<RegionBox>)>,
+    last: Option<(AnomalyResult, Vec<FrameRegion>)>,
     /// Whether the INFO line about deinterlacing was logged.
     told_deinterlacing: bool,
-}
-
-/// A region in frame pixels, with its peak map value.
-#[derive(Debug, Clone, Copy)]
-struct RegionBox {
-    rect: (u32, u32, u32, u32),
-    score: f64,
 }
 
 #[derive(Default)]
@@ -560,7 +553,7 @@ impl Logsad {
         frame: u64,
         threshold: f64,
         region_options: &RegionOptions,
-    ) -> Result<(AnomalyResult, Vec<RegionBox>), gst::FlowError> {
+    ) -> Result<(AnomalyResult, Vec<FrameRegion>), gst::FlowError> {
         let converter = state.converter.as_mut().ok_or_else(|| {
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ("no caps negotiated"));
             gst::FlowError::NotNegotiated
@@ -607,7 +600,12 @@ impl Logsad {
                 })?;
         let verdict = detector.judge(&analysis, (threshold >= 0.0).then_some(threshold));
         let map = analysis.map();
-        let regions = region_boxes(map, &verdict, image.width, image.height, region_options);
+        let regions = frame_regions(
+            map,
+            verdict.map_threshold,
+            (image.width, image.height),
+            region_options,
+        );
         let detectors = detector
             .branch_scores(&analysis)
             .into_iter()
@@ -642,7 +640,7 @@ impl Logsad {
         Ok((result, regions))
     }
 
-    fn post_anomaly(&self, buf: &gst::BufferRef, result: &AnomalyResult, regions: &[RegionBox]) {
+    fn post_anomaly(&self, buf: &gst::BufferRef, result: &AnomalyResult, regions: &[FrameRegion]) {
         let s = gst::Structure::builder("logsad-anomaly")
             .field("frame", result.frame)
             .field(
@@ -657,21 +655,4 @@ impl Logsad {
             .obj()
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
     }
-}
-
-/// The map's anomaly regions (seeded at the verdict's map threshold) in frame pixels.
-fn region_boxes(
-    analysis: &BranchResult,
-    verdict: &Verdict,
-    frame_w: u32,
-    frame_h: u32,
-    options: &RegionOptions,
-) -> Vec<RegionBox> {
-    frame_regions(analysis, verdict.map_threshold, (frame_w, frame_h), options)
-        .into_iter()
-        .map(|r| RegionBox {
-            rect: r.rect,
-            score: r.score,
-        })
-        .collect()
 }
