@@ -146,8 +146,13 @@ pub fn enroll_with(
     if references.is_empty() {
         return Err(DetectorError::Image("no reference images".into()));
     }
+    if validation.len() < 2 {
+        return Err(too_few_validation_images(
+            validation.len(),
+            validation.len(),
+        ));
+    }
     let mut warnings = Vec::new();
-    let (validation, validation_digests) = distinct_validation(validation, &mut warnings)?;
     if options.branches.is_empty() {
         return Err(DetectorError::Image("no detector branches".into()));
     }
@@ -179,14 +184,6 @@ pub fn enroll_with(
         for (i, path) in group.iter().enumerate() {
             let image = load_rgb(path)?;
             let digest = pixel_digest(&image);
-            if let Some(v) = validation_digests.iter().position(|d| *d == digest) {
-                return Err(DetectorError::Image(format!(
-                    "validation image {} is a copy of reference {} (same pixels): use other \
-                     anomaly-free images for --validation",
-                    validation[v].display(),
-                    path.display()
-                )));
-            }
             if let Some(r) = reference_digests.iter().position(|d| *d == digest) {
                 warnings.push(format!(
                     "reference {} is a copy of reference {} (same pixels): it adds nothing to the \
@@ -234,9 +231,34 @@ pub fn enroll_with(
     };
     let branch_banks: Vec<MemoryBank> = options.branches.iter().map(bank_for).collect();
 
+    // Each validation image is decoded once: checked for copies, then scored. Exact copies of
+    // an earlier validation image count once (only the first is scored and listed).
     let mut scores = vec![Vec::with_capacity(validation.len()); options.branches.len()];
+    let mut distinct: Vec<PathBuf> = Vec::with_capacity(validation.len());
+    let mut validation_digests: Vec<PixelDigest> = Vec::with_capacity(validation.len());
     for (i, path) in validation.iter().enumerate() {
         let image = load_rgb(path)?;
+        let digest = pixel_digest(&image);
+        if let Some(r) = reference_digests.iter().position(|d| *d == digest) {
+            return Err(DetectorError::Image(format!(
+                "validation image {} is a copy of reference {} (same pixels): use other \
+                 anomaly-free images for --validation",
+                path.display(),
+                references[r].display()
+            )));
+        }
+        if let Some(first) = validation_digests.iter().position(|d| *d == digest) {
+            warnings.push(format!(
+                "validation image {} is a copy of validation image {} (same pixels): it is \
+                 counted once",
+                path.display(),
+                distinct[first].display()
+            ));
+            progress(Phase::Validation, i + 1, validation.len());
+            continue;
+        }
+        validation_digests.push(digest);
+        distinct.push(path.clone());
         let features = features_by_tiling(extractor, &specs, &[&image])?;
         // Near copy: every patch of every patch-matching branch found in the bank.
         let mut near_copy = None;
@@ -258,6 +280,10 @@ pub fn enroll_with(
         }
         progress(Phase::Validation, i + 1, validation.len());
     }
+    if distinct.len() < 2 {
+        return Err(too_few_validation_images(distinct.len(), validation.len()));
+    }
+    let validation = distinct;
     let branches = options
         .branches
         .iter()
@@ -314,41 +340,16 @@ pub fn enroll_with(
     Ok((profile, warnings))
 }
 
-/// The validation images with exact copies (same pixels) left out, each copy warned about, and
-/// their digests. Errors when a file cannot be decoded or fewer than 2 distinct images remain.
-fn distinct_validation(
-    validation: &[PathBuf],
-    warnings: &mut Vec<String>,
-) -> Result<(Vec<PathBuf>, Vec<PixelDigest>), DetectorError> {
-    let mut distinct: Vec<PathBuf> = Vec::with_capacity(validation.len());
-    let mut digests: Vec<PixelDigest> = Vec::with_capacity(validation.len());
-    for path in validation {
-        let digest = pixel_digest(&load_rgb(path)?);
-        match digests.iter().position(|d| *d == digest) {
-            Some(first) => warnings.push(format!(
-                "validation image {} is a copy of validation image {} (same pixels): it is \
-                 counted once",
-                path.display(),
-                distinct[first].display()
-            )),
-            None => {
-                distinct.push(path.clone());
-                digests.push(digest);
-            }
-        }
-    }
-    if distinct.len() < 2 {
-        let copies = validation.len() - distinct.len();
-        let copies = if copies > 0 {
-            format!(" ({copies} of the {} given are copies)", validation.len())
-        } else {
-            String::new()
-        };
-        return Err(DetectorError::Image(format!(
-            "calibration needs at least 2 distinct validation images, got {}{copies}: add other \
-             anomaly-free images to --validation",
-            distinct.len()
-        )));
-    }
-    Ok((distinct, digests))
+/// The refusal of a calibration on `distinct` distinct validation images out of `given`.
+fn too_few_validation_images(distinct: usize, given: usize) -> DetectorError {
+    let copies = given - distinct;
+    let copies = if copies > 0 {
+        format!(" ({copies} of the {given} given are copies)")
+    } else {
+        String::new()
+    };
+    DetectorError::Image(format!(
+        "calibration needs at least 2 distinct validation images, got {distinct}{copies}: add \
+         other anomaly-free images to --validation"
+    ))
 }
