@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 /// image whose every patch is this close is a near copy of the references. With DINOv2
 /// ViT-S/14 on the textile set, distinct nominal frames score 0.06 to 0.1 (map maximum), a
 /// reference re-encoded as JPEG at quality 50 or with Gaussian noise of 5 grey levels at most
-/// 0.008, and shifted by 2 pixels 0.035 (not flagged).
+/// 0.008, and shifted by 2 pixels 0.035 (not flagged): figures of a one-off check with
+/// `logsad enroll` on such copies, which no test repeats (the tiny model's distances differ).
 pub const NEAR_COPY_DISTANCE: f64 = 0.01;
 
 /// SHA-256 of an image's width, height and RGB pixels: equal exactly for images with the same
