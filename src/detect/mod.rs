@@ -6,6 +6,7 @@ pub mod coreset;
 pub mod deinterlace;
 pub mod features;
 pub mod metrics;
+pub mod parts;
 pub mod patch;
 pub mod preprocess;
 pub mod regions;
