@@ -1,0 +1,109 @@
+//! The detector pipeline was reshaped to hold several detectors (issue 7). The scores of the
+//! presets that existed before must not move: `tests/fixtures/scores-before-reshape.jsonl` holds
+//! what `logsad score` printed at commit c29807f (before the reshape) for three textile images
+//! under the `faithful` and `multiscale-embedding` presets, enrolled on three references and
+//! three validation images; this test repeats the same commands and compares every number.
+//!
+//! Needs the DINOv2 model and the textile images that `make deps` prepares (skips without them).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn deps() -> PathBuf {
+    std::env::var_os("LOGSAD_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps"))
+}
+
+fn logsad(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_logsad"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run logsad");
+    assert!(
+        out.status.success(),
+        "logsad {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Float32 matching summed in another order could differ in the last bits; anything beyond
+/// this is a change of behaviour.
+const TOLERANCE: f64 = 1e-6;
+
+fn assert_close(what: &str, before: f64, after: f64) {
+    assert!(
+        (before - after).abs() <= TOLERANCE * before.abs().max(1.0),
+        "{what}: {before} before the reshape, {after} now"
+    );
+}
+
+#[test]
+fn preset_scores_are_those_from_before_the_reshape() {
+    let data = deps().join("data/textile");
+    if !data.join("nominal/textile_0001.jpg").exists() {
+        eprintln!("skipping: no textile data in {} (run make deps)", data.display());
+        return;
+    }
+    let rel = |p: &Path| p.to_str().unwrap().to_owned();
+    let image = |kind: &str, n: u32| rel(&data.join(format!("{kind}/textile_{n:04}.jpg")));
+    let fixture = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/scores-before-reshape.jsonl"),
+    )
+    .unwrap();
+    let expected: Vec<serde_json::Value> = fixture
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for preset in ["faithful", "multiscale-embedding"] {
+        let profile = dir.path().join(format!("{preset}.profile"));
+        let profile = profile.to_str().unwrap();
+        let (r1, r2, r3) = (image("nominal", 1), image("nominal", 2), image("nominal", 3));
+        let (v1, v2, v3) = (image("nominal", 5), image("nominal", 6), image("nominal", 7));
+        logsad(&[
+            "enroll", "--out", profile, "--preset", preset, "--validation", &v1, &v2, &v3, "--",
+            &r1, &r2, &r3,
+        ]);
+        let scored = logsad(&[
+            "score",
+            "--profile",
+            profile,
+            &image("nominal", 10),
+            &image("local", 1),
+            &image("global", 1),
+        ]);
+        let before: Vec<&serde_json::Value> =
+            expected.iter().filter(|e| e["preset"] == preset).collect();
+        let now: Vec<serde_json::Value> = scored
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(before.len(), now.len(), "{preset}: number of lines");
+        for (b, n) in before.iter().zip(&now) {
+            let name = b["path"].as_str().unwrap();
+            let file = Path::new(name).file_name().unwrap();
+            assert!(n["path"].as_str().unwrap().ends_with(file.to_str().unwrap()));
+            let what = |field: &str| format!("{preset} {name} {field}");
+            for field in ["score", "calibrated", "map_mean"] {
+                assert_close(&what(field), b[field].as_f64().unwrap(), n[field].as_f64().unwrap());
+            }
+            assert_eq!(b["anomalous"], n["anomalous"], "{}", what("anomalous"));
+            let detectors = b["detectors"].as_object().unwrap();
+            for (detector, scores) in detectors {
+                for field in ["score", "calibrated"] {
+                    let now = n["detectors"][detector][field]
+                        .as_f64()
+                        .unwrap_or_else(|| panic!("{}: missing", what(detector)));
+                    assert_close(
+                        &format!("{} {field}", what(detector)),
+                        scores[field].as_f64().unwrap(),
+                        now,
+                    );
+                }
+            }
+        }
+    }
+}
