@@ -2,7 +2,7 @@
 //! `cargo bench --bench throughput`):
 //!
 //! * frames/s of bare ONNX Runtime calls of the backbone (`Backbone::run`, batch 1, input
-//!   preprocessed outside the timed region), of the in-process detector (`Detector::analyse`:
+//!   preprocessed outside the timed region), of the in-process detector (`Inspector::inspect`:
 //!   preprocessing, backbone, nearest-neighbour matching, stitching) and of the `logsad` element
 //!   in a pipeline (`appsrc ! logsad ! fakesink`, and the same with `anomalyoverlay`);
 //! * the nearest-neighbour step of one stage on real features (a frame's 16x16 token grid
@@ -36,10 +36,10 @@ use gstlogsad::detect::patch::{anomaly_map, dense_max_similarity, max_similarity
 use gstlogsad::detect::preprocess::{Preprocessor, RgbImage};
 use gstlogsad::detect::score::{reduce, Reduction};
 use gstlogsad::detect::tiling::{Stitcher, Tiling};
-use gstlogsad::detector::Detector;
 use gstlogsad::engine::{self, Backbone, Device, EngineOptions, Manifest};
 use gstlogsad::enroll::{enroll, EnrollOptions};
 use gstlogsad::imageio::load_rgb;
+use gstlogsad::inspector::{self, Extractor, Inspector, JudgeOptions};
 use gstlogsad::profile::Profile;
 use serde_json::json;
 use std::ops::Range;
@@ -198,16 +198,17 @@ impl Bare {
 // ---------------------------------------------------------------------------------------------
 // In-process detector
 
-fn detector_chunk(detector: &mut Detector, frames: &[RgbImage]) -> Duration {
+fn detector_chunk(detector: &mut (Extractor, Inspector), frames: &[RgbImage]) -> Duration {
+    let (extractor, inspector) = detector;
     let start = Instant::now();
     for f in frames {
-        let analysis = detector.analyse(f).expect("analyse");
-        std::hint::black_box(detector.judge(&analysis, None));
+        let result = inspector.inspect(extractor, f, &JudgeOptions::default());
+        std::hint::black_box(result.expect("inspect"));
     }
     start.elapsed()
 }
 
-/// Where the detector's time goes: the steps of `Detector::analyse` (whole-frame tiling) timed one
+/// Where the detector's time goes: the steps of `Inspector::inspect` (whole-frame tiling) timed one
 /// by one with the public building blocks, on the bare backbone. Totals over all frames.
 #[derive(Default, Clone, Copy)]
 struct Breakdown {
@@ -774,8 +775,9 @@ fn main() {
     // of load on the machine hits every configuration alike.
     let engine_options = cfg.engine();
     let mut bare = Bare::new(&manifest_path, &engine_options, &frames, &warmup);
-    let (mut detector, warnings) =
-        Detector::load(&profile_path, &manifest_path, &engine_options).expect("detector");
+    let (extractor, inspector, warnings) =
+        inspector::load(&profile_path, &manifest_path, &engine_options).expect("detector");
+    let mut detector = (extractor, inspector);
     for w in warnings {
         eprintln!("warning (detector): {w}");
     }
@@ -927,7 +929,7 @@ fn main() {
         );
     };
     row("bare ONNX Runtime (Backbone::run)", &r_bare);
-    row("detector in-process (Detector::analyse)", &r_det);
+    row("detector in-process (Inspector::inspect)", &r_det);
     row("appsrc ! logsad ! fakesink", &r_pipe);
     row("appsrc ! logsad ! anomalyoverlay ! fakesink", &r_over);
     println!();

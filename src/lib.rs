@@ -7,11 +7,12 @@
 use gst::glib;
 
 pub mod detect;
-pub mod detector;
+pub mod detectors;
 pub mod engine;
 pub mod enroll;
 pub mod eval;
 pub mod imageio;
+pub mod inspector;
 pub mod meta;
 pub mod profile;
 pub mod synth;

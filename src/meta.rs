@@ -29,6 +29,8 @@ use gst::glib;
 /// Name under which the custom meta is registered.
 pub const META_NAME: &str = "LogsadAnomalyMeta";
 const STRUCTURE_NAME: &str = "logsad/anomaly";
+/// The region-of-interest type of anomaly regions, and the name of their parameter structure.
+pub const ROI_TYPE: &str = "anomaly";
 /// Name of each structure in the `regions` array.
 const REGION_STRUCTURE_NAME: &str = "region";
 
@@ -41,13 +43,8 @@ pub fn register() {
     }
 }
 
-/// One detector's contribution to the fused score.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DetectorScore {
-    pub name: String,
-    pub raw: f64,
-    pub calibrated: f64,
-}
+pub use crate::detectors::DetectorScore;
+use crate::inspector::FrameResult;
 
 /// An anomaly map: `width * height` float32 values, row-major, covering the whole frame.
 #[derive(Debug, Clone)]
@@ -170,6 +167,36 @@ pub struct AnomalyResult {
 }
 
 impl AnomalyResult {
+    /// The metadata of an inspected frame: frame number `frame` in the stream, deinterlaced
+    /// before the inspection or not.
+    pub fn from_frame(result: &FrameResult, frame: u64, deinterlaced: bool) -> Self {
+        let (width, height) = result.frame_size;
+        let map = &result.map;
+        AnomalyResult {
+            score: result.score,
+            calibrated: result.calibrated,
+            anomalous: result.anomalous,
+            threshold: result.threshold,
+            stale: false,
+            frame,
+            detectors: result.detectors.clone(),
+            map: Some(AnomalyMap::from_values(
+                map.map_width as u32,
+                map.map_height as u32,
+                &map.map,
+            )),
+            map_threshold: result.map_threshold,
+            deinterlaced,
+            regions: Some(
+                result
+                    .regions
+                    .iter()
+                    .map(|r| AnomalyRegion::from_pixels(r.rect, width, height, r.score))
+                    .collect(),
+            ),
+        }
+    }
+
     pub fn to_structure(&self) -> gst::Structure {
         let names: Vec<&str> = self.detectors.iter().map(|d| d.name.as_str()).collect();
         let mut s = gst::Structure::builder(STRUCTURE_NAME)
@@ -261,6 +288,29 @@ impl AnomalyResult {
             deinterlaced: s.get("deinterlaced").unwrap_or(false),
             regions,
         })
+    }
+
+    /// Attaches this result to `buffer` (a frame of `frame_size` pixels) as [`Self::attach`]
+    /// does, plus one region-of-interest meta of type [`ROI_TYPE`] per region, carrying an
+    /// `anomaly` structure with its `score` (ids 0.., strongest first).
+    pub fn attach_with_rois(
+        &self,
+        buffer: &mut gst::BufferRef,
+        frame_size: (u32, u32),
+    ) -> Result<(), glib::BoolError> {
+        self.attach(buffer)?;
+        for (id, region) in self.regions.iter().flatten().enumerate() {
+            let rect = region.to_pixels(frame_size.0, frame_size.1);
+            let mut roi = gst_video::VideoRegionOfInterestMeta::add(buffer, ROI_TYPE, rect);
+            // Distinct ids let readers without a meta iterator (PyGObject) reach every region.
+            roi.set_id(id as i32);
+            roi.add_param(
+                gst::Structure::builder(ROI_TYPE)
+                    .field("score", region.score)
+                    .build(),
+            );
+        }
+        Ok(())
     }
 
     /// Attaches this result to `buffer`, replacing an earlier anomaly meta if there is one.

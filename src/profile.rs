@@ -1,87 +1,29 @@
 //! The enrolled reference set on disk: everything the detector needs at run time.
 //!
 //! File layout (little-endian): magic `LOGSADPF`, u32 format version, u64 header length, the
-//! header as JSON, then per detector branch its memory bank (u64 token grid height and width,
+//! header as JSON, u64 count of memory banks (format 6 on; before, one bank per branch), then each memory bank (u64 token grid height and width,
 //! u64 row count and the rows as u32, u64 token value count and the raw tokens as f32, stage
 //! after stage), and a CRC-32 of everything before it. A truncated, corrupt or foreign file fails to load with a message
 //! saying which part is wrong.
 
 use crate::detect::calibrate::Calibration;
 use crate::detect::patch::MemoryBank;
-use crate::detect::score::Reduction;
-use crate::detect::tiling::Tiling;
+pub use crate::detectors::patch::{PatchSpec, Pooling};
+pub use crate::detectors::{EnrolledDetector, Learned};
 use crate::engine::ModelIdentity;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"LOGSADPF";
 /// Version 4 added a tile's resize, a branch's pooling and the calibration method; version 5 a
-/// tile's resampling (float by default, where every earlier profile resampled 8-bit pixels). An
-/// older build must refuse such a file rather than read it without them.
-pub const FORMAT_VERSION: u32 = 5;
+/// tile's resampling (float by default, where every earlier profile resampled 8-bit pixels);
+/// version 6 replaced the patch branches with tagged detectors (patch, interest, composition)
+/// that name their bank, the count of banks after the header, and the learned parts. An older
+/// build must refuse such a file rather than read it without them.
+pub const FORMAT_VERSION: u32 = 6;
 /// Version 3 and 4 files lack only those fields, which default to the behaviour they were built
 /// with: the reference's squash, no pooling, mean-std, and 8-bit resampling.
 const OLDEST_READABLE_VERSION: u32 = 3;
-
-/// What a branch matches against its bank.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    /// Every patch vector (the reference's patch detector).
-    #[default]
-    None,
-    /// One vector per tile and stage, the mean of its tokens: the nearest reference tile by
-    /// overall appearance, which sees changes spread over the whole tile.
-    Mean,
-}
-
-impl Pooling {
-    /// The bank's token grid and upsampling for a model grid and the reference's upsampling.
-    pub fn bank_grid(self, model_grid: (usize, usize), upsample: usize) -> ((usize, usize), usize) {
-        match self {
-            Pooling::None => (model_grid, upsample),
-            Pooling::Mean => ((1, 1), 1),
-        }
-    }
-}
-
-/// One detector branch: how frames are cut, what is matched, how its map becomes a score.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BranchSpec {
-    /// Reported as the detector's name in metadata, e.g. "patch".
-    pub name: String,
-    /// How frames are cut into model inputs; enrollment and detection must agree.
-    pub tiling: Tiling,
-    /// How the map becomes the image score (the reference takes the maximum).
-    pub score: Reduction,
-    /// Gaussian smoothing of the map before scoring, sigma in map cells (0: none, the reference).
-    pub smoothing: f32,
-    /// Absent from profiles written before pooling existed: none.
-    #[serde(default)]
-    pub pooling: Pooling,
-}
-
-impl BranchSpec {
-    /// The reference detector: whole frame, maximum of the raw map.
-    pub fn faithful() -> Self {
-        BranchSpec {
-            name: "patch".into(),
-            tiling: Tiling::whole(),
-            score: Reduction::Max,
-            smoothing: 0.0,
-            pooling: Pooling::None,
-        }
-    }
-}
-
-/// A branch as enrolled: its settings and its calibration over the validation images.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Branch {
-    pub spec: BranchSpec,
-    pub calibration: Calibration,
-    /// Raw validation scores, kept so that thresholds can be re-derived without the images.
-    pub validation_scores: Vec<f64>,
-}
 
 /// How the profile was built and is to be applied; stored as the file's JSON header.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,9 +34,10 @@ pub struct ProfileHeader {
     pub upsample: usize,
     pub feature_dim: usize,
     pub stages: usize,
-    /// The detectors, fused as the paper fuses its detectors (eq. 5): the sigmoid of the largest
-    /// calibrated score. The first branch's map is the one reported.
-    pub branches: Vec<Branch>,
+    /// The detectors, fused as the paper fuses them (eq. 5): the sigmoid of the largest
+    /// calibrated score, or 1.0 when a composition rule fired. The first patch detector's map
+    /// is the one reported.
+    pub detectors: Vec<EnrolledDetector>,
     /// Verdict threshold on the fused calibrated score (0..1).
     pub threshold: f64,
     /// Coreset ratio used to reduce the banks, if any.
@@ -104,10 +47,68 @@ pub struct ProfileHeader {
     pub created_by: String,
 }
 
+impl ProfileHeader {
+    /// The patch detectors with their bank indices, in order.
+    pub fn patch_detectors(&self) -> impl Iterator<Item = (&EnrolledDetector, &PatchSpec, usize)> {
+        self.detectors.iter().filter_map(|d| match &d.learned {
+            Learned::Patch { spec, bank } => Some((d, spec, *bank)),
+        })
+    }
+}
+
+/// The header of format 3 to 5 profiles: patch detector branches, one bank each.
+#[derive(Deserialize)]
+struct LegacyHeader {
+    model: ModelIdentity,
+    upsample: usize,
+    feature_dim: usize,
+    stages: usize,
+    branches: Vec<LegacyBranch>,
+    threshold: f64,
+    coreset_ratio: Option<f32>,
+    references: Vec<String>,
+    validation: Vec<String>,
+    created_by: String,
+}
+
+#[derive(Deserialize)]
+struct LegacyBranch {
+    spec: PatchSpec,
+    calibration: Calibration,
+    validation_scores: Vec<f64>,
+}
+
+impl From<LegacyHeader> for ProfileHeader {
+    fn from(old: LegacyHeader) -> Self {
+        ProfileHeader {
+            model: old.model,
+            upsample: old.upsample,
+            feature_dim: old.feature_dim,
+            stages: old.stages,
+            detectors: old
+                .branches
+                .into_iter()
+                .enumerate()
+                .map(|(bank, b)| EnrolledDetector {
+                    learned: Learned::Patch { spec: b.spec, bank },
+                    calibration: Some(b.calibration),
+                    validation_scores: b.validation_scores,
+                })
+                .collect(),
+            threshold: old.threshold,
+            coreset_ratio: old.coreset_ratio,
+            references: old.references,
+            validation: old.validation,
+            created_by: old.created_by,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     pub header: ProfileHeader,
-    /// One memory bank per branch, in the header's order.
+    /// The patch detectors' memory banks; a detector names its bank by index, so a bank that
+    /// two detectors share is stored once.
     pub banks: Vec<MemoryBank>,
 }
 
@@ -141,6 +142,7 @@ impl Profile {
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&(header.len() as u64).to_le_bytes());
         out.extend_from_slice(&header);
+        out.extend_from_slice(&(self.banks.len() as u64).to_le_bytes());
         for bank in &self.banks {
             let values: usize = bank.tokens.iter().map(Vec::len).sum();
             out.reserve(32 + bank.len() * 4 + values * 4);
@@ -198,21 +200,45 @@ impl Profile {
             return Err("checksum mismatch: the file is truncated or damaged".into());
         }
         let header_len = reader.u64()? as usize;
-        let header: ProfileHeader =
-            serde_json::from_slice(reader.take(header_len)?).map_err(|e| format!("header: {e}"))?;
-        if header.branches.is_empty() {
-            return Err("it has no detector branches".into());
+        let header_bytes = reader.take(header_len)?;
+        let (header, bank_count) = if version >= 6 {
+            let header: ProfileHeader =
+                serde_json::from_slice(header_bytes).map_err(|e| format!("header: {e}"))?;
+            (header, reader.u64()? as usize)
+        } else {
+            let header: LegacyHeader =
+                serde_json::from_slice(header_bytes).map_err(|e| format!("header: {e}"))?;
+            let count = header.branches.len();
+            (ProfileHeader::from(header), count)
+        };
+        if header.patch_detectors().next().is_none() {
+            return Err("it has no patch detector".into());
         }
-        let mut banks = Vec::with_capacity(header.branches.len());
-        for branch in &header.branches {
-            let name = &branch.spec.name;
-            let bank = branch
-                .spec
-                .tiling
+        // Every bank is read with the pooling of the (first) patch detector that uses it.
+        let mut poolings: Vec<Option<Pooling>> = vec![None; bank_count];
+        for (_, spec, bank) in header.patch_detectors() {
+            spec.tiling
                 .validate()
-                .and_then(|()| read_bank(&mut reader, &header, branch.spec.pooling))
-                .map_err(|e| format!("branch {name}: {e}"))?;
+                .map_err(|e| format!("detector {}: {e}", spec.name))?;
+            let slot = poolings.get_mut(bank).ok_or_else(|| {
+                format!(
+                    "detector {} uses bank {bank}, the file has {bank_count}",
+                    spec.name
+                )
+            })?;
+            slot.get_or_insert(spec.pooling);
+        }
+        let mut banks = Vec::with_capacity(bank_count);
+        for (index, pooling) in poolings.into_iter().enumerate() {
+            let pooling = pooling.ok_or_else(|| format!("bank {index} is used by no detector"))?;
+            let bank = read_bank(&mut reader, &header, pooling)
+                .map_err(|e| format!("bank {index}: {e}"))?;
             banks.push(bank);
+        }
+        for detector in &header.detectors {
+            detector
+                .validate(&header)
+                .map_err(|e| format!("detector {}: {e}", detector.name()))?;
         }
         if reader.at != body.len() {
             return Err("unexpected bytes after the memory banks".into());
@@ -294,8 +320,34 @@ mod tests {
     use super::*;
     use crate::detect::features::PatchFeatures;
     use crate::detect::preprocess::Resample;
-    use crate::detect::tiling::Resize;
+    use crate::detect::score::Reduction;
+    use crate::detect::tiling::{Resize, Tiling};
 
+    fn patch(spec: PatchSpec, bank: usize, scores: &[f64]) -> EnrolledDetector {
+        EnrolledDetector {
+            learned: Learned::Patch { spec, bank },
+            calibration: Some(Calibration::fit(scores).unwrap()),
+            validation_scores: scores.to_vec(),
+        }
+    }
+
+    fn other_spec() -> PatchSpec {
+        PatchSpec {
+            name: "other".into(),
+            tiling: Tiling {
+                rows: 2,
+                cols: 3,
+                overlap: 0.25,
+                resize: Resize::Letterbox,
+                resample: Resample::U8,
+            },
+            score: Reduction::TopKMean(3),
+            smoothing: 4.0,
+            pooling: Pooling::None,
+        }
+    }
+
+    /// Two patch detectors with a bank each.
     fn sample() -> Profile {
         Profile {
             header: ProfileHeader {
@@ -306,29 +358,9 @@ mod tests {
                 upsample: 2,
                 feature_dim: 2,
                 stages: 2,
-                branches: vec![
-                    Branch {
-                        spec: BranchSpec::faithful(),
-                        calibration: Calibration::fit(&[0.1, 0.2, 0.3]).unwrap(),
-                        validation_scores: vec![0.1, 0.2, 0.3],
-                    },
-                    Branch {
-                        spec: BranchSpec {
-                            name: "other".into(),
-                            tiling: Tiling {
-                                rows: 2,
-                                cols: 3,
-                                overlap: 0.25,
-                                resize: Resize::Letterbox,
-                                resample: Resample::U8,
-                            },
-                            score: Reduction::TopKMean(3),
-                            smoothing: 4.0,
-                            pooling: Pooling::None,
-                        },
-                        calibration: Calibration::fit(&[0.5, 0.7]).unwrap(),
-                        validation_scores: vec![0.5, 0.7],
-                    },
+                detectors: vec![
+                    patch(PatchSpec::faithful(), 0, &[0.1, 0.2, 0.3]),
+                    patch(other_spec(), 1, &[0.5, 0.7]),
                 ],
                 threshold: 0.95,
                 coreset_ratio: None,
@@ -362,6 +394,39 @@ mod tests {
         let path = dir.path().join("p.logsad");
         sample().save(&path).unwrap();
         assert_eq!(Profile::load(&path).unwrap(), sample());
+    }
+
+    #[test]
+    fn a_bank_shared_by_two_detectors_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+        let mut profile = sample();
+        profile.header.detectors.truncate(1);
+        profile.banks.truncate(1);
+        profile.save(&one).unwrap();
+        let mut shared = PatchSpec::faithful();
+        shared.name = "patch-mean".into();
+        shared.score = Reduction::Mean;
+        profile.header.detectors.push(patch(shared, 0, &[0.2, 0.4]));
+        profile.save(&two).unwrap();
+        // The file holds one bank: the second file's bytes after its header are the first's.
+        let banks = |p: &Path| {
+            let bytes = std::fs::read(p).unwrap();
+            let header_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+            bytes[20 + header_len..bytes.len() - 4].to_vec()
+        };
+        assert_eq!(banks(&one), banks(&two));
+        let back = Profile::load(&two).unwrap();
+        assert_eq!(back.banks.len(), 1);
+        assert_eq!(back, profile);
+        // A detector naming a bank the file lacks is refused.
+        profile
+            .header
+            .detectors
+            .push(patch(PatchSpec::faithful(), 5, &[0.2, 0.4]));
+        profile.save(&two).unwrap();
+        let err = Profile::load(&two).unwrap_err().to_string();
+        assert!(err.contains("uses bank 5, the file has 1"), "{err}");
     }
 
     #[test]
@@ -400,34 +465,79 @@ mod tests {
         }
     }
 
+    /// `profile` as a format 3 to 5 build wrote it: patch branches with a bank each, no bank
+    /// count; `edit` changes each branch's JSON first.
+    fn legacy_file(
+        profile: &Profile,
+        version: u32,
+        edit: impl Fn(&mut serde_json::Value),
+    ) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        profile.save(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let header_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+        let header: serde_json::Value =
+            serde_json::from_slice(&bytes[20..20 + header_len]).unwrap();
+        let mut old = header.clone();
+        let branches: Vec<serde_json::Value> = header["detectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let mut spec = d["learned"]["spec"].clone();
+                edit(&mut spec);
+                serde_json::json!({
+                    "spec": spec,
+                    "calibration": d["calibration"],
+                    "validation_scores": d["validation_scores"],
+                })
+            })
+            .collect();
+        let object = old.as_object_mut().unwrap();
+        object.remove("detectors");
+        object.insert("branches".into(), branches.into());
+        let old_header = serde_json::to_vec(&old).unwrap();
+        let mut out = b"LOGSADPF".to_vec();
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&(old_header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&old_header);
+        // The banks, without the count that format 6 puts before them.
+        out.extend_from_slice(&bytes[20 + header_len + 8..bytes.len() - 4]);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn reads_version_5_branches_as_patch_detectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.logsad");
+        std::fs::write(&path, legacy_file(&sample(), 5, |_| {})).unwrap();
+        assert_eq!(Profile::load(&path).unwrap(), sample());
+    }
+
     #[test]
     fn reads_version_3_without_the_new_fields() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v3.logsad");
-        let profile = sample();
-        profile.save(&path).unwrap();
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
-        let n = bytes.len();
-        let crc = crc32fast::hash(&bytes[..n - 4]);
-        bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
-        std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(Profile::load(&path).unwrap(), profile);
-        // A version-3 branch, as written before resize and pooling existed.
-        let spec: BranchSpec = serde_json::from_str(
-            r#"{"name":"patch","tiling":{"rows":2,"cols":2,"overlap":0.0},
-                "score":{"kind":"max"},"smoothing":0.0}"#,
-        )
-        .unwrap();
+        // A version-3 branch, as written before resize, resampling and pooling existed.
+        let bytes = legacy_file(&sample(), 3, |spec| {
+            let object = spec.as_object_mut().unwrap();
+            object.remove("pooling");
+            let tiling = object["tiling"].as_object_mut().unwrap();
+            tiling.remove("resize");
+            tiling.remove("resample");
+        });
+        std::fs::write(&path, bytes).unwrap();
+        let loaded = Profile::load(&path).unwrap();
+        let (_, spec, _) = loaded.header.patch_detectors().nth(1).unwrap();
         assert_eq!(spec.pooling, Pooling::None);
         assert_eq!(spec.tiling.resize, Resize::Squash);
         // Format 3 and 4 profiles were built on 8-bit resampling and keep it; new ones record
         // theirs (the faithful default is float).
         assert_eq!(spec.tiling.resample, Resample::U8);
-        assert_eq!(
-            sample().header.branches[0].spec.tiling.resample,
-            Resample::F32
-        );
+        assert_eq!(PatchSpec::faithful().tiling.resample, Resample::F32);
     }
 
     #[test]
@@ -435,30 +545,17 @@ mod tests {
         let mut profile = sample();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v4.logsad");
-        profile.save(&path).unwrap();
-        // Rewrite the header as a format-4 build wrote it: no resample field.
-        let bytes = std::fs::read(&path).unwrap();
-        let header_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
-        let mut header: serde_json::Value =
-            serde_json::from_slice(&bytes[20..20 + header_len]).unwrap();
-        for branch in header["branches"].as_array_mut().unwrap() {
-            branch["spec"]["tiling"]
+        let bytes = legacy_file(&profile, 4, |spec| {
+            spec["tiling"]
                 .as_object_mut()
                 .unwrap()
                 .remove("resample")
                 .unwrap();
-        }
-        let header = serde_json::to_vec(&header).unwrap();
-        let mut old = b"LOGSADPF".to_vec();
-        old.extend_from_slice(&4u32.to_le_bytes());
-        old.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        old.extend_from_slice(&header);
-        old.extend_from_slice(&bytes[20 + header_len..bytes.len() - 4]);
-        let crc = crc32fast::hash(&old);
-        old.extend_from_slice(&crc.to_le_bytes());
-        std::fs::write(&path, &old).unwrap();
-        for branch in &mut profile.header.branches {
-            branch.spec.tiling.resample = Resample::U8;
+        });
+        std::fs::write(&path, bytes).unwrap();
+        for detector in &mut profile.header.detectors {
+            let Learned::Patch { spec, .. } = &mut detector.learned;
+            spec.tiling.resample = Resample::U8;
         }
         assert_eq!(Profile::load(&path).unwrap(), profile);
     }

@@ -4,9 +4,9 @@
 //! `make deps`); copies are made at test time.
 
 use gstlogsad::detect::calibrate::CalibrationMethod;
-use gstlogsad::detector::Detector;
 use gstlogsad::engine::EngineOptions;
 use gstlogsad::enroll::{enroll, EnrollOptions};
+use gstlogsad::inspector;
 use gstlogsad::profile::Profile;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -138,9 +138,9 @@ fn copies_among_validation_images_count_once() {
         profile.header.validation,
         [show(&nominal(5)), show(&nominal(6))]
     );
-    let branch = &profile.header.branches[0];
-    assert_eq!(branch.validation_scores.len(), 2);
-    assert_eq!(branch.calibration.count, 2);
+    let detector = &profile.header.detectors[0];
+    assert_eq!(detector.validation_scores.len(), 2);
+    assert_eq!(detector.calibration.as_ref().unwrap().count, 2);
 }
 
 #[test]
@@ -201,19 +201,19 @@ fn a_validation_image_far_from_the_others_is_warned_about() {
         CalibrationMethod::MeanStd,
     )
     .unwrap();
-    let scores = &profile.header.branches[0].validation_scores;
+    let scores = &profile.header.detectors[0].validation_scores;
     assert_eq!(warnings.len(), 1, "{warnings:?} {scores:?}");
     let want = format!("validation image {} scores ", show(&flat));
     assert!(
         warnings[0].starts_with(&want)
-            && warnings[0].contains("robust deviations above the others on branch patch")
+            && warnings[0].contains("robust deviations above the others on detector patch")
             && warnings[0].contains("check it or leave it out of --validation"),
         "{warnings:?}"
     );
 }
 
 #[test]
-fn a_spread_of_float_noise_is_refused_naming_the_branch() {
+fn a_spread_of_float_noise_is_refused_naming_the_detector() {
     let dir = tempfile::tempdir().unwrap();
     // Copies of a reference with one grey level changed in one pixel: not the same pixels, but
     // both score 0 to float rounding.
@@ -228,7 +228,7 @@ fn a_spread_of_float_noise_is_refused_naming_the_branch() {
     for method in [CalibrationMethod::MeanStd, CalibrationMethod::MedianMad] {
         let err = run(&[nominal(1), nominal(2)], &validation, method).unwrap_err();
         assert!(
-            err.contains("calibration of branch patch: the validation scores spread by")
+            err.contains("calibration of detector patch: the validation scores spread by")
                 && err.contains("below 1e-5 (float rounding)")
                 && err.contains("use more, varied anomaly-free images for --validation"),
             "{err}"
@@ -247,17 +247,23 @@ fn a_profile_with_a_spread_of_noise_warns_when_loaded() {
     .unwrap();
     let path = dir.path().join("p.logsad");
     profile.save(&path).unwrap();
-    let (_, warnings) = Detector::load(&path, &tiny_manifest(), &EngineOptions::default()).unwrap();
+    let (_, _, warnings) =
+        inspector::load(&path, &tiny_manifest(), &EngineOptions::default()).unwrap();
     assert!(
         warnings.iter().all(|w| !w.contains("spread")),
         "{warnings:?}"
     );
     // As an older build could write it.
-    profile.header.branches[0].calibration.std = 1e-9;
+    profile.header.detectors[0]
+        .calibration
+        .as_mut()
+        .unwrap()
+        .std = 1e-9;
     profile.save(&path).unwrap();
-    let (_, warnings) = Detector::load(&path, &tiny_manifest(), &EngineOptions::default()).unwrap();
+    let (_, _, warnings) =
+        inspector::load(&path, &tiny_manifest(), &EngineOptions::default()).unwrap();
     let want = format!(
-        "profile {}: branch patch was calibrated on validation scores that spread by 1.0e-9",
+        "profile {}: detector patch was calibrated on validation scores that spread by 1.0e-9",
         show(&path)
     );
     assert!(
@@ -290,7 +296,8 @@ fn the_command_records_the_resampling() {
             String::from_utf8_lossy(&status.stderr)
         );
         let profile = Profile::load(&out).unwrap();
-        let resample = profile.header.branches[0].spec.tiling.resample;
+        let (_, spec, _) = profile.header.patch_detectors().next().unwrap();
+        let resample = spec.tiling.resample;
         assert_eq!(resample.to_string(), want);
     }
     let bad = Command::new(env!("CARGO_BIN_EXE_logsad"))

@@ -109,7 +109,8 @@ fn check_category(
     let s = &c.settings;
     assert_eq!(s["preset"], "faithful");
     assert_eq!(s["model"], "tiny-dinov2-28x28-p14-d8-s0");
-    assert_eq!(s["branches"][0]["name"], "patch");
+    assert_eq!(s["detectors"][0]["kind"], "patch");
+    assert_eq!(s["detectors"][0]["name"], "patch");
     assert!(s["validation_images"].as_u64().unwrap() >= 2, "{s}");
 }
 
@@ -236,7 +237,7 @@ fn batches_score_as_single_images() {
         validation_count: 3,
         shots: Some(2),
         preset: "multiscale".into(),
-        branches: gstlogsad::eval::run::Branches::Fixed(
+        detectors: gstlogsad::eval::run::Detectors::Fixed(
             gstlogsad::enroll::preset("multiscale", None).unwrap(),
         ),
         batch,
@@ -479,10 +480,10 @@ fn command_on_plain_miniature() {
     assert_eq!(json["draws"].as_array().unwrap().len(), 2);
     assert_eq!(json["draws"][1]["seed"], 1);
     assert_eq!(json["summary"][0]["image_auroc"]["n"], 2);
-    let branches = &json["draws"][0]["categories"][0]["settings"]["branches"];
-    assert_eq!(branches.as_array().unwrap().len(), 2, "{branches}");
-    for branch in branches.as_array().unwrap() {
-        assert_eq!(branch["tiling"]["resize"], "letterbox", "{branch}");
+    let detectors = &json["draws"][0]["categories"][0]["settings"]["detectors"];
+    assert_eq!(detectors.as_array().unwrap().len(), 2, "{detectors}");
+    for detector in detectors.as_array().unwrap() {
+        assert_eq!(detector["tiling"]["resize"], "letterbox", "{detector}");
     }
     let settings = &json["draws"][0]["categories"][0]["settings"];
     assert_eq!(settings["calibration"], "median-mad");
@@ -521,11 +522,18 @@ fn embedding_branch_through_a_profile() {
     );
     let info = logsad(&["info", profile.to_str().unwrap()]);
     let header: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    assert_eq!(header["branches"][1]["spec"]["name"], "embedding-global");
-    assert_eq!(header["branches"][1]["spec"]["pooling"], "mean");
-    assert_eq!(header["branches"][0]["spec"]["pooling"], "none");
+    let learned = |i: usize| &header["detectors"][i]["learned"];
+    assert_eq!(learned(1)["kind"], "patch");
+    assert_eq!(learned(1)["spec"]["name"], "embedding-global");
+    assert_eq!(learned(1)["spec"]["pooling"], "mean");
+    assert_eq!(learned(0)["spec"]["pooling"], "none");
+    // Different pooling: a bank each.
+    assert_eq!(
+        (learned(0)["bank"].clone(), learned(1)["bank"].clone()),
+        (0.into(), 1.into())
+    );
     // Two validation scores: median = their mean, MAD = half their distance.
-    for branch in header["branches"].as_array().unwrap() {
+    for branch in header["detectors"].as_array().unwrap() {
         let calibration = &branch["calibration"];
         assert_eq!(calibration["method"], "median-mad");
         let scores: Vec<f64> = branch["validation_scores"]
@@ -570,7 +578,7 @@ fn embedding_branch_through_a_profile() {
     // Brute force: per stage, 1 - the largest cosine between the mean tokens of the defect
     // image and of each reference, averaged over the stages.
     let (mut extractor, _) =
-        gstlogsad::enroll::load_extractor(&model, &Default::default()).unwrap();
+        gstlogsad::inspector::Extractor::load(&model, &Default::default()).unwrap();
     let whole = gstlogsad::detect::tiling::Tiling::whole();
     let mut mean_tokens = |path: &str| {
         let image = gstlogsad::imageio::load_rgb(Path::new(path)).unwrap();

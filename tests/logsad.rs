@@ -13,9 +13,10 @@ use gst::glib;
 use gst::prelude::*;
 use gst_video::prelude::*;
 use gstlogsad::detect::tiling::Tiling;
+use gstlogsad::detectors::DetectorSpec;
 use gstlogsad::enroll::{enroll, EnrollOptions};
 use gstlogsad::meta::AnomalyResult;
-use gstlogsad::profile::BranchSpec;
+use gstlogsad::profile::PatchSpec;
 use std::str::FromStr;
 
 static INIT: Once = Once::new();
@@ -161,10 +162,10 @@ fn tiny() -> Tiny {
     }
     let enroll_with = |tiling: Tiling, name: &str| {
         let options = EnrollOptions {
-            branches: vec![BranchSpec {
+            detectors: vec![DetectorSpec::Patch(PatchSpec {
                 tiling,
-                ..BranchSpec::faithful()
-            }],
+                ..PatchSpec::faithful()
+            })],
             threshold: TINY_THRESHOLD,
             ..EnrollOptions::default()
         };
@@ -178,8 +179,8 @@ fn tiny() -> Tiny {
         )
         .expect("enrollment with the tiny model");
         assert_eq!(calls, references.len() + validation.len());
-        let branch = &profile.header.branches[0];
-        assert_eq!(branch.validation_scores.len(), validation.len());
+        let detector = &profile.header.detectors[0];
+        assert_eq!(detector.validation_scores.len(), validation.len());
         let path = dir.path().join(name);
         profile.save(&path).unwrap();
         path
@@ -1153,14 +1154,14 @@ fn real_model_textile() {
     let references = vec![nominal(1), nominal(2)];
     let validation = vec![nominal(3), nominal(4), nominal(5)];
     let options = EnrollOptions {
-        branches: vec![BranchSpec {
+        detectors: vec![DetectorSpec::Patch(PatchSpec {
             tiling: Tiling {
                 rows: 2,
                 cols: 2,
                 ..Tiling::whole()
             },
-            ..BranchSpec::faithful()
-        }],
+            ..PatchSpec::faithful()
+        })],
         ..EnrollOptions::default()
     };
     let (profile, _) = enroll(

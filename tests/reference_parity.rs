@@ -13,11 +13,12 @@
 
 use gstlogsad::detect::preprocess::Resample;
 use gstlogsad::detect::tiling::Tiling;
-use gstlogsad::detector::Detector;
+use gstlogsad::detectors::DetectorSpec;
 use gstlogsad::engine::EngineOptions;
 use gstlogsad::enroll::{enroll, EnrollOptions};
 use gstlogsad::imageio::load_rgb;
-use gstlogsad::profile::BranchSpec;
+use gstlogsad::inspector::{self, JudgeOptions};
+use gstlogsad::profile::PatchSpec;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -49,13 +50,13 @@ fn rust_scores(
     resample: Resample,
     dir: &Path,
 ) -> Vec<f64> {
-    let mut branch = BranchSpec::faithful();
+    let mut branch = PatchSpec::faithful();
     branch.tiling = Tiling {
         resample,
         ..Tiling::whole()
     };
     let options = EnrollOptions {
-        branches: vec![branch],
+        detectors: vec![DetectorSpec::Patch(branch)],
         ..EnrollOptions::default()
     };
     let (profile, _) = enroll(
@@ -68,13 +69,16 @@ fn rust_scores(
     .expect("enrollment");
     let profile_path = dir.join(format!("parity-{resample}.logsad"));
     profile.save(&profile_path).unwrap();
-    let (mut detector, _) =
-        Detector::load(&profile_path, manifest, &EngineOptions::default()).unwrap();
+    let (mut extractor, inspector, _) =
+        inspector::load(&profile_path, manifest, &EngineOptions::default()).unwrap();
     images
         .iter()
         .map(|path| {
             let image = load_rgb(path).unwrap();
-            detector.analyse(&image).unwrap().score()
+            inspector
+                .inspect(&mut extractor, &image, &JudgeOptions::default())
+                .unwrap()
+                .score
         })
         .collect()
 }

@@ -6,10 +6,10 @@
 
 use gstlogsad::detect::calibrate::CalibrationMethod;
 use gstlogsad::detect::regions::RegionOptions;
-use gstlogsad::detector::{frame_regions, Detector};
 use gstlogsad::engine::EngineOptions;
 use gstlogsad::enroll::{enroll, preset, EnrollOptions};
 use gstlogsad::imageio::load_rgb;
+use gstlogsad::inspector::{self, frame_regions, JudgeOptions};
 use std::path::PathBuf;
 
 fn deps() -> PathBuf {
@@ -33,7 +33,7 @@ fn one_box_frames_the_demo_speck() {
     let references: Vec<PathBuf> = (1..=4).map(nominal).collect();
     let validation: Vec<PathBuf> = (5..=24).map(nominal).collect();
     let options = EnrollOptions {
-        branches: preset("multiscale-embedding", None).unwrap(),
+        detectors: preset("multiscale-embedding", None).unwrap(),
         calibration: CalibrationMethod::MedianMad,
         ..EnrollOptions::default()
     };
@@ -48,20 +48,17 @@ fn one_box_frames_the_demo_speck() {
     let dir = tempfile::tempdir().unwrap();
     let profile_path = dir.path().join("demo.logsad");
     profile.save(&profile_path).unwrap();
-    let (mut detector, _) =
-        Detector::load(&profile_path, &manifest, &EngineOptions::default()).unwrap();
+    let (mut extractor, inspector, _) =
+        inspector::load(&profile_path, &manifest, &EngineOptions::default()).unwrap();
 
     let image = load_rgb(&textile.join("local/textile_0001.jpg")).unwrap();
-    let analysis = detector.analyse(&image).unwrap();
-    let verdict = detector.judge(&analysis, None);
-    assert!(verdict.anomalous, "the speck frame is flagged");
-    let frame = (image.width, image.height);
-    let boxes = frame_regions(
-        analysis.map(),
-        verdict.map_threshold,
-        frame,
-        &RegionOptions::default(),
-    );
+    let judging = JudgeOptions {
+        threshold: None,
+        regions: Some(RegionOptions::default()),
+    };
+    let result = inspector.inspect(&mut extractor, &image, &judging).unwrap();
+    assert!(result.anomalous, "the speck frame is flagged");
+    let boxes = &result.regions;
     assert_eq!(boxes.len(), 1, "one box, got {boxes:?}");
     let (x, y, w, h) = boxes[0].rect;
     let (left, top, right, bottom) = SPECK;
@@ -81,9 +78,9 @@ fn one_box_frames_the_demo_speck() {
 
     // Every cell above the threshold (the earlier boxes) reaches far beyond it.
     let before = frame_regions(
-        analysis.map(),
-        verdict.map_threshold,
-        frame,
+        &result.map,
+        result.map_threshold,
+        result.frame_size,
         &RegionOptions::above_threshold(1),
     );
     let largest = before.iter().map(|r| r.rect.2 * r.rect.3).max().unwrap();

@@ -44,7 +44,10 @@ fn assert_close(what: &str, before: f64, after: f64) {
 fn preset_scores_are_those_from_before_the_reshape() {
     let data = deps().join("data/textile");
     if !data.join("nominal/textile_0001.jpg").exists() {
-        eprintln!("skipping: no textile data in {} (run make deps)", data.display());
+        eprintln!(
+            "skipping: no textile data in {} (run make deps)",
+            data.display()
+        );
         return;
     }
     let rel = |p: &Path| p.to_str().unwrap().to_owned();
@@ -61,11 +64,30 @@ fn preset_scores_are_those_from_before_the_reshape() {
     for preset in ["faithful", "multiscale-embedding"] {
         let profile = dir.path().join(format!("{preset}.profile"));
         let profile = profile.to_str().unwrap();
-        let (r1, r2, r3) = (image("nominal", 1), image("nominal", 2), image("nominal", 3));
-        let (v1, v2, v3) = (image("nominal", 5), image("nominal", 6), image("nominal", 7));
+        let (r1, r2, r3) = (
+            image("nominal", 1),
+            image("nominal", 2),
+            image("nominal", 3),
+        );
+        let (v1, v2, v3) = (
+            image("nominal", 5),
+            image("nominal", 6),
+            image("nominal", 7),
+        );
         logsad(&[
-            "enroll", "--out", profile, "--preset", preset, "--validation", &v1, &v2, &v3, "--",
-            &r1, &r2, &r3,
+            "enroll",
+            "--out",
+            profile,
+            "--preset",
+            preset,
+            "--validation",
+            &v1,
+            &v2,
+            &v3,
+            "--",
+            &r1,
+            &r2,
+            &r3,
         ]);
         let scored = logsad(&[
             "score",
@@ -85,10 +107,17 @@ fn preset_scores_are_those_from_before_the_reshape() {
         for (b, n) in before.iter().zip(&now) {
             let name = b["path"].as_str().unwrap();
             let file = Path::new(name).file_name().unwrap();
-            assert!(n["path"].as_str().unwrap().ends_with(file.to_str().unwrap()));
+            assert!(n["path"]
+                .as_str()
+                .unwrap()
+                .ends_with(file.to_str().unwrap()));
             let what = |field: &str| format!("{preset} {name} {field}");
             for field in ["score", "calibrated", "map_mean"] {
-                assert_close(&what(field), b[field].as_f64().unwrap(), n[field].as_f64().unwrap());
+                assert_close(
+                    &what(field),
+                    b[field].as_f64().unwrap(),
+                    n[field].as_f64().unwrap(),
+                );
             }
             assert_eq!(b["anomalous"], n["anomalous"], "{}", what("anomalous"));
             let detectors = b["detectors"].as_object().unwrap();

@@ -56,7 +56,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 /// ROI type drawn by this element.
-const ROI_TYPE: &str = "anomaly";
+use crate::meta::ROI_TYPE;
 
 const DEFAULT_COLORMAP: Colormap = Colormap::Inferno;
 const DEFAULT_OPACITY: f64 = 0.45;

@@ -109,7 +109,7 @@ const DEFAULT_INCLUDE_MAP: bool = false;
 const DEFAULT_APPEND: bool = false;
 
 /// ROI type (and parameter structure name) of the regions this element reports.
-const ROI_TYPE: &str = "anomaly";
+use crate::meta::ROI_TYPE;
 /// While lines keep being dropped, at most one "still dropping" warning per this interval.
 const WARNING_INTERVAL: Duration = Duration::from_secs(1);
 /// At EOS and on stop the element waits for the writer as long as it makes progress; it gives up

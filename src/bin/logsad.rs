@@ -7,17 +7,17 @@ use gstlogsad::detect::preprocess::Resample;
 use gstlogsad::detect::regions::{PeakScope, RegionOptions};
 use gstlogsad::detect::score::Reduction;
 use gstlogsad::detect::tiling::{Resize, Tiling};
-use gstlogsad::detector::Detector;
+use gstlogsad::detectors::DetectorSpec;
 use gstlogsad::engine::{self, Device, EngineOptions};
 use gstlogsad::enroll::{enroll, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
 use gstlogsad::eval::dataset::{self, Layout, LoadOptions, DEFAULT_VALIDATION_COUNT};
 use gstlogsad::eval::report::{Report, ScoredImage};
 use gstlogsad::eval::run::{
-    evaluate, summary_table, write_roc, Branches, EvalOptions, EvalProgress, EvalRecord,
+    evaluate, summary_table, write_roc, Detectors, EvalOptions, EvalProgress, EvalRecord,
     DEFAULT_BATCH,
 };
 use gstlogsad::imageio;
-use gstlogsad::profile::BranchSpec;
+use gstlogsad::inspector::{self, JudgeOptions};
 use gstlogsad::synth::{write_structural_set, StructuralSetOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashSet;
@@ -355,29 +355,33 @@ fn parse_tiling(
     Ok(Some(tiling))
 }
 
-/// The detector branches the enroll options describe.
-fn branches(
+/// The detectors the enroll options describe.
+fn detectors(
     args: &DetectorArgs,
     manifest: &Path,
     first_reference: &Path,
-) -> Result<Vec<BranchSpec>> {
-    let mut branches = preset(&args.preset, parse_tiling(args, manifest, first_reference)?)
+) -> Result<Vec<DetectorSpec>> {
+    let mut detectors = preset(&args.preset, parse_tiling(args, manifest, first_reference)?)
         .map_err(anyhow::Error::msg)?;
-    if let Some(score) = args.score {
-        branches[0].score = score;
-    }
     if !(args.smoothing.is_finite() && args.smoothing >= 0.0) {
         bail!(
             "--smoothing {} must be a sigma of 0 or more",
             args.smoothing
         );
     }
-    for branch in &mut branches {
-        branch.smoothing = args.smoothing;
-        branch.tiling.resize = args.resize;
-        branch.tiling.resample = args.resample;
+    let mut patches = detectors.iter_mut().filter_map(|d| match d {
+        DetectorSpec::Patch(spec) => Some(spec),
+    });
+    if let (Some(score), Some(first)) = (args.score, patches.next()) {
+        first.score = score;
     }
-    Ok(branches)
+    for detector in &mut detectors {
+        let DetectorSpec::Patch(spec) = detector;
+        spec.smoothing = args.smoothing;
+        spec.tiling.resize = args.resize;
+        spec.tiling.resample = args.resample;
+    }
+    Ok(detectors)
 }
 
 fn bar(len: usize, what: &str) -> ProgressBar {
@@ -413,7 +417,7 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
     }
     let validation = expand(&args.validation)?;
     let options = EnrollOptions {
-        branches: branches(&args.detector, &args.engine.manifest(), &references[0])?,
+        detectors: detectors(&args.detector, &args.engine.manifest(), &references[0])?,
         coreset_ratio: args.coreset_ratio,
         threshold: args.threshold,
         seed: args.seed,
@@ -445,15 +449,18 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
         args.out.display(),
         references.len()
     );
-    for (branch, bank) in profile.header.branches.iter().zip(&profile.banks) {
-        let (spec, c) = (&branch.spec, &branch.calibration);
+    for (detector, spec, bank) in profile.header.patch_detectors() {
+        let c = detector
+            .calibration
+            .as_ref()
+            .expect("patch detectors are calibrated");
         eprintln!(
             "  {}: {}x{} tiles, score {}, bank of {} patches, validation mean {:.4} std {:.4}",
             spec.name,
             spec.tiling.rows,
             spec.tiling.cols,
             spec.score,
-            bank.len(),
+            profile.banks[bank].len(),
             c.mean,
             c.std
         );
@@ -473,11 +480,15 @@ fn run_score(args: ScoreArgs) -> Result<()> {
         check_threshold(t)?;
     }
     let images = expand(&args.images)?;
-    let (mut detector, warnings) = Detector::load(
+    let (mut extractor, inspector, warnings) = inspector::load(
         &args.profile,
         &args.engine.manifest(),
         &args.engine.options(),
     )?;
+    let judging = JudgeOptions {
+        threshold: args.threshold,
+        regions: None,
+    };
     for w in warnings {
         eprintln!("warning: {w}");
     }
@@ -504,22 +515,21 @@ fn run_score(args: ScoreArgs) -> Result<()> {
                 continue;
             }
         };
-        let analysis = detector.analyse(&image)?;
-        let verdict = detector.judge(&analysis, args.threshold);
-        let map = analysis.map();
-        let detectors: serde_json::Map<String, serde_json::Value> = detector
-            .branch_scores(&analysis)
-            .into_iter()
-            .map(|b| {
-                let scores = serde_json::json!({"score": b.raw, "calibrated": b.calibrated});
-                (b.name, scores)
+        let result = inspector.inspect(&mut extractor, &image, &judging)?;
+        let map = &result.map;
+        let detectors: serde_json::Map<String, serde_json::Value> = result
+            .detectors
+            .iter()
+            .map(|d| {
+                let scores = serde_json::json!({"score": d.raw, "calibrated": d.calibrated});
+                (d.name.clone(), scores)
             })
             .collect();
         let mut line = serde_json::json!({
             "path": path.display().to_string(),
-            "score": analysis.score(),
-            "calibrated": verdict.calibrated,
-            "anomalous": verdict.anomalous,
+            "score": result.score,
+            "calibrated": result.calibrated,
+            "anomalous": result.anomalous,
             "detectors": detectors,
             "map_mean": map.map.iter().map(|&v| v as f64).sum::<f64>() / map.map.len() as f64,
         });
@@ -555,8 +565,8 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         validation_count: args.validation_count,
         test_limit: args.test_limit,
         preset: args.detector.preset.clone(),
-        branches: Branches::PerCategory(Box::new(move |first_reference| {
-            branches(&detector, &branch_manifest, first_reference).map_err(|e| format!("{e:#}"))
+        detectors: Detectors::PerCategory(Box::new(move |first_reference| {
+            detectors(&detector, &branch_manifest, first_reference).map_err(|e| format!("{e:#}"))
         })),
         coreset_ratio: args.coreset_ratio,
         engine: args.engine.options(),

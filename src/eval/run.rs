@@ -37,29 +37,31 @@ use crate::detect::calibrate::CalibrationMethod;
 use crate::detect::metrics;
 use crate::detect::preprocess::RgbImage;
 use crate::detect::regions::RegionOptions;
-use crate::detector::{frame_regions, Analysis, Detector, DetectorError};
+use crate::detectors::DetectorSpec;
 use crate::engine::EngineOptions;
-use crate::enroll::{enroll_with, load_extractor, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
+use crate::enroll::{enroll_with, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
 use crate::imageio::{self, LoadError};
-use crate::profile::BranchSpec;
+use crate::inspector::{
+    frame_regions, Extractor, FrameResult, InspectError, Inspector, JudgeOptions, StageTimings,
+};
 
-/// Works out a category's detector branches from its first reference image (an upscale tiling
+/// Works out a category's detectors from its first reference image (an upscale tiling
 /// depends on the image size).
-pub type BranchesFn = dyn Fn(&Path) -> Result<Vec<BranchSpec>, String>;
+pub type DetectorsFn = dyn Fn(&Path) -> Result<Vec<DetectorSpec>, String>;
 
-/// The detector branches of an evaluation.
-pub enum Branches {
-    /// The same branches for every category.
-    Fixed(Vec<BranchSpec>),
-    /// Branches worked out per category and draw from the first reference image.
-    PerCategory(Box<BranchesFn>),
+/// The detectors of an evaluation.
+pub enum Detectors {
+    /// The same detectors for every category.
+    Fixed(Vec<DetectorSpec>),
+    /// Detectors worked out per category and draw from the first reference image.
+    PerCategory(Box<DetectorsFn>),
 }
 
-impl fmt::Debug for Branches {
+impl fmt::Debug for Detectors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Branches::Fixed(b) => f.debug_tuple("Fixed").field(b).finish(),
-            Branches::PerCategory(_) => f.write_str("PerCategory(..)"),
+            Detectors::Fixed(b) => f.debug_tuple("Fixed").field(b).finish(),
+            Detectors::PerCategory(_) => f.write_str("PerCategory(..)"),
         }
     }
 }
@@ -83,9 +85,9 @@ pub struct EvalOptions {
     pub validation_count: usize,
     /// Keep only the first `N` test images of each defect type (`good` included).
     pub test_limit: Option<usize>,
-    /// Preset name, recorded in the settings (the branches are [`EvalOptions::branches`]).
+    /// Preset name, recorded in the settings (the detectors are [`EvalOptions::detectors`]).
     pub preset: String,
-    pub branches: Branches,
+    pub detectors: Detectors,
     /// Greedy coreset reduction of the memory banks (the coreset seed is the draw's seed).
     pub coreset_ratio: Option<f32>,
     pub engine: EngineOptions,
@@ -110,7 +112,7 @@ impl Default for EvalOptions {
             validation_count: DEFAULT_VALIDATION_COUNT,
             test_limit: None,
             preset: "faithful".into(),
-            branches: Branches::Fixed(preset("faithful", None).expect("known preset")),
+            detectors: Detectors::Fixed(preset("faithful", None).expect("known preset")),
             coreset_ratio: None,
             engine: EngineOptions::default(),
             pixel: true,
@@ -169,7 +171,7 @@ pub enum EvalError {
     #[error(transparent)]
     Dataset(#[from] DatasetError),
     #[error(transparent)]
-    Detector(#[from] DetectorError),
+    Detector(#[from] InspectError),
     #[error("{0}")]
     Invalid(String),
     #[error("{}: {message}", path.display())]
@@ -286,7 +288,7 @@ pub fn evaluate(
     });
     let pixel = options.pixel && dataset.layout != Layout::Plain;
 
-    let (mut extractor, warnings) = load_extractor(manifest, &options.engine)?;
+    let (mut extractor, warnings) = Extractor::load(manifest, &options.engine)?;
     for w in &warnings {
         progress(EvalProgress::Warning(w));
     }
@@ -299,13 +301,13 @@ pub fn evaluate(
             dataset.categories.iter().zip(plan).zip(&tests)
         {
             let name = category.name.as_str();
-            let branches = match &options.branches {
-                Branches::Fixed(b) => b.clone(),
-                Branches::PerCategory(f) => f(&references[0])
+            let detectors = match &options.detectors {
+                Detectors::Fixed(b) => b.clone(),
+                Detectors::PerCategory(f) => f(&references[0])
                     .map_err(|e| EvalError::Invalid(format!("category '{name}': {e}")))?,
             };
             let enroll_options = EnrollOptions {
-                branches: branches.clone(),
+                detectors: detectors.clone(),
                 coreset_ratio: options.coreset_ratio,
                 threshold: DEFAULT_THRESHOLD,
                 seed: seed.unwrap_or(0),
@@ -332,34 +334,33 @@ pub fn evaluate(
                 progress(EvalProgress::Warning(&format!("category '{name}': {w}")));
             }
             let enroll_s = start.elapsed().as_secs_f64();
-            let mut detector = Detector { extractor, profile };
+            let inspector = Inspector::new(profile);
             let pixel = pixel.then_some(options.regions.as_slice());
-            let scored =
-                score_category(
-                    &mut detector,
-                    test,
-                    pixel,
-                    options.batch,
-                    &mut |event| match event {
-                        Ok(done) => progress(EvalProgress::Image {
-                            draw,
-                            category: name,
-                            done,
-                            total: test.len(),
-                        }),
-                        Err(error) => progress(EvalProgress::Unreadable {
-                            draw,
-                            category: name,
-                            error,
-                        }),
-                    },
-                );
-            extractor = detector.extractor;
+            let scored = score_category(
+                &inspector,
+                &mut extractor,
+                test,
+                pixel,
+                options.batch,
+                &mut |event| match event {
+                    Ok(done) => progress(EvalProgress::Image {
+                        draw,
+                        category: name,
+                        done,
+                        total: test.len(),
+                    }),
+                    Err(error) => progress(EvalProgress::Unreadable {
+                        draw,
+                        category: name,
+                        error,
+                    }),
+                },
+            );
             let scored = scored?;
             let settings = serde_json::json!({
                 "model": model,
                 "preset": options.preset,
-                "branches": branches,
+                "detectors": detectors,
                 "shots": options.shots,
                 "seed": seed,
                 "references": references.len(),
@@ -412,13 +413,14 @@ struct Scored {
 /// the number of images scored so far after each scored one. With `pixel` (region settings),
 /// also the pixel metrics and the box metrics of each region setting.
 fn score_category(
-    detector: &mut Detector,
+    inspector: &Inspector,
+    extractor: &mut Extractor,
     test: &[Sample],
     pixel: Option<&[RegionOptions]>,
     batch: usize,
     on_image: &mut dyn FnMut(Result<usize, &LoadError>),
 ) -> Result<Scored, EvalError> {
-    let before = detector.extractor.timing;
+    let mut timings = StageTimings::default();
     let mut accumulator = pixel.map(|_| PixelAccumulator::new());
     let mut boxes = vec![BoxAccumulator::default(); pixel.map_or(0, <[_]>::len)];
     let mut pixel_images = 0;
@@ -460,16 +462,16 @@ fn score_category(
                 continue;
             }
             let refs: Vec<&RgbImage> = images.iter().collect();
-            let analyses = detector.analyse_batch(&refs)?;
-            for ((sample, image), analysis) in readable.into_iter().zip(&images).zip(&analyses) {
+            let results = inspector.inspect_batch(extractor, &refs, &JudgeOptions::default())?;
+            for (sample, result) in readable.into_iter().zip(&results) {
+                timings.add(&result.timings);
                 if let (Some(acc), Some(regions)) = (accumulator.as_mut(), pixel) {
-                    let frame = (image.width, image.height);
-                    if let Some(mask) = add_pixels(acc, analysis, sample, frame)? {
+                    let frame = result.frame_size;
+                    if let Some(mask) = add_pixels(acc, result, sample, frame)? {
                         pixel_images += 1;
-                        let threshold = detector.judge(analysis, None).map_threshold;
                         for (options, acc) in regions.iter().zip(&mut boxes) {
                             let found: Vec<PixelBox> =
-                                frame_regions(analysis.map(), threshold, frame, options)
+                                frame_regions(&result.map, result.map_threshold, frame, options)
                                     .iter()
                                     .map(|r| r.rect)
                                     .collect();
@@ -482,7 +484,7 @@ fn score_category(
                     anomalous: sample.anomalous,
                     defect: sample.defect.clone(),
                     split: sample.split.map(|s| s.name().to_string()),
-                    score: analysis.fused_z(),
+                    score: result.ranking_score(),
                 });
                 on_image(Ok(scores.len()));
             }
@@ -490,10 +492,9 @@ fn score_category(
         Ok(())
     })?;
     let busy = start.elapsed();
-    let after = detector.extractor.timing;
     let timing = Timing {
-        model_s: after.model.saturating_sub(before.model).as_secs_f64(),
-        matching_s: after.matching.saturating_sub(before.matching).as_secs_f64(),
+        model_s: timings.model.as_secs_f64(),
+        matching_s: timings.matching().as_secs_f64(),
         per_image_ms: if test.is_empty() {
             0.0
         } else {
@@ -520,12 +521,12 @@ fn score_category(
     })
 }
 
-/// Adds the first branch's map of one test image and returns `Some` of its union mask (`None`
+/// Adds the reported map of one test image and returns `Some` of its union mask (`None`
 /// inside for a good image), or `None` for an anomalous image without masks (left out: its
 /// anomalous pixels are unknown).
 fn add_pixels(
     acc: &mut PixelAccumulator,
-    analysis: &Analysis,
+    result: &FrameResult,
     sample: &Sample,
     size: (u32, u32),
 ) -> Result<Option<Option<GrayImage>>, EvalError> {
@@ -547,7 +548,7 @@ fn add_pixels(
         })?;
         Some(union)
     };
-    let map = analysis.map();
+    let map = &result.map;
     acc.add(&map.map, map.map_width, map.map_height, mask.as_ref(), size)
         .map_err(|message| EvalError::Mask {
             path: sample.masks.first().unwrap_or(&sample.path).clone(),

@@ -31,9 +31,9 @@
 use crate::detect::deinterlace::{self, Field};
 use crate::detect::preprocess::RgbImage;
 use crate::detect::regions::{RegionOptions, DEFAULT_PEAK_FRACTION};
-use crate::detector::{frame_regions, Detector, FrameRegion};
 use crate::engine::{self, EngineOptions};
-use crate::meta::{AnomalyMap, AnomalyRegion, AnomalyResult, DetectorScore};
+use crate::inspector::{self, Extractor, Inspector, JudgeOptions};
+use crate::meta::AnomalyResult;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -171,10 +171,14 @@ impl Converter {
 }
 
 struct State {
-    detector: Detector,
+    /// The loaded backbone.
+    extractor: Extractor,
+    /// The profile's detectors.
+    inspector: Inspector,
     converter: Option<Converter>,
     frames: u64,
-    last: Option<(AnomalyResult, Vec<FrameRegion>)>,
+    /// The last fresh result, carried to frames that are not analysed.
+    last: Option<AnomalyResult>,
     /// Whether the INFO line about deinterlacing was logged.
     told_deinterlacing: bool,
 }
@@ -413,11 +417,11 @@ impl BaseTransformImpl for Logsad {
             engine_cache_dir: settings.engine_cache_dir,
             threads: settings.threads as usize,
         };
-        let loaded = std::panic::catch_unwind(|| Detector::load(&profile, &model, &options))
+        let loaded = std::panic::catch_unwind(|| inspector::load(&profile, &model, &options))
             .map_err(|_| {
-                gst::error_msg!(gst::LibraryError::Init, ("Loading the detector panicked"))
+                gst::error_msg!(gst::LibraryError::Init, ("Loading the profile panicked"))
             })?;
-        let (detector, warnings) =
+        let (extractor, inspector, warnings) =
             loaded.map_err(|e| gst::error_msg!(gst::ResourceError::OpenRead, ("{}", e)))?;
         for w in warnings {
             gst::element_imp_warning!(self, gst::LibraryError::Init, ("{}", w));
@@ -427,12 +431,13 @@ impl BaseTransformImpl for Logsad {
             imp = self,
             "loaded profile {} with model {} on {}",
             profile.display(),
-            detector.extractor.backbone().manifest().name,
-            detector.extractor.backbone().provider()
+            extractor.backbone().manifest().name,
+            extractor.backbone().provider()
         );
-        *self.provider.lock().unwrap() = Some(detector.extractor.backbone().provider().to_string());
+        *self.provider.lock().unwrap() = Some(extractor.backbone().provider().to_string());
         *self.state.lock().unwrap() = Some(State {
-            detector,
+            extractor,
+            inspector,
             converter: None,
             frames: 0,
             last: None,
@@ -505,25 +510,33 @@ impl BaseTransformImpl for Logsad {
             Some(last) if frame % interval != 0 => Some(last.clone()),
             _ => None,
         };
-        let (result, regions, fresh) = match carried {
-            Some((mut result, regions)) => {
+        let (result, fresh) = match carried {
+            Some(mut result) => {
                 result.stale = true;
-                (result, regions, false)
+                (result, false)
             }
             None => {
-                let (result, regions) =
-                    self.analyse(state, buf, frame, threshold, &region_options)?;
-                state.last = Some((result.clone(), regions.clone()));
-                (result, regions, true)
+                let judging = JudgeOptions {
+                    threshold: (threshold >= 0.0).then_some(threshold),
+                    regions: Some(region_options),
+                };
+                let result = self.analyse(state, buf, frame, &judging)?;
+                state.last = Some(result.clone());
+                (result, true)
             }
         };
+        let frame_size = state
+            .converter
+            .as_ref()
+            .map(|c| (c.in_info.width(), c.in_info.height()))
+            .unwrap_or_default();
         // Posted without the lock: a synchronous bus handler may read our properties.
         drop(guard);
         if fresh && result.anomalous {
-            self.post_anomaly(buf, &result, &regions);
+            self.post_anomaly(buf, &result);
         }
 
-        result.attach(buf).map_err(|e| {
+        result.attach_with_rois(buf, frame_size).map_err(|e| {
             gst::element_imp_error!(
                 self,
                 gst::CoreError::Failed,
@@ -531,16 +544,6 @@ impl BaseTransformImpl for Logsad {
             );
             gst::FlowError::Error
         })?;
-        for (id, region) in regions.iter().enumerate() {
-            let mut roi = gst_video::VideoRegionOfInterestMeta::add(buf, "anomaly", region.rect);
-            // Distinct ids let readers without a meta iterator (PyGObject) reach every region.
-            roi.set_id(id as i32);
-            roi.add_param(
-                gst::Structure::builder("anomaly")
-                    .field("score", region.score)
-                    .build(),
-            );
-        }
         Ok(gst::FlowSuccess::Ok)
     }
 }
@@ -551,9 +554,8 @@ impl Logsad {
         state: &mut State,
         buf: &gst::BufferRef,
         frame: u64,
-        threshold: f64,
-        region_options: &RegionOptions,
-    ) -> Result<(AnomalyResult, Vec<FrameRegion>), gst::FlowError> {
+        judging: &JudgeOptions,
+    ) -> Result<AnomalyResult, gst::FlowError> {
         let converter = state.converter.as_mut().ok_or_else(|| {
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ("no caps negotiated"));
             gst::FlowError::NotNegotiated
@@ -579,68 +581,30 @@ impl Logsad {
                 }
             );
         }
-        let detector = &mut state.detector;
-        let analysis =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| detector.analyse(&image)))
-                .map_err(|_| {
-                    gst::element_imp_error!(
-                        self,
-                        gst::LibraryError::Failed,
-                        ("analysis of frame {} panicked", frame)
-                    );
-                    gst::FlowError::Error
-                })?
-                .map_err(|e| {
-                    gst::element_imp_error!(
-                        self,
-                        gst::LibraryError::Failed,
-                        ("analysis of frame {} failed: {}", frame, e)
-                    );
-                    gst::FlowError::Error
-                })?;
-        let verdict = detector.judge(&analysis, (threshold >= 0.0).then_some(threshold));
-        let map = analysis.map();
-        let regions = frame_regions(
-            map,
-            verdict.map_threshold,
-            (image.width, image.height),
-            region_options,
-        );
-        let detectors = detector
-            .branch_scores(&analysis)
-            .into_iter()
-            .map(|b| DetectorScore {
-                name: b.name,
-                raw: b.raw,
-                calibrated: b.calibrated,
-            })
-            .collect();
-        let result = AnomalyResult {
-            score: analysis.score(),
-            calibrated: verdict.calibrated,
-            anomalous: verdict.anomalous,
-            threshold: verdict.threshold,
-            stale: false,
-            frame,
-            detectors,
-            map: Some(AnomalyMap::from_values(
-                map.map_width as u32,
-                map.map_height as u32,
-                &map.map,
-            )),
-            map_threshold: verdict.map_threshold,
-            deinterlaced: field.is_some(),
-            regions: Some(
-                regions
-                    .iter()
-                    .map(|r| AnomalyRegion::from_pixels(r.rect, image.width, image.height, r.score))
-                    .collect(),
-            ),
-        };
-        Ok((result, regions))
+        let (inspector, extractor) = (&state.inspector, &mut state.extractor);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inspector.inspect(extractor, &image, judging)
+        }))
+        .map_err(|_| {
+            gst::element_imp_error!(
+                self,
+                gst::LibraryError::Failed,
+                ("analysis of frame {} panicked", frame)
+            );
+            gst::FlowError::Error
+        })?
+        .map_err(|e| {
+            gst::element_imp_error!(
+                self,
+                gst::LibraryError::Failed,
+                ("analysis of frame {} failed: {}", frame, e)
+            );
+            gst::FlowError::Error
+        })?;
+        Ok(AnomalyResult::from_frame(&result, frame, field.is_some()))
     }
 
-    fn post_anomaly(&self, buf: &gst::BufferRef, result: &AnomalyResult, regions: &[FrameRegion]) {
+    fn post_anomaly(&self, buf: &gst::BufferRef, result: &AnomalyResult) {
         let s = gst::Structure::builder("logsad-anomaly")
             .field("frame", result.frame)
             .field(
@@ -649,7 +613,10 @@ impl Logsad {
             )
             .field("score", result.score)
             .field("calibrated", result.calibrated)
-            .field("regions", regions.len() as u32)
+            .field(
+                "regions",
+                result.regions.as_ref().map_or(0, Vec::len) as u32,
+            )
             .build();
         let _ = self
             .obj()

@@ -1,0 +1,113 @@
+//! The patch detector (paper eq. 1): every patch of the frame matched against the memory bank of
+//! reference patches; the anomaly map is one minus the best cosine similarity, averaged over
+//! stages, and the image score a reduction of it (the maximum in the reference).
+
+use crate::detect::features::PatchFeatures;
+use crate::detect::patch::{anomaly_map, MemoryBank};
+use crate::detect::preprocess::RgbImage;
+use crate::detect::score::{gaussian_blur, reduce, Reduction};
+use crate::detect::tiling::{Stitcher, Tiling};
+use serde::{Deserialize, Serialize};
+
+/// What a patch detector matches against its bank.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Every patch vector (the reference's patch detector).
+    #[default]
+    None,
+    /// One vector per tile and stage, the mean of its tokens: the nearest reference tile by
+    /// overall appearance, which sees changes spread over the whole tile.
+    Mean,
+}
+
+impl Pooling {
+    /// The bank's token grid and upsampling for a model grid and the reference's upsampling.
+    pub fn bank_grid(self, model_grid: (usize, usize), upsample: usize) -> ((usize, usize), usize) {
+        match self {
+            Pooling::None => (model_grid, upsample),
+            Pooling::Mean => ((1, 1), 1),
+        }
+    }
+}
+
+/// A patch detector: how frames are cut, what is matched, how its map becomes a score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchSpec {
+    /// Reported as the detector's name in metadata, e.g. "patch".
+    pub name: String,
+    /// How frames are cut into model inputs; enrollment and detection must agree.
+    pub tiling: Tiling,
+    /// How the map becomes the image score (the reference takes the maximum).
+    pub score: Reduction,
+    /// Gaussian smoothing of the map before scoring, sigma in map cells (0: none, the reference).
+    pub smoothing: f32,
+    /// Absent from profiles written before pooling existed: none.
+    #[serde(default)]
+    pub pooling: Pooling,
+}
+
+impl PatchSpec {
+    /// The reference detector: whole frame, maximum of the raw map.
+    pub fn faithful() -> Self {
+        PatchSpec {
+            name: "patch".into(),
+            tiling: Tiling::whole(),
+            score: Reduction::Max,
+            smoothing: 0.0,
+            pooling: Pooling::None,
+        }
+    }
+
+    /// Whether two specs fill the same memory bank (same tiles, same pooling).
+    pub fn same_bank(&self, other: &PatchSpec) -> bool {
+        self.tiling == other.tiling && self.pooling == other.pooling
+    }
+}
+
+/// A patch detector's result on one image.
+#[derive(Debug, Clone)]
+pub struct PatchResult {
+    /// Raw image score under the spec's reduction.
+    pub raw: f64,
+    /// The stitched (and, if asked, smoothed) anomaly map, covering the whole image, row-major.
+    pub map: Vec<f32>,
+    pub map_width: usize,
+    pub map_height: usize,
+    /// The tile grid (rows, cols) the map was stitched from.
+    pub tiles: (usize, usize),
+}
+
+/// Scores the tile features of one image against the detector's bank; `input` is the model's
+/// input size (width, height) the tiles went through. Errors name a tiling that does not fit
+/// the image.
+pub fn score(
+    spec: &PatchSpec,
+    bank: &MemoryBank,
+    tiles: &[PatchFeatures],
+    image: &RgbImage,
+    input: (u32, u32),
+) -> Result<PatchResult, String> {
+    let pooled: Vec<PatchFeatures>;
+    let tiles = match spec.pooling {
+        Pooling::None => tiles,
+        Pooling::Mean => {
+            pooled = tiles.iter().map(PatchFeatures::mean_pooled).collect();
+            &pooled
+        }
+    };
+    let grid = (tiles[0].width(), tiles[0].height());
+    let mut stitcher = Stitcher::new(&spec.tiling, (image.width, image.height), grid, input)?;
+    for (i, tile) in tiles.iter().enumerate() {
+        stitcher.add(i, &anomaly_map(tile, bank));
+    }
+    let (map, map_width, map_height) = stitcher.finish();
+    let map = gaussian_blur(&map, map_width, map_height, spec.smoothing);
+    Ok(PatchResult {
+        raw: reduce(&map, spec.score),
+        map,
+        map_width,
+        map_height,
+        tiles: (spec.tiling.rows as usize, spec.tiling.cols as usize),
+    })
+}
