@@ -1,10 +1,12 @@
 //! GStreamer-free algorithms: deinterlacing, preprocessing, patch features, nearest-neighbour
-//! matching, coreset, calibration, copies among enrollment inputs, tiling, regions and metrics.
+//! matching, interest matching, coreset, calibration, copies among enrollment inputs, tiling,
+//! regions and metrics.
 pub mod calibrate;
 pub mod copies;
 pub mod coreset;
 pub mod deinterlace;
 pub mod features;
+pub mod interest;
 pub mod metrics;
 pub mod parts;
 pub mod patch;
