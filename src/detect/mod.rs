@@ -11,5 +11,6 @@ pub mod patch;
 pub mod preprocess;
 pub mod regions;
 pub mod resize;
+pub mod rules;
 pub mod score;
 pub mod tiling;
