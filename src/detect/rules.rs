@@ -1204,13 +1204,14 @@ impl<'a> Frame<'a> {
         ratio(left as f64, right as f64)
     }
 
-    /// Number of `part`'s instances with a cell on the line at relative position `at`.
+    /// Number of `part`'s instances with a cell on the line at relative position `at` (cells
+    /// outside the map do not count).
     fn crossing(&self, part: u16, line: Line, at: f64) -> usize {
         let (w, h) = (self.labels.width, self.labels.height);
-        let extent = if line == Line::Vertical { w } else { h };
-        if extent == 0 {
+        if w == 0 || h == 0 {
             return 0;
         }
+        let extent = if line == Line::Vertical { w } else { h };
         // Cells c with c <= x <= c + 1: two when x falls on a border.
         let x = at * extent as f64;
         let last = (extent - 1) as f64;
@@ -1222,7 +1223,7 @@ impl<'a> Frame<'a> {
                 inst.cells.iter().any(|&c| {
                     let c = c as usize;
                     let v = if line == Line::Vertical { c % w } else { c / w };
-                    (first..=end).contains(&v)
+                    c < w * h && (first..=end).contains(&v)
                 })
             })
             .count()
@@ -1252,9 +1253,10 @@ fn range(equal: Option<f64>, min: Option<f64>, max: Option<f64>) -> (f64, f64) {
     }
 }
 
-/// A number for a message: whole numbers without a fraction, others with 2 decimals.
-fn num(v: f64) -> String {
-    if v.is_finite() && v.fract() == 0.0 {
+/// A number for a message: counts without a fraction, ratios (and any fraction) with 2
+/// decimals.
+fn num(v: f64, ratio: bool) -> String {
+    if !ratio && v.is_finite() && v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")
@@ -1262,26 +1264,32 @@ fn num(v: f64) -> String {
 }
 
 /// An allowed range for a message: `15`, `at least 4`, `at most 6`, `0.80..1.20`.
-fn allowed_text((lo, hi): (f64, f64)) -> String {
+fn allowed_text((lo, hi): (f64, f64), ratio: bool) -> String {
     match (lo.is_finite(), hi.is_finite()) {
-        _ if lo == hi => num(lo),
-        (true, true) => format!("{}..{}", num(lo), num(hi)),
-        (true, false) => format!("at least {}", num(lo)),
-        (false, true) => format!("at most {}", num(hi)),
+        _ if lo == hi => num(lo, ratio),
+        (true, true) => format!("{}..{}", num(lo, ratio), num(hi, ratio)),
+        (true, false) => format!("at least {}", num(lo, ratio)),
+        (false, true) => format!("at most {}", num(hi, ratio)),
         (false, false) => "any".to_string(),
     }
 }
 
-/// A fired rule when `measured` lies outside `allowed` (NaN always does).
-fn outside(name: String, measured: f64, allowed: (f64, f64), parts: Vec<u16>) -> Option<FiredRule> {
+/// A fired rule when `measured` (a ratio or a count) lies outside `allowed` (NaN always does).
+fn outside(
+    name: String,
+    measured: f64,
+    allowed: (f64, f64),
+    ratio: bool,
+    parts: Vec<u16>,
+) -> Option<FiredRule> {
     if measured >= allowed.0 && measured <= allowed.1 {
         return None;
     }
     Some(FiredRule {
         message: format!(
             "{name}: {}, expected {}",
-            num(measured),
-            allowed_text(allowed)
+            num(measured, ratio),
+            allowed_text(allowed, ratio)
         ),
         name,
         measured,
@@ -1348,7 +1356,7 @@ fn check(
         Rule::Count(r) => {
             let p = resolve(&r.part)?;
             let allowed = range(r.equal, r.min, r.max);
-            outside(rule.name(), frame.count(p) as f64, allowed, vec![p])
+            outside(rule.name(), frame.count(p) as f64, allowed, false, vec![p])
         }
         Rule::Area(r) => {
             let p = resolve(&r.part)?;
@@ -1361,7 +1369,13 @@ fn check(
             } else {
                 ratio(frame.area(p) as f64, stat(&stats.mean_area, p))
             };
-            outside(rule.name(), measured, range(None, r.min, r.max), vec![p])
+            outside(
+                rule.name(),
+                measured,
+                range(None, r.min, r.max),
+                true,
+                vec![p],
+            )
         }
         Rule::Pairs(r) => {
             let (first, second) = (group(&r.first)?, group(&r.second)?);
@@ -1412,13 +1426,14 @@ fn check(
                 Measure::Area => ratio(frame.area(p) as f64, stat(&stats.mean_area, p)),
             };
             let allowed = range(b.equal, b.min, b.max);
-            outside(rule.name(), measured, allowed, vec![p, class]).map(|mut fired| {
+            let ratio = r.measure == Measure::Area;
+            outside(rule.name(), measured, allowed, ratio, vec![p, class]).map(|mut fired| {
                 fired.message = format!(
                     "{}: {} with {}, expected {}",
                     fired.name,
-                    num(measured),
+                    num(measured, ratio),
                     class_name(Some(class)),
-                    allowed_text(allowed)
+                    allowed_text(allowed, ratio)
                 );
                 fired
             })
@@ -1429,6 +1444,7 @@ fn check(
                 rule.name(),
                 measured,
                 range(r.equal, r.min, r.max),
+                false,
                 Vec::new(),
             )
         }
@@ -1436,18 +1452,31 @@ fn check(
             rule.name(),
             frame.balance(),
             range(None, r.min, r.max),
+            true,
             Vec::new(),
         ),
         Rule::Crossing(r) => {
             let p = resolve(&r.part)?;
             let measured = frame.crossing(p, r.line, r.at) as f64;
-            outside(rule.name(), measured, range(r.equal, r.min, r.max), vec![p])
+            outside(
+                rule.name(),
+                measured,
+                range(r.equal, r.min, r.max),
+                false,
+                vec![p],
+            )
         }
         Rule::Distance(r) => {
             let p = resolve(&r.part)?;
             let [a, b] = frame.of(p) else { return Ok(None) };
             let measured = ratio(centroid_distance(a, b), stat(&stats.mean_distance, p));
-            outside(rule.name(), measured, range(None, r.min, r.max), vec![p])
+            outside(
+                rule.name(),
+                measured,
+                range(None, r.min, r.max),
+                true,
+                vec![p],
+            )
         }
         Rule::Position(r) => {
             let p = resolve(&r.part)?;
@@ -1497,7 +1526,7 @@ fn check(
                 .filter(|&p| frame.count(p) > 0)
                 .collect();
             let allowed = range(r.equal, r.min, r.max);
-            outside(rule.name(), present.len() as f64, allowed, parts).map(|mut fired| {
+            outside(rule.name(), present.len() as f64, allowed, false, parts).map(|mut fired| {
                 let list: Vec<String> = present.iter().map(|&p| names.display(p)).collect();
                 fired.message = format!(
                     "{}: {} present ({}), expected {}",
@@ -1508,7 +1537,7 @@ fn check(
                     } else {
                         list.join(", ")
                     },
-                    allowed_text(allowed)
+                    allowed_text(allowed, false)
                 );
                 fired
             })
@@ -1618,26 +1647,42 @@ pub enum LearnError {
     Options(&'static str),
 }
 
-/// Rounds a lower bound down and an upper bound up to 3 decimals, so the learned file reads
-/// cleanly and still holds on every nominal layout.
+/// `v` rounded down to 3 decimals, never above `v` (decimal rounding of a binary number can
+/// land a hair above it); `v` itself beyond 1e12 or when not finite.
+fn floor3(v: f64) -> f64 {
+    if !(v.abs() < 1e12) {
+        return v; // too large for 3 decimals to mean anything (or not finite)
+    }
+    let r = (v * 1000.0).floor() / 1000.0;
+    if r > v {
+        r - 0.001
+    } else {
+        r
+    }
+}
+
+/// `v` rounded up to 3 decimals, never below `v`.
+fn ceil3(v: f64) -> f64 {
+    -floor3(-v)
+}
+
+/// A nominal ratio range widened by the relative `margin` and rounded outward to 3 decimals, so
+/// the learned file reads cleanly and still holds on every nominal layout.
 fn widen_ratio(lo: f64, hi: f64, margin: f64) -> (f64, f64) {
-    let lo = (lo * (1.0 - margin)).max(0.0);
-    let hi = hi * (1.0 + margin);
     (
-        (lo * 1000.0).floor() / 1000.0,
-        (hi * 1000.0).ceil() / 1000.0,
+        floor3((lo * (1.0 - margin)).max(0.0)),
+        ceil3(hi * (1.0 + margin)),
     )
 }
 
+/// A nominal position range widened by `margin` on each side (clamped to the frame, 0..1, for
+/// absolute positions) and rounded outward to 3 decimals.
 fn widen_position(lo: f64, hi: f64, margin: f64, clamp: bool) -> [f64; 2] {
     let (mut lo, mut hi) = (lo - margin, hi + margin);
     if clamp {
         (lo, hi) = (lo.max(0.0), hi.min(1.0));
     }
-    [
-        (lo * 1000.0).floor() / 1000.0,
-        (hi * 1000.0).ceil() / 1000.0,
-    ]
+    [floor3(lo), ceil3(hi)]
 }
 
 /// Smallest and largest of finite values; None when there are none.
@@ -2350,7 +2395,7 @@ mod tests {
             fired(rule, &two, &stats),
             vec![(
                 "distance(part1)".to_string(),
-                "distance(part1): 2, expected 0.60..1.40".to_string()
+                "distance(part1): 2.00, expected 0.60..1.40".to_string()
             )]
         );
         stats.mean_distance[1] = 4.0;
@@ -2825,6 +2870,25 @@ mod tests {
     }
 
     #[test]
+    fn outward_rounding_never_crosses_the_value() {
+        for i in 0..20_000 {
+            let v = f64::from(i) * 0.000_37 - 3.0;
+            let (lo, hi) = (floor3(v), ceil3(v));
+            assert!(lo <= v && v <= hi, "{v}: {lo} {hi}");
+            assert!(
+                v - lo < 0.001 + 1e-12 && hi - v < 0.001 + 1e-12,
+                "{v}: {lo} {hi}"
+            );
+            assert!(
+                ((lo * 1000.0).round() - lo * 1000.0).abs() < 1e-6,
+                "{lo} has 3 decimals"
+            );
+        }
+        assert_eq!((floor3(0.325), ceil3(0.325)), (0.325, 0.325));
+        assert_eq!(floor3(f64::INFINITY), f64::INFINITY);
+    }
+
+    #[test]
     fn template_parses_with_every_kind() {
         let text = include_str!("../../meta/template.json");
         let rules = parse_rules(text, Path::new("meta/template.json"), &names()).unwrap();
@@ -2833,6 +2897,362 @@ mod tests {
         // Serialising each rule writes the kind that `kind()` reports.
         for rule in &rules.rules {
             assert_eq!(serde_json::to_value(rule).unwrap()["kind"], rule.kind());
+        }
+    }
+}
+
+/// Property tests: no input makes the parser, the evaluation or learning panic, and learned
+/// rules hold on the layouts they were learned from. `PROPTEST_CASES` sets the number of cases
+/// per property (default 256, a second or two); the long run is
+/// `PROPTEST_CASES=1000000 cargo test --release --locked --lib detect::rules::fuzz`.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    fn config() -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn names() -> Vec<String> {
+        (0..8).map(|i| format!("part{i}")).collect()
+    }
+
+    const WORDS: [&str; 28] = [
+        "part1",
+        "part2",
+        "part3",
+        "pins",
+        "clamp",
+        "wheel",
+        "",
+        "count",
+        "area",
+        "pairs",
+        "count-by-class",
+        "vertical",
+        "four",
+        "kind",
+        "part",
+        "min",
+        "max",
+        "equal",
+        "x",
+        "y",
+        "first",
+        "second",
+        "allowed",
+        "classes",
+        "group",
+        "parts",
+        "at",
+        "relative_to",
+    ];
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (-3i64..20).prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            prop::sample::select(&WORDS[..]).prop_map(Value::from),
+            ".{0,6}".prop_map(Value::from),
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..4).prop_map(Value::Array),
+                btree_map(
+                    prop::sample::select(&WORDS[..]).prop_map(String::from),
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// JSON pointers of every value in `v`.
+    fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
+        out.push(at.clone());
+        match v {
+            Value::Object(m) => {
+                for (k, c) in m {
+                    pointers(
+                        c,
+                        format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                        out,
+                    );
+                }
+            }
+            Value::Array(a) => {
+                for (i, c) in a.iter().enumerate() {
+                    pointers(c, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Replace(usize, Value),
+        Remove(usize),
+        Insert(usize, String, Value),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<usize>(), json()).prop_map(|(i, v)| Mutation::Replace(i, v)),
+            any::<usize>().prop_map(Mutation::Remove),
+            (any::<usize>(), prop::sample::select(&WORDS[..]), json())
+                .prop_map(|(i, k, v)| Mutation::Insert(i, k.to_string(), v)),
+        ]
+    }
+
+    fn mutate(value: &mut Value, mutation: &Mutation) {
+        let mut all = Vec::new();
+        pointers(value, String::new(), &mut all);
+        let pick = |i: usize| all[i % all.len()].clone();
+        match mutation {
+            Mutation::Replace(i, v) => {
+                if let Some(slot) = value.pointer_mut(&pick(*i)) {
+                    *slot = v.clone();
+                }
+            }
+            Mutation::Remove(i) => {
+                let at = pick(*i);
+                let Some((parent, key)) = at.rsplit_once('/') else {
+                    return;
+                };
+                let key = key.replace("~1", "/").replace("~0", "~");
+                match value.pointer_mut(parent) {
+                    Some(Value::Object(m)) => {
+                        m.remove(&key);
+                    }
+                    Some(Value::Array(a)) => {
+                        if let Ok(i) = key.parse::<usize>() {
+                            if i < a.len() {
+                                a.remove(i);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Mutation::Insert(i, key, v) => {
+                if let Some(Value::Object(m)) = value.pointer_mut(&pick(*i)) {
+                    m.insert(key.clone(), v.clone());
+                }
+            }
+        }
+    }
+
+    /// Valid files to mutate: the template and a learned file.
+    fn bases() -> Vec<Value> {
+        let scenes = [
+            ["2.11..4.", "..11....", "4.11....", "........"],
+            ["3.11.4.4", "..11....", "4.11....", "........"],
+        ];
+        let grids: Vec<Grid> = scenes.iter().map(|rows| Grid::from_rows(rows)).collect();
+        let layouts: Vec<FrameLayout> = grids.iter().map(Grid::layout).collect();
+        let (learned, _) = learn_rules(&layouts, &names(), &LearnOptions::default()).unwrap();
+        vec![
+            serde_json::from_str(include_str!("../../meta/template.json")).unwrap(),
+            serde_json::to_value(&learned).unwrap(),
+        ]
+    }
+
+    /// A layout that owns its data.
+    #[derive(Debug, Clone)]
+    struct Grid {
+        map: LabelMap,
+        instances: Vec<Instance>,
+        names: Vec<String>,
+    }
+
+    impl Grid {
+        fn from_rows(rows: &[&str]) -> Grid {
+            let labels = rows
+                .iter()
+                .flat_map(|r| r.chars().map(|c| c.to_digit(10).map_or(0, |d| d as u16)))
+                .collect();
+            Grid::well_formed(rows[0].len(), rows.len(), labels)
+        }
+
+        /// Instances are each part's 8-connected components, as the part stage finds them.
+        fn well_formed(width: usize, height: usize, labels: Vec<u16>) -> Grid {
+            let mut instances = Vec::new();
+            for part in 1..10u16 {
+                let mask: Vec<bool> = labels.iter().map(|&l| l == part).collect();
+                for cells in components(&mask, width, height, Connectivity::Eight, 1) {
+                    let n = cells.len() as f32;
+                    let x: f32 = cells
+                        .iter()
+                        .map(|&c| (c as usize % width) as f32 + 0.5)
+                        .sum();
+                    let y: f32 = cells
+                        .iter()
+                        .map(|&c| (c as usize / width) as f32 + 0.5)
+                        .sum();
+                    instances.push(Instance {
+                        part,
+                        cells,
+                        centroid: (x / n, y / n),
+                    });
+                }
+            }
+            Grid {
+                map: LabelMap {
+                    width,
+                    height,
+                    labels,
+                    background: 0,
+                },
+                instances,
+                names: names(),
+            }
+        }
+
+        fn layout(&self) -> FrameLayout<'_> {
+            FrameLayout {
+                labels: &self.map,
+                instances: &self.instances,
+                names: &self.names,
+            }
+        }
+    }
+
+    fn well_formed() -> impl Strategy<Value = Grid> {
+        (1usize..9, 1usize..6).prop_flat_map(|(w, h)| {
+            vec(0u16..6, w * h).prop_map(move |labels| Grid::well_formed(w, h, labels))
+        })
+    }
+
+    fn float() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            -2.0f32..12.0,
+            Just(f32::NAN),
+            Just(f32::INFINITY),
+            any::<f32>()
+        ]
+    }
+
+    /// Anything: label lengths that do not match, parts beyond the names, cells beyond the
+    /// map, non-finite centroids, a non-zero background.
+    fn garbage() -> impl Strategy<Value = Grid> {
+        (0usize..7, 0usize..5, 0usize..3, 0u16..3, 0usize..9).prop_flat_map(
+            |(w, h, extra, background, n_names)| {
+                let instance = (0u16..12, vec(0u32..60, 0..5), float(), float()).prop_map(
+                    |(part, cells, x, y)| Instance {
+                        part,
+                        cells,
+                        centroid: (x, y),
+                    },
+                );
+                (vec(0u16..10, w * h + extra % 2), vec(instance, 0..6)).prop_map(
+                    move |(labels, instances)| Grid {
+                        map: LabelMap {
+                            width: w,
+                            height: h,
+                            labels,
+                            background,
+                        },
+                        instances,
+                        names: names().into_iter().take(n_names).collect(),
+                    },
+                )
+            },
+        )
+    }
+
+    fn stats() -> impl Strategy<Value = ReferenceStats> {
+        let values = || {
+            vec(
+                prop::sample::select(vec![0.0, 1.0, 2.5, -1.0, f64::NAN, f64::INFINITY, 1e-300]),
+                0..12,
+            )
+        };
+        (values(), values(), values()).prop_map(|(a, i, d)| ReferenceStats {
+            images: 1,
+            mean_area: a,
+            mean_instance_area: i,
+            mean_distance: d,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn random_text_never_panics(text in any::<String>()) {
+            let _ = parse_rules(&text, Path::new("fuzz.json"), &names());
+        }
+
+        #[test]
+        fn json_like_text_never_panics(text in r#"[\[\]{}":,0-9a-z .\-]{0,160}"#) {
+            let _ = parse_rules(&text, Path::new("fuzz.json"), &names());
+        }
+
+        #[test]
+        fn mutated_files_never_panic_and_round_trip(
+            base in 0usize..2,
+            mutations in vec(mutation(), 1..5),
+            grid in prop_oneof![well_formed(), garbage()],
+            stats in stats(),
+        ) {
+            let mut value = bases().swap_remove(base);
+            for m in &mutations {
+                mutate(&mut value, m);
+            }
+            let text = serde_json::to_string_pretty(&value).unwrap();
+            if let Ok(rules) = parse_rules(&text, Path::new("fuzz.json"), &names()) {
+                let _ = evaluate(&rules, &grid.layout(), &stats);
+                let back = parse_rules(&write_rules(&rules), Path::new("back.json"), &names());
+                prop_assert_eq!(back, Ok(rules));
+            }
+            // A rule file deserialised without validation must not panic evaluation either.
+            if let Ok(rules) = serde_json::from_value::<RuleFile>(value) {
+                let _ = evaluate(&rules, &grid.layout(), &stats);
+            }
+        }
+
+        #[test]
+        fn learned_rules_hold_on_their_own_layouts(grids in vec(well_formed(), 1..6)) {
+            let layouts: Vec<FrameLayout> = grids.iter().map(Grid::layout).collect();
+            let options = LearnOptions::default();
+            // Layouts of different sizes are allowed: positions are relative.
+            let (rules, stats) = learn_rules(&layouts, &names(), &options).unwrap();
+            for layout in &layouts {
+                prop_assert_eq!(evaluate(&rules, layout, &stats), vec![]);
+            }
+            let back = parse_rules(&write_rules(&rules), Path::new("learned.json"), &names());
+            prop_assert_eq!(back, Ok(rules));
+        }
+
+        #[test]
+        fn learning_from_garbage_never_panics(grids in vec(garbage(), 0..4)) {
+            let layouts: Vec<FrameLayout> = grids.iter().map(Grid::layout).collect();
+            let _ = ReferenceStats::from_layouts(&layouts);
+            if let Ok((rules, stats)) = learn_rules(&layouts, &names(), &LearnOptions::default()) {
+                for layout in &layouts {
+                    let _ = evaluate(&rules, layout, &stats);
+                }
+            }
         }
     }
 }
