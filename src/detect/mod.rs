@@ -13,5 +13,6 @@ pub mod patch;
 pub mod preprocess;
 pub mod regions;
 pub mod resize;
+pub mod rules;
 pub mod score;
 pub mod tiling;
