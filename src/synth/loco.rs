@@ -22,7 +22,8 @@
 //! (12% of the side: 2 x 2 tokens of a ViT-S/14 at 224 px input), so a 16 x 16 token grid sees
 //! it. The categories:
 //!
-//! * **tray**: a 3 x 3 tray of slots, one pin per slot, all pins brass or all steel. Logical
+//! * **tray**: a flat tray with a 3 x 3 grid of slots, one pin per slot, all pins brass or all
+//!   steel. Logical
 //!   anomalies: a missing pin, an extra pin between slots, a pin moved out of its slot, one pin
 //!   of the other metal.
 //! * **kit**: a cable across the frame centre whose colour sets its clamp count (yellow 2,
@@ -34,8 +35,8 @@
 //!   shifted or tilted label.
 //!
 //! Structural anomalies are local damage from [`paint_defect`] (speck, scratch or stain, each
-//! with its exact mask) on a good scene, centred on a part in 60% of cases and anywhere else
-//! otherwise.
+//! with its exact mask), enlarged 2x (painted at half resolution), on a good scene, centred on a
+//! part in 60% of cases and anywhere else otherwise.
 //!
 //! Nominal variation in every image, from the same ranges in every folder so that no global
 //! cue separates anomalies: the scene's position (+-6 px), rotation (+-3 degrees) and scale
@@ -433,12 +434,18 @@ fn render_sample(
     }
 }
 
-/// Side of the window [`paint_defect`] paints in: its minimum size, so that the defect's centre
-/// lies within 16 px of the window's centre.
+/// Side of the half-resolution window [`paint_defect`] paints in: its minimum size.
 const DAMAGE_WINDOW: u32 = super::MIN_SIZE;
+/// Enlargement of [`paint_defect`]'s damage: it paints on a half-resolution copy of a
+/// `DAMAGE_SCALE * DAMAGE_WINDOW` px window, and the change is applied 2 x 2 px per painted
+/// pixel (speck 12-20 x 32-48 px, scratch 50-120 px long and 2-6 px wide, stain 32-64 px
+/// across: a few ViT tokens each, like the structural damage of MVTec LOCO). The defect's
+/// centre lies within 32 px of the window's centre.
+const DAMAGE_SCALE: u32 = 2;
 
-/// Paints one defect of `kind`, centred near a part centre (60%) or anywhere (40%), and
-/// returns its full-frame mask.
+/// Paints one enlarged defect of `kind` (see [`DAMAGE_SCALE`]), centred near a part centre
+/// (60%) or anywhere (40%), and returns its full-frame mask (the half-resolution mask,
+/// enlarged). Pixels change only where [`paint_defect`] changed their half-resolution pixel.
 fn damage(
     image: &mut RgbImage,
     parts: &[[f32; 2]],
@@ -446,7 +453,8 @@ fn damage(
     rng: &mut StdRng,
 ) -> GrayImage {
     let (w, h) = image.dimensions();
-    let half = DAMAGE_WINDOW as f32 / 2.0;
+    let side = DAMAGE_WINDOW * DAMAGE_SCALE;
+    let half = side as f32 / 2.0;
     let target = if !parts.is_empty() && rng.random_bool(0.6) {
         parts[rng.random_range(0..parts.len())]
     } else {
@@ -455,18 +463,28 @@ fn damage(
             rng.random_range(half..h as f32 - half),
         ]
     };
-    let x0 = (target[0] - half)
-        .round()
-        .clamp(0.0, (w - DAMAGE_WINDOW) as f32) as u32;
-    let y0 = (target[1] - half)
-        .round()
-        .clamp(0.0, (h - DAMAGE_WINDOW) as f32) as u32;
-    let mut window =
-        image::imageops::crop_imm(image, x0, y0, DAMAGE_WINDOW, DAMAGE_WINDOW).to_image();
-    let window_mask = paint_defect(&mut window, kind, rng);
-    image::imageops::replace(image, &window, x0 as i64, y0 as i64);
+    let x0 = (target[0] - half).round().clamp(0.0, (w - side) as f32) as u32;
+    let y0 = (target[1] - half).round().clamp(0.0, (h - side) as f32) as u32;
+    let small = RgbImage::from_fn(DAMAGE_WINDOW, DAMAGE_WINDOW, |x, y| {
+        *image.get_pixel(x0 + x * DAMAGE_SCALE, y0 + y * DAMAGE_SCALE)
+    });
+    let mut painted = small.clone();
+    let small_mask = paint_defect(&mut painted, kind, rng);
     let mut mask = GrayImage::new(w, h);
-    image::imageops::replace(&mut mask, &window_mask, x0 as i64, y0 as i64);
+    for y in 0..side {
+        for x in 0..side {
+            let (sx, sy) = (x / DAMAGE_SCALE, y / DAMAGE_SCALE);
+            let (before, after) = (small.get_pixel(sx, sy), painted.get_pixel(sx, sy));
+            if before != after {
+                let px = image.get_pixel_mut(x0 + x, y0 + y);
+                for k in 0..3 {
+                    let change = after.0[k] as i16 - before.0[k] as i16;
+                    px.0[k] = (px.0[k] as i16 + change).clamp(0, 255) as u8;
+                }
+            }
+            mask.put_pixel(x0 + x, y0 + y, *small_mask.get_pixel(sx, sy));
+        }
+    }
     mask
 }
 
@@ -830,10 +848,9 @@ pub const LABEL_TILT_TOLERANCE: f32 = 8.0;
 
 const TRAY_HALF: f32 = 104.0;
 const SLOT_PITCH: f32 = 66.0;
-const SLOT_RADIUS: f32 = 21.0;
 const PIN_RADIUS: f32 = 16.0;
-/// Radius of a pin's ground truth: the pin and its anti-aliased edge.
-const PIN_MARK: f32 = PIN_RADIUS + 1.0;
+/// Radius of a pin's ground truth: the pin, its anti-aliased edge and its shadow.
+const PIN_MARK: f32 = PIN_RADIUS + 4.0;
 
 const CABLE_HALF_WIDTH: f32 = 8.0;
 const CABLE_REACH: f32 = 92.0;
@@ -1091,7 +1108,7 @@ impl Scene {
                 let k = rng.random_range(0..9);
                 let slot_mark = Shape::Disc {
                     centre: slots[k],
-                    radius: SLOT_RADIUS,
+                    radius: PIN_MARK,
                 };
                 match anomaly {
                     Some(LogicalAnomaly::MissingPin) => {
@@ -1128,7 +1145,7 @@ impl Scene {
             }
             SceneCategory::Kit => {
                 let colour = CableColour::ALL[index % 3];
-                let (y0, y1) = (rng.random_range(-35.0..35.0), rng.random_range(-35.0..35.0));
+                let (y0, y1) = (rng.random_range(-15.0..15.0), rng.random_range(-15.0..15.0));
                 let mut mid = rng.random_range(-5.0..5.0f32);
                 let mut count = colour.clamps();
                 let mut cable_present = true;
@@ -1340,7 +1357,7 @@ impl Scene {
     fn render(&self, rng: &mut StdRng) -> RgbImage {
         let pose = &self.pose;
         let mut canvas = match &self.contents {
-            Contents::Tray { slots, pins } => {
+            Contents::Tray { pins, .. } => {
                 let mut canvas = background([72.0, 74.0, 78.0], (6, 6), 10.0, rng);
                 let tray = jitter_colour([92.0, 118.0, 150.0], rng);
                 let outer = Shape::Rect {
@@ -1352,16 +1369,13 @@ impl Scene {
                 canvas.paint(pose, &outer, 1.0, |_, d| {
                     scaled(tray, if d < 5.0 { 1.12 } else { 1.0 })
                 });
-                for &s in slots {
-                    let recess = Shape::Disc {
-                        centre: s,
-                        radius: SLOT_RADIUS,
-                    };
-                    canvas.paint(pose, &recess, 1.0, |_, d| {
-                        scaled([38.0, 42.0, 48.0], 0.8 + 0.2 * (d / 6.0).min(1.0))
-                    });
-                }
+                // Flat tray, no recesses: a missing pin leaves tray surface, as between the pins.
                 for pin in pins {
+                    let shadow = Shape::Disc {
+                        centre: add(pin.centre, [2.5, 2.5]),
+                        radius: PIN_RADIUS + 1.0,
+                    };
+                    canvas.fill(pose, &shadow, 0.35, [0.0; 3]);
                     let base = jitter_colour(pin.metal.colour(), rng);
                     let highlight = add(pin.centre, [-0.35 * PIN_RADIUS, -0.35 * PIN_RADIUS]);
                     let body = Shape::Disc {
@@ -1793,7 +1807,8 @@ mod tests {
                     masked += 1;
                 }
             }
-            assert!(masked >= 20, "{kind:?}: {masked} px");
+            // The smallest half-resolution scratch (20 px), enlarged 2 x 2.
+            assert!(masked >= 80, "{kind:?}: {masked} px");
         }
     }
 
