@@ -548,7 +548,7 @@ impl Pose {
         }
     }
 
-    fn to_frame(&self, p: P2) -> P2 {
+    fn to_frame(self, p: P2) -> P2 {
         let r = rotate(p, self.angle);
         [
             self.centre[0] + self.scale * r[0],
@@ -556,7 +556,7 @@ impl Pose {
         ]
     }
 
-    fn to_scene(&self, q: P2) -> P2 {
+    fn to_scene(self, q: P2) -> P2 {
         let r = rotate(sub(q, self.centre), -self.angle);
         [r[0] / self.scale, r[1] / self.scale]
     }
