@@ -18,6 +18,7 @@ use gstlogsad::eval::run::{
 };
 use gstlogsad::imageio;
 use gstlogsad::inspector::{self, JudgeOptions};
+use gstlogsad::synth::loco::{write_loco_scenes, LocoOptions};
 use gstlogsad::synth::{write_structural_set, StructuralSetOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashSet;
@@ -72,33 +73,47 @@ enum Command {
     Eval(EvalArgs),
     /// Write a synthetic evaluation set with exact masks (MVTec AD layout): local damage
     /// (specks, scratches, stains) painted onto anomaly-free images, for the measurements that
-    /// need masks (pixel AUROC, region boxes) on images that ship none.
+    /// need masks (pixel AUROC, region boxes) on images that ship none; or, with --loco,
+    /// rendered scenes with logical and structural anomalies (MVTec LOCO layout).
     Synth(SynthArgs),
 }
 
 #[derive(Args)]
 struct SynthArgs {
-    /// Seed of the defects' placement, shape and polarity.
+    /// Seed of every random choice (defect placement, shape and polarity; with --loco, the
+    /// whole scene).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write synthetic scenes with known logic (tray, kit, bottle) in the MVTec LOCO layout
+    /// instead of painting defects onto source images: logical and structural anomalies with
+    /// ground truth, and each category's answer key in logic.json.
+    #[arg(long, conflicts_with_all = ["skip", "per_kind", "category", "sources"])]
+    loco: bool,
     /// Leave out the first N source images (to build disjoint tuning and test sets).
     #[arg(long, value_name = "N", default_value_t = 0)]
     skip: usize,
     /// Anomaly-free training images (train/good): `logsad eval` takes references from the
-    /// start and validation images from the end.
-    #[arg(long, value_name = "N", default_value_t = 24)]
-    train: usize,
-    /// Images in test/good and in each defect folder.
-    #[arg(long, value_name = "N", default_value_t = 30)]
-    per_kind: usize,
+    /// start and validation images from the end [default: 24; with --loco 10].
+    #[arg(long, value_name = "N")]
+    train: Option<usize>,
+    /// Images in test/good and in each defect folder [default: 30].
+    #[arg(long, value_name = "N")]
+    per_kind: Option<usize>,
+    /// With --loco: images in validation/good [default: 10].
+    #[arg(long, value_name = "N", requires = "loco")]
+    validation: Option<usize>,
+    /// With --loco: images in test/good, test/logical_anomalies and
+    /// test/structural_anomalies, each [default: 20].
+    #[arg(long, value_name = "N", requires = "loco")]
+    per_test: Option<usize>,
     /// Category folder name under the output root.
     #[arg(long, default_value = "synthetic")]
     category: String,
-    /// Output root (the dataset root for `logsad eval --layout mvtec-ad`).
+    /// Output root (the dataset root for `logsad eval`).
     #[arg(long)]
     out: PathBuf,
     /// Anomaly-free source images or folders (used in sorted order).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "loco")]
     sources: Vec<PathBuf>,
 }
 
@@ -749,12 +764,15 @@ fn save_map(path: &Path, map: &[f32], width: usize, height: usize) -> Result<()>
 }
 
 fn run_synth(args: SynthArgs) -> Result<()> {
+    if args.loco {
+        return run_synth_loco(&args);
+    }
     let sources = expand(&args.sources)?;
     let sources = sources.get(args.skip..).unwrap_or_default();
     let options = StructuralSetOptions {
         seed: args.seed,
-        train: args.train,
-        per_kind: args.per_kind,
+        train: args.train.unwrap_or(24),
+        per_kind: args.per_kind.unwrap_or(30),
     };
     let summary = write_structural_set(sources, &args.out, &args.category, &options)
         .map_err(anyhow::Error::msg)?;
@@ -764,6 +782,30 @@ fn run_synth(args: SynthArgs) -> Result<()> {
         summary.train,
         summary.good,
         summary.defective
+    );
+    Ok(())
+}
+
+fn run_synth_loco(args: &SynthArgs) -> Result<()> {
+    let defaults = LocoOptions::default();
+    let per_test = args.per_test.unwrap_or(defaults.good);
+    let options = LocoOptions {
+        seed: args.seed,
+        train: args.train.unwrap_or(defaults.train),
+        validation: args.validation.unwrap_or(defaults.validation),
+        good: per_test,
+        logical: per_test,
+        structural: per_test,
+        ..defaults
+    };
+    let summary = write_loco_scenes(&args.out, &options)
+        .with_context(|| format!("cannot write the LOCO scenes to {}", args.out.display()))?;
+    eprintln!(
+        "wrote {}: {} categories, {} images, {} ground-truth masks (MVTec LOCO layout)",
+        args.out.display(),
+        summary.categories,
+        summary.images,
+        summary.masks
     );
     Ok(())
 }

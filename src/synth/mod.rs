@@ -13,11 +13,16 @@
 //!
 //! Every output is PNG (lossless), good and defective alike, so that no compression difference
 //! separates the two. The same seed and sources give byte-identical sets.
+//!
+//! [`loco`] renders whole scenes with known logic (counts, class pairings, positions, fill
+//! levels) in the MVTec LOCO layout, logical and structural anomalies alike.
 
 use image::{GrayImage, Luma, RgbImage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
+
+pub mod loco;
 
 /// Distance of a defect's centre from the frame's edges, px: more than the longest half-extent
 /// of any defect (a scratch's 30 px plus its width).
