@@ -4,14 +4,19 @@
 use crate::detect::calibrate::{outliers, Calibration, CalibrationError, CalibrationMethod};
 use crate::detect::copies::{is_near_copy, pixel_digest, PixelDigest, NEAR_COPY_DISTANCE};
 use crate::detect::coreset::greedy_coreset;
+use crate::detect::interest::InstanceEmbeddings;
+use crate::detect::parts::{learn_parts, PartModel, PartOptions};
 use crate::detect::patch::MemoryBank;
+use crate::detect::rules::{learn_rules, parse_rules, LearnOptions, ReferenceStats, RuleFile};
 use crate::detect::score::Reduction;
 use crate::detect::tiling::Tiling;
+use crate::detectors::composition::{fired_rules, CompositionSpec};
+use crate::detectors::interest::{self, InterestSpec};
 use crate::detectors::patch::{self, PatchSpec, Pooling};
 use crate::detectors::{DetectorSpec, EnrolledDetector, Learned};
 use crate::engine::EngineOptions;
 use crate::imageio::load_rgb;
-use crate::inspector::{tiles_of, Extractor, InspectError, REFERENCE_UPSAMPLE};
+use crate::inspector::{tiles_of, Extractor, InspectError, PartLayout, REFERENCE_UPSAMPLE};
 use crate::profile::{Profile, ProfileHeader};
 use std::path::{Path, PathBuf};
 
@@ -24,7 +29,7 @@ const CORESET_PROJECTION: usize = 128;
 /// the validation mean.
 pub const DEFAULT_THRESHOLD: f64 = 0.952_574_126_822_433_2;
 /// Names accepted by [`preset`].
-pub const PRESETS: [&str; 3] = ["faithful", "multiscale", "multiscale-embedding"];
+pub const PRESETS: [&str; 4] = ["faithful", "multiscale", "multiscale-embedding", "logsad"];
 
 /// Detectors by preset name. `tiling` is the user's tiling, if any.
 ///
@@ -34,6 +39,9 @@ pub const PRESETS: [&str; 3] = ["faithful", "multiscale", "multiscale-embedding"
 ///   that cover the frame; each calibrated, fused by the largest calibrated score (eq. 5).
 /// - `multiscale-embedding`: the same local detector, and as global one the distance of the
 ///   whole frame's mean-pooled tokens to the nearest reference frame's (per stage, averaged).
+/// - `logsad`: the paper's three detectors: the faithful patch detector (eq. 1), the interest
+///   detector (eq. 2-3) and the composition rules (eq. 4) on the parts learned from the
+///   references, fused as eq. 5.
 pub fn preset(name: &str, tiling: Option<Tiling>) -> Result<Vec<DetectorSpec>, String> {
     let local = |tiling: Option<Tiling>| PatchSpec {
         name: "patch-local".into(),
@@ -67,6 +75,17 @@ pub fn preset(name: &str, tiling: Option<Tiling>) -> Result<Vec<DetectorSpec>, S
                 ..PatchSpec::faithful()
             },
         ],
+        "logsad" => {
+            let patch = PatchSpec {
+                tiling: tiling.unwrap_or_else(Tiling::whole),
+                ..PatchSpec::faithful()
+            };
+            return Ok(vec![
+                DetectorSpec::Patch(patch),
+                DetectorSpec::Interest(InterestSpec::default()),
+                DetectorSpec::Composition(CompositionSpec::default()),
+            ]);
+        }
         other => return Err(format!("unknown preset {other:?} (one of {PRESETS:?})")),
     };
     Ok(patches.into_iter().map(DetectorSpec::Patch).collect())
@@ -81,6 +100,13 @@ pub struct EnrollOptions {
     pub engine: EngineOptions,
     /// How each detector's validation scores are summarised.
     pub calibration: CalibrationMethod,
+    /// How the parts are learned (interest and composition detectors).
+    pub parts: PartOptions,
+    /// How composition rules are learned from the references and validation images.
+    pub rule_learning: LearnOptions,
+    /// A rule file to use instead of learned rules (hand-edited rules win); its `parts` map
+    /// also sets the number of parts when `parts.parts` is not given.
+    pub rules: Option<PathBuf>,
 }
 
 impl Default for EnrollOptions {
@@ -92,6 +118,9 @@ impl Default for EnrollOptions {
             seed: 0,
             engine: EngineOptions::default(),
             calibration: CalibrationMethod::MeanStd,
+            parts: PartOptions::default(),
+            rule_learning: LearnOptions::default(),
+            rules: None,
         }
     }
 }
@@ -147,10 +176,12 @@ pub fn enroll_with(
     let patch_specs: Vec<&PatchSpec> = options
         .detectors
         .iter()
-        .map(|d| match d {
-            DetectorSpec::Patch(spec) => spec,
+        .filter_map(|d| match d {
+            DetectorSpec::Patch(spec) => Some(spec),
+            _ => None,
         })
         .collect();
+    let needs_parts = options.detectors.iter().any(DetectorSpec::needs_parts);
     if patch_specs.is_empty() {
         return Err(InspectError::Image(
             "no patch detector: every profile needs one (its map is the one reported)".into(),
@@ -181,7 +212,17 @@ pub fn enroll_with(
             }
         })
         .collect();
-    let tilings = || kinds.iter().map(|k| &k.tiling);
+    // The part stage runs on the whole frame, resized and resampled as the first patch
+    // detector's frames (see `inspector::part_tiling`).
+    let mut part_tiling = Tiling::whole();
+    part_tiling.resize = patch_specs[0].tiling.resize;
+    part_tiling.resample = patch_specs[0].tiling.resample;
+    let mut all_tilings: Vec<Tiling> = kinds.iter().map(|k| k.tiling.clone()).collect();
+    if needs_parts {
+        all_tilings.push(part_tiling.clone());
+    }
+    let tilings = || all_tilings.iter();
+    let mut reference_features = Vec::new();
     let mut banks: Vec<MemoryBank> = kinds.iter().map(|k| new_bank(k.pooling)).collect();
     let mut reference_digests: Vec<PixelDigest> = Vec::with_capacity(references.len());
     for (group_index, group) in references.chunks(CORESET_GROUP).enumerate() {
@@ -199,6 +240,9 @@ pub fn enroll_with(
             }
             reference_digests.push(digest);
             let features = extractor.features_by_tiling(tilings(), &[&image])?;
+            if needs_parts {
+                reference_features.push(tiles_of(&features, &part_tiling, 0)[0].clone());
+            }
             for (kind, bank) in kinds.iter().zip(&mut group_banks) {
                 for tile in tiles_of(&features, &kind.tiling, 0) {
                     match kind.pooling {
@@ -229,6 +273,36 @@ pub fn enroll_with(
             bank.append(&reduced);
         }
     }
+    let parts = if needs_parts {
+        Some(enroll_parts(&reference_features, options)?)
+    } else {
+        None
+    };
+    let mut layouts: Vec<PartLayout> = Vec::new();
+    let mut reference_instances = None;
+    if let Some((parts, _)) = &parts {
+        let mut union = InstanceEmbeddings::empty(stages, dim);
+        for features in &reference_features {
+            let layout = PartLayout::of(parts, features)?;
+            let embeddings = crate::detect::interest::embed_instances(features, &layout.instances)
+                .map_err(|e| InspectError::Parts(e.to_string()))?;
+            union
+                .append(&embeddings)
+                .map_err(|e| InspectError::Parts(e.to_string()))?;
+            layouts.push(layout);
+        }
+        if union.count == 0 {
+            return Err(InspectError::Parts(
+                "no part instance found on any reference image: the parts learned are all \
+                 background or smaller than the smallest instance; set the number of parts \
+                 (--parts) or use the faithful preset"
+                    .into(),
+            ));
+        }
+        reference_instances = Some(union);
+    }
+    let mut interest_scores = Vec::with_capacity(validation.len());
+
     // Each validation image is decoded once: checked for copies, then scored. Exact copies of
     // an earlier validation image count once (only the first is scored and listed).
     let mut scores = vec![Vec::with_capacity(validation.len()); patch_specs.len()];
@@ -269,6 +343,14 @@ pub fn enroll_with(
             }
             detector_scores.push(result.raw);
         }
+        if let (Some((parts, _)), Some(references)) = (&parts, &reference_instances) {
+            let whole = &tiles_of(&features, &part_tiling, 0)[0];
+            let layout = PartLayout::of(parts, whole)?;
+            let score = interest::score(whole, &layout.instances, references)
+                .map_err(InspectError::Parts)?;
+            interest_scores.push(score);
+            layouts.push(layout);
+        }
         if near_copy == Some(true) {
             warnings.push(format!(
                 "validation image {} matches the references almost exactly (every patch within \
@@ -283,45 +365,91 @@ pub fn enroll_with(
         return Err(too_few_validation_images(distinct.len(), validation.len()));
     }
     let validation = distinct;
-    let detectors = patch_specs
-        .iter()
-        .zip(&bank_of)
-        .zip(scores)
-        .map(|((spec, &bank), validation_scores)| {
-            let calibration = Calibration::fit_with(&validation_scores, options.calibration)
-                .map_err(|e| {
-                    let fix = match e {
-                        CalibrationError::NoSpread { .. } => {
-                            "; the validation images score alike on this detector: use more, \
-                             varied anomaly-free images for --validation, not copies of each \
-                             other or of the references"
-                        }
-                        _ => "",
-                    };
-                    InspectError::Image(format!("calibration of detector {}: {e}{fix}", spec.name))
-                })?;
-            for (i, deviations) in outliers(&validation_scores) {
-                warnings.push(format!(
-                    "validation image {} scores {:.1} robust deviations {} the others on detector \
-                     {}: an anomalous or damaged image, or a copy of a reference, widens the \
-                     spread and mutes real defects; check it or leave it out of --validation \
-                     (or use --calibration median-mad)",
-                    validation[i].display(),
-                    deviations.abs(),
-                    if deviations > 0.0 { "above" } else { "below" },
-                    spec.name
-                ));
+    let calibrate = |name: &str, validation_scores: &[f64], warnings: &mut Vec<String>| {
+        let calibration =
+            Calibration::fit_with(validation_scores, options.calibration).map_err(|e| {
+                let fix = match e {
+                    CalibrationError::NoSpread { .. } => {
+                        "; the validation images score alike on this detector: use more, \
+                         varied anomaly-free images for --validation, not copies of each \
+                         other or of the references"
+                    }
+                    _ => "",
+                };
+                InspectError::Image(format!("calibration of detector {name}: {e}{fix}"))
+            })?;
+        for (i, deviations) in outliers(validation_scores) {
+            warnings.push(format!(
+                "validation image {} scores {:.1} robust deviations {} the others on detector \
+                 {name}: an anomalous or damaged image, or a copy of a reference, widens the \
+                 spread and mutes real defects; check it or leave it out of --validation \
+                 (or use --calibration median-mad)",
+                validation[i].display(),
+                deviations.abs(),
+                if deviations > 0.0 { "above" } else { "below" },
+            ));
+        }
+        Ok::<_, InspectError>(calibration)
+    };
+    let mut patch_results = patch_specs.iter().zip(&bank_of).zip(scores);
+    let mut detectors = Vec::with_capacity(options.detectors.len());
+    for spec in &options.detectors {
+        let detector = match spec {
+            DetectorSpec::Patch(_) => {
+                let ((spec, &bank), validation_scores) =
+                    patch_results.next().expect("a result per patch detector");
+                EnrolledDetector {
+                    calibration: Some(calibrate(&spec.name, &validation_scores, &mut warnings)?),
+                    learned: Learned::Patch {
+                        spec: (*spec).clone(),
+                        bank,
+                    },
+                    validation_scores,
+                }
             }
-            Ok(EnrolledDetector {
-                learned: Learned::Patch {
-                    spec: (*spec).clone(),
-                    bank,
+            DetectorSpec::Interest(spec) => EnrolledDetector {
+                calibration: Some(calibrate(&spec.name, &interest_scores, &mut warnings)?),
+                learned: Learned::Interest {
+                    spec: spec.clone(),
+                    references: reference_instances.clone().expect("parts were learned"),
                 },
-                calibration: Some(calibration),
-                validation_scores,
-            })
-        })
-        .collect::<Result<Vec<_>, InspectError>>()?;
+                validation_scores: interest_scores.clone(),
+            },
+            DetectorSpec::Composition(spec) => {
+                let (parts, file) = parts.as_ref().expect("parts were learned");
+                let views: Vec<_> = layouts.iter().map(|l| l.view(&parts.names)).collect();
+                let (rules, stats) = match file {
+                    Some(rules) => (rules.clone(), ReferenceStats::from_layouts(&views)),
+                    None => learn_rules(&views, &parts.names, &options.rule_learning)
+                        .map_err(|e| InspectError::Parts(format!("learning rules: {e}")))?,
+                };
+                let mut fired_counts = Vec::with_capacity(validation.len());
+                for (layout, path) in layouts[references.len()..].iter().zip(&validation) {
+                    let fired = fired_rules(&rules, &stats, &layout.view(&parts.names));
+                    if !fired.is_empty() {
+                        let names: Vec<&str> = fired.iter().map(|f| f.message.as_str()).collect();
+                        warnings.push(format!(
+                            "validation image {} breaks rules of the rule file: {}; every \
+                             frame like it will be flagged",
+                            path.display(),
+                            names.join("; ")
+                        ));
+                    }
+                    fired_counts.push(fired.len() as f64);
+                }
+                EnrolledDetector {
+                    calibration: None,
+                    learned: Learned::Composition {
+                        spec: spec.clone(),
+                        rules,
+                        stats,
+                    },
+                    validation_scores: fired_counts,
+                }
+            }
+        };
+        detectors.push(detector);
+    }
     let names = |paths: &[PathBuf]| paths.iter().map(|p| p.display().to_string()).collect();
     let header = ProfileHeader {
         model: extractor.backbone().identity().clone(),
@@ -329,6 +457,7 @@ pub fn enroll_with(
         feature_dim: dim,
         stages,
         detectors,
+        parts: parts.map(|(parts, _)| parts),
         threshold: options.threshold,
         coreset_ratio: options.coreset_ratio,
         references: names(references),
@@ -351,4 +480,37 @@ fn too_few_validation_images(distinct: usize, given: usize) -> InspectError {
         "calibration needs at least 2 distinct validation images, got {distinct}{copies}: add \
          other anomaly-free images to --validation"
     ))
+}
+
+/// Learns the parts from the references' whole-frame features, and reads the rule file if one
+/// is given (its `parts` map sets the number of parts when the options do not).
+fn enroll_parts(
+    reference_features: &[crate::detect::features::PatchFeatures],
+    options: &EnrollOptions,
+) -> Result<(PartModel, Option<RuleFile>), InspectError> {
+    let mut part_options = options.parts.clone();
+    let text = match &options.rules {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            InspectError::Parts(format!("cannot read rule file {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    if let (Some(text), None) = (&text, part_options.parts) {
+        // The largest part index the file names sets the count (background included).
+        let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+        if let Some(map) = value.get("parts").and_then(|p| p.as_object()) {
+            let largest = map.values().filter_map(|v| v.as_u64()).max();
+            part_options.parts = largest.map(|l| l as usize + 1);
+        }
+    }
+    let parts = learn_parts(reference_features, &part_options)
+        .map_err(|e| InspectError::Parts(format!("learning parts: {e}")))?;
+    let rules = match (&options.rules, text) {
+        (Some(path), Some(text)) => Some(
+            parse_rules(&text, path, &parts.names)
+                .map_err(|e| InspectError::Parts(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    Ok((parts, rules))
 }

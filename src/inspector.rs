@@ -8,11 +8,14 @@
 
 use crate::detect::calibrate::{sigmoid, MIN_SPREAD};
 use crate::detect::features::{patch_features, Grid, PatchFeatures};
+use crate::detect::parts::{Instance, LabelMap, PartModel};
 use crate::detect::preprocess::{Preprocessor, RgbImage};
 use crate::detect::regions::{anomaly_regions, RegionOptions};
+use crate::detect::rules::{FiredRule, FrameLayout};
 use crate::detect::tiling::Tiling;
+use crate::detectors::composition::{fired_rules, instances_of};
 use crate::detectors::patch::{self, PatchResult};
-use crate::detectors::{DetectorScore, Learned};
+use crate::detectors::{interest, DetectorScore, Learned};
 use crate::engine::{Backbone, EngineError, EngineOptions, Manifest};
 use crate::profile::{Profile, ProfileError};
 use std::path::Path;
@@ -38,6 +41,8 @@ pub enum InspectError {
     /// An image file that could not be read (names the file and the cause).
     #[error(transparent)]
     Load(#[from] crate::imageio::LoadError),
+    #[error("part stage: {0}")]
+    Parts(String),
 }
 
 /// Where the time of analysing one frame went (for a batch, each frame's share).
@@ -47,18 +52,86 @@ pub struct StageTimings {
     pub model: Duration,
     /// The patch detectors: nearest-neighbour matching, stitching and scoring.
     pub patch: Duration,
+    /// The part stage: a part label per cell, and each part's instances.
+    pub parts: Duration,
+    /// The interest detector: instance embeddings and their assignment.
+    pub interest: Duration,
+    /// The composition rules.
+    pub composition: Duration,
 }
 
 impl StageTimings {
     /// Everything after the backbone.
     pub fn matching(&self) -> Duration {
-        self.patch
+        self.patch + self.parts + self.interest + self.composition
     }
 
     pub fn add(&mut self, other: &StageTimings) {
         self.model += other.model;
         self.patch += other.patch;
+        self.parts += other.parts;
+        self.interest += other.interest;
+        self.composition += other.composition;
     }
+}
+
+/// The part layout of one frame: a part label per cell of the part grid and each part's
+/// instances (see [`crate::detect::parts`]).
+#[derive(Debug, Clone)]
+pub struct PartLayout {
+    pub labels: LabelMap,
+    pub instances: Vec<Instance>,
+}
+
+impl PartLayout {
+    /// The part layout of a frame from its whole-frame features.
+    pub fn of(parts: &PartModel, features: &PatchFeatures) -> Result<Self, InspectError> {
+        let labels = parts
+            .label(features)
+            .map_err(|e| InspectError::Parts(e.to_string()))?;
+        let instances = parts
+            .instances(&labels)
+            .map_err(|e| InspectError::Parts(e.to_string()))?;
+        Ok(PartLayout { labels, instances })
+    }
+
+    /// The layout as the rules read it.
+    pub fn view<'a>(&'a self, names: &'a [String]) -> FrameLayout<'a> {
+        FrameLayout {
+            labels: &self.labels,
+            instances: &self.instances,
+            names,
+        }
+    }
+
+    /// The bounding box of `instance` in the pixels of a `frame` of (width, height): every
+    /// pixel its cells touch.
+    pub fn instance_box(&self, instance: &Instance, frame: (u32, u32)) -> (u32, u32, u32, u32) {
+        let width = self.labels.width.max(1);
+        let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+        for &cell in &instance.cells {
+            let (x, y) = (cell as usize % width, cell as usize / width);
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1));
+        }
+        if x0 == usize::MAX {
+            return (0, 0, 0, 0);
+        }
+        let sx = frame.0 as f64 / width as f64;
+        let sy = frame.1 as f64 / self.labels.height.max(1) as f64;
+        let left = ((x0 as f64 * sx).floor() as u32).min(frame.0);
+        let top = ((y0 as f64 * sy).floor() as u32).min(frame.1);
+        let right = ((x1 as f64 * sx).ceil() as u32).min(frame.0);
+        let bottom = ((y1 as f64 * sy).ceil() as u32).min(frame.1);
+        (left, top, right - left, bottom - top)
+    }
+}
+
+/// A composition rule that fired, with the instances of the parts it concerns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleFinding {
+    pub rule: FiredRule,
+    /// Boxes (left, top, width, height in frame pixels) of the instances of the rule's parts.
+    pub instances: Vec<(u32, u32, u32, u32)>,
 }
 
 /// Turns images into per-tile patch features with one backbone: the part that several
@@ -259,6 +332,8 @@ pub struct FrameResult {
     pub threshold: f64,
     /// Every detector's raw and calibrated score, in the profile's order.
     pub detectors: Vec<DetectorScore>,
+    /// Every detector's calibrated score z, `None` for an uncalibrated one (composition).
+    pub detector_z: Vec<Option<f64>>,
     /// The reported anomaly map: the first patch detector's.
     pub map: PatchResult,
     /// The raw value of the reported map at which a cell counts as anomalous.
@@ -267,15 +342,47 @@ pub struct FrameResult {
     pub frame_size: (u32, u32),
     /// The anomalous regions in frame pixels, strongest first (empty unless asked for).
     pub regions: Vec<FrameRegion>,
+    /// The composition rules that fired (a fired rule sets `calibrated` to 1.0, eq. 5).
+    pub rules: Vec<RuleFinding>,
+    /// The frame's part layout, for profiles with parts.
+    pub parts: Option<PartLayout>,
     /// Where this frame's time went.
     pub timings: StageTimings,
 }
 
 impl FrameResult {
-    /// The score that ranks frames for metrics such as AUROC: the fused calibrated score.
+    /// The score that ranks frames for metrics such as AUROC: the fused calibrated score, or
+    /// infinity when a rule fired (the paper's final score of 1.0).
     pub fn ranking_score(&self) -> f64 {
-        self.fused_z
+        if self.rules.is_empty() {
+            self.fused_z
+        } else {
+            f64::INFINITY
+        }
     }
+
+    /// Each detector's score for ranking frames: the calibrated score z for calibrated
+    /// detectors, the number of fired rules for the composition detector; by name.
+    pub fn detector_ranking_scores(&self) -> Vec<(String, f64)> {
+        self.detectors
+            .iter()
+            .zip(&self.detector_z)
+            .map(|(d, z)| (d.name.clone(), z.unwrap_or(d.raw)))
+            .collect()
+    }
+}
+
+/// The tiling of the part stage: the whole frame at the model's input size, resized and
+/// resampled as the first patch detector's frames (so that a faithful patch detector and the
+/// part stage share one backbone pass). On the default model that gives a 32x32 part grid (the
+/// 16x16 token grid upsampled x2), each cell 1/32 of the frame's width and height.
+pub fn part_tiling(header: &crate::profile::ProfileHeader) -> Tiling {
+    let mut tiling = Tiling::whole();
+    if let Some((_, first, _)) = header.patch_detectors().next() {
+        tiling.resize = first.tiling.resize;
+        tiling.resample = first.tiling.resample;
+    }
+    tiling
 }
 
 /// One profile ready to inspect frames with a borrowed [`Extractor`].
@@ -372,12 +479,18 @@ impl Inspector {
         Ok((Inspector { profile }, warnings))
     }
 
-    /// The tilings the backbone must run for this profile, each once.
-    fn tilings(&self) -> impl Iterator<Item = &Tiling> {
-        self.profile
-            .header
+    /// The tilings the backbone must run for this profile, each once: the patch detectors',
+    /// and the part stage's.
+    fn tilings(&self) -> Vec<Tiling> {
+        let header = &self.profile.header;
+        let mut tilings: Vec<Tiling> = header
             .patch_detectors()
-            .map(|(_, spec, _)| &spec.tiling)
+            .map(|(_, spec, _)| spec.tiling.clone())
+            .collect();
+        if header.parts.is_some() {
+            tilings.push(part_tiling(header));
+        }
+        tilings
     }
 
     /// Inspects one frame.
@@ -399,7 +512,10 @@ impl Inspector {
         options: &JudgeOptions,
     ) -> Result<Vec<FrameResult>, InspectError> {
         let start = Instant::now();
-        let features = extractor.features_by_tiling(self.tilings(), images)?;
+        let tilings = self.tilings();
+        let features = extractor.features_by_tiling(&tilings, images)?;
+        let header = &self.profile.header;
+        let part_tiling = part_tiling(header);
         let model_time = start.elapsed() / images.len().max(1) as u32;
         let input = extractor.input_size();
         let mut results = Vec::with_capacity(images.len());
@@ -408,25 +524,69 @@ impl Inspector {
                 model: model_time,
                 ..StageTimings::default()
             };
-            let start = Instant::now();
+            let layout = match &header.parts {
+                Some(parts) => {
+                    let start = Instant::now();
+                    let whole = &tiles_of(&features, &part_tiling, index)[0];
+                    let layout = PartLayout::of(parts, whole)?;
+                    timings.parts = start.elapsed();
+                    Some((parts, whole, layout))
+                }
+                None => None,
+            };
             let mut maps: Vec<PatchResult> = Vec::new();
-            let mut scores = Vec::with_capacity(self.profile.header.detectors.len());
+            let mut scores = Vec::with_capacity(header.detectors.len());
             let mut zs = Vec::with_capacity(scores.capacity());
-            for detector in &self.profile.header.detectors {
-                let raw = match &detector.learned {
-                    Learned::Patch { spec, bank } => {
+            let mut rules = Vec::new();
+            for detector in &header.detectors {
+                let start = Instant::now();
+                let raw = match (&detector.learned, &layout) {
+                    (Learned::Patch { spec, bank }, _) => {
                         let tiles = tiles_of(&features, &spec.tiling, index);
                         let bank = &self.profile.banks[*bank];
                         let result = patch::score(spec, bank, tiles, image, input)
                             .map_err(InspectError::Image)?;
                         let raw = result.raw;
                         maps.push(result);
+                        timings.patch += start.elapsed();
                         raw
                     }
+                    (Learned::Interest { references, .. }, Some((_, whole, layout))) => {
+                        let raw = interest::score(whole, &layout.instances, references)
+                            .map_err(InspectError::Parts)?;
+                        timings.interest += start.elapsed();
+                        raw
+                    }
+                    (
+                        Learned::Composition {
+                            rules: file, stats, ..
+                        },
+                        Some((parts, _, layout)),
+                    ) => {
+                        let fired = fired_rules(file, stats, &layout.view(&parts.names));
+                        let frame = (image.width, image.height);
+                        rules.extend(fired.into_iter().map(|rule| {
+                            RuleFinding {
+                                instances: instances_of(&rule, &layout.instances)
+                                    .into_iter()
+                                    .map(|i| layout.instance_box(i, frame))
+                                    .collect(),
+                                rule,
+                            }
+                        }));
+                        timings.composition += start.elapsed();
+                        rules.len() as f64
+                    }
+                    (_, None) => {
+                        return Err(InspectError::Parts(format!(
+                            "detector {} needs the profile's parts, which it lacks",
+                            detector.name()
+                        )))
+                    }
                 };
-                let (z, calibrated) = match &detector.calibration {
-                    Some(c) => (c.z(raw), sigmoid(c.z(raw))),
-                    None => (f64::NEG_INFINITY, 0.0),
+                let (z, calibrated) = match (&detector.calibration, &detector.learned) {
+                    (Some(c), _) => (Some(c.z(raw)), sigmoid(c.z(raw))),
+                    (None, _) => (None, if raw > 0.0 { 1.0 } else { 0.0 }),
                 };
                 zs.push(z);
                 scores.push(DetectorScore {
@@ -435,26 +595,38 @@ impl Inspector {
                     calibrated,
                 });
             }
-            timings.patch = start.elapsed();
-            results.push(self.judge(scores, zs, maps, image, timings, options));
+            let parts = layout.map(|(_, _, layout)| layout);
+            results.push(self.judge(scores, zs, maps, rules, parts, image, timings, options));
         }
         Ok(results)
     }
 
     /// Fuses the detectors' scores into the verdict (paper eq. 5) and cuts the regions.
+    #[allow(clippy::too_many_arguments)]
     fn judge(
         &self,
         detectors: Vec<DetectorScore>,
-        zs: Vec<f64>,
+        detector_z: Vec<Option<f64>>,
         mut maps: Vec<PatchResult>,
+        rules: Vec<RuleFinding>,
+        parts: Option<PartLayout>,
         image: &RgbImage,
         timings: StageTimings,
         options: &JudgeOptions,
     ) -> FrameResult {
         let header = &self.profile.header;
         let threshold = options.threshold.unwrap_or(header.threshold);
-        let fused_z = zs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let calibrated = sigmoid(fused_z);
+        let fused_z = detector_z
+            .iter()
+            .flatten()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        // Paper eq. 5: a fired rule sets the final score to 1.0.
+        let calibrated = if rules.is_empty() {
+            sigmoid(fused_z)
+        } else {
+            1.0
+        };
         let (first_patch, _, _) = header
             .patch_detectors()
             .next()
@@ -482,10 +654,13 @@ impl Inspector {
             anomalous: calibrated >= threshold,
             threshold,
             detectors,
+            detector_z,
             map,
             map_threshold,
             frame_size,
             regions,
+            rules,
+            parts,
             timings,
         }
     }

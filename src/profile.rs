@@ -7,6 +7,7 @@
 //! saying which part is wrong.
 
 use crate::detect::calibrate::Calibration;
+use crate::detect::parts::PartModel;
 use crate::detect::patch::MemoryBank;
 pub use crate::detectors::patch::{PatchSpec, Pooling};
 pub use crate::detectors::{EnrolledDetector, Learned};
@@ -38,6 +39,10 @@ pub struct ProfileHeader {
     /// calibrated score, or 1.0 when a composition rule fired. The first patch detector's map
     /// is the one reported.
     pub detectors: Vec<EnrolledDetector>,
+    /// The parts of the product learned from the references (interest and composition
+    /// detectors); the part stage runs on the whole-frame features at the model's input size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<PartModel>,
     /// Verdict threshold on the fused calibrated score (0..1).
     pub threshold: f64,
     /// Coreset ratio used to reduce the banks, if any.
@@ -52,6 +57,7 @@ impl ProfileHeader {
     pub fn patch_detectors(&self) -> impl Iterator<Item = (&EnrolledDetector, &PatchSpec, usize)> {
         self.detectors.iter().filter_map(|d| match &d.learned {
             Learned::Patch { spec, bank } => Some((d, spec, *bank)),
+            _ => None,
         })
     }
 }
@@ -95,6 +101,7 @@ impl From<LegacyHeader> for ProfileHeader {
                     validation_scores: b.validation_scores,
                 })
                 .collect(),
+            parts: None,
             threshold: old.threshold,
             coreset_ratio: old.coreset_ratio,
             references: old.references,
@@ -362,6 +369,7 @@ mod tests {
                     patch(PatchSpec::faithful(), 0, &[0.1, 0.2, 0.3]),
                     patch(other_spec(), 1, &[0.5, 0.7]),
                 ],
+                parts: None,
                 threshold: 0.95,
                 coreset_ratio: None,
                 references: vec!["a.png".into()],
@@ -554,8 +562,9 @@ mod tests {
         });
         std::fs::write(&path, bytes).unwrap();
         for detector in &mut profile.header.detectors {
-            let Learned::Patch { spec, .. } = &mut detector.learned;
-            spec.tiling.resample = Resample::U8;
+            if let Learned::Patch { spec, .. } = &mut detector.learned {
+                spec.tiling.resample = Resample::U8;
+            }
         }
         assert_eq!(Profile::load(&path).unwrap(), profile);
     }

@@ -3,11 +3,13 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gstlogsad::detect::calibrate::CalibrationMethod;
+use gstlogsad::detect::parts::PartOptions;
 use gstlogsad::detect::preprocess::Resample;
 use gstlogsad::detect::regions::{PeakScope, RegionOptions};
+use gstlogsad::detect::rules::write_rules;
 use gstlogsad::detect::score::Reduction;
 use gstlogsad::detect::tiling::{Resize, Tiling};
-use gstlogsad::detectors::DetectorSpec;
+use gstlogsad::detectors::{DetectorSpec, Learned};
 use gstlogsad::engine::{self, Device, EngineOptions};
 use gstlogsad::enroll::{enroll, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
 use gstlogsad::eval::dataset::{self, Layout, LoadOptions, DEFAULT_VALIDATION_COUNT};
@@ -150,12 +152,17 @@ impl EngineArgs {
 /// The detector options shared by `enroll` and `eval`.
 #[derive(Args, Clone)]
 struct DetectorArgs {
-    /// Detector branches: faithful (the reference detector), multiscale (a tiled local maximum
-    /// fused with a whole-frame global mean, each calibrated) or multiscale-embedding (the
+    /// Detectors: faithful (the reference patch detector), multiscale (a tiled local maximum
+    /// fused with a whole-frame global mean, each calibrated), multiscale-embedding (the
     /// tiled local maximum fused with the distance of the frame's mean-pooled features to the
-    /// nearest reference frame's).
+    /// nearest reference frame's) or logsad (the paper's patch, interest and composition
+    /// detectors on parts learned from the references, fused as its eq. 5).
     #[arg(long, default_value = "faithful")]
     preset: String,
+    /// Number of part classes, background included, for the logsad preset (default: chosen
+    /// by the mean silhouette of k-means over 2..=8, or the rule file's `parts`).
+    #[arg(long)]
+    parts: Option<usize>,
     /// Image score of the first branch: max (the reference), mean, or topK (mean of the K
     /// highest map cells).
     #[arg(long)]
@@ -191,6 +198,18 @@ struct DetectorArgs {
     calibration: CalibrationMethod,
 }
 
+impl DetectorArgs {
+    fn part_options(&self) -> Result<PartOptions> {
+        if self.parts.is_some_and(|k| k < 2) {
+            bail!("--parts counts the background too: at least 2");
+        }
+        Ok(PartOptions {
+            parts: self.parts,
+            ..PartOptions::default()
+        })
+    }
+}
+
 #[derive(Args)]
 struct EnrollArgs {
     #[command(flatten)]
@@ -215,6 +234,14 @@ struct EnrollArgs {
     /// Seed of the coreset's random projection.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Composition rules to use instead of learned ones (a `meta/<category>.json` file; see
+    /// meta/README.md): hand-edited rules win.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Write the composition rules (learned, or read with --rules) to this file, to edit and
+    /// read back with --rules.
+    #[arg(long)]
+    rules_out: Option<PathBuf>,
     /// Reference images or folders.
     #[arg(required = true)]
     references: Vec<PathBuf>,
@@ -246,6 +273,10 @@ struct EvalArgs {
     /// Dataset layout: mvtec-ad, mvtec-loco, visa or plain (default: detected).
     #[arg(long)]
     layout: Option<Layout>,
+    /// A folder of rule files named after the categories (such as meta/): a category's
+    /// `<category>.json`, where present, replaces its learned composition rules.
+    #[arg(long, value_name = "DIR")]
+    rules_dir: Option<PathBuf>,
     /// Evaluate only this category (repeatable; default: all).
     #[arg(long = "category", value_name = "NAME", action = clap::ArgAction::Append)]
     categories: Vec<String>,
@@ -384,17 +415,17 @@ fn detectors(
             args.smoothing
         );
     }
-    let mut patches = detectors.iter_mut().filter_map(|d| match d {
-        DetectorSpec::Patch(spec) => Some(spec),
-    });
-    if let (Some(score), Some(first)) = (args.score, patches.next()) {
-        first.score = score;
-    }
+    let mut first = true;
     for detector in &mut detectors {
-        let DetectorSpec::Patch(spec) = detector;
-        spec.smoothing = args.smoothing;
-        spec.tiling.resize = args.resize;
-        spec.tiling.resample = args.resample;
+        if let DetectorSpec::Patch(spec) = detector {
+            if let (Some(score), true) = (args.score, first) {
+                spec.score = score;
+            }
+            first = false;
+            spec.smoothing = args.smoothing;
+            spec.tiling.resize = args.resize;
+            spec.tiling.resample = args.resample;
+        }
     }
     Ok(detectors)
 }
@@ -438,6 +469,9 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
         seed: args.seed,
         engine: args.engine.options(),
         calibration: args.detector.calibration,
+        parts: args.detector.part_options()?,
+        rules: args.rules.clone(),
+        ..EnrollOptions::default()
     };
     let refs_bar = bar(references.len(), "references");
     let val_bar = bar(validation.len(), "validation");
@@ -459,6 +493,22 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
     profile.save(&args.out)?;
+    if let Some(path) = &args.rules_out {
+        let rules = profile
+            .header
+            .detectors
+            .iter()
+            .find_map(|d| match &d.learned {
+                Learned::Composition { rules, .. } => Some(rules),
+                _ => None,
+            });
+        let Some(rules) = rules else {
+            bail!("--rules-out: the profile has no composition detector (use --preset logsad)");
+        };
+        std::fs::write(path, write_rules(rules))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("rules written to {}", path.display());
+    }
     eprintln!(
         "profile {}: {} reference images",
         args.out.display(),
@@ -546,6 +596,7 @@ fn run_score(args: ScoreArgs) -> Result<()> {
             "calibrated": result.calibrated,
             "anomalous": result.anomalous,
             "detectors": detectors,
+            "rules": result.rules.iter().map(|r| &r.rule).collect::<Vec<_>>(),
             "map_mean": map.map.iter().map(|&v| v as f64).sum::<f64>() / map.map.len() as f64,
         });
         if let Some(dir) = &args.maps {
@@ -584,6 +635,8 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             detectors(&detector, &branch_manifest, first_reference).map_err(|e| format!("{e:#}"))
         })),
         coreset_ratio: args.coreset_ratio,
+        parts: args.detector.part_options()?,
+        rules_dir: args.rules_dir.clone(),
         engine: args.engine.options(),
         pixel: !args.no_pixel,
         batch: args.batch,

@@ -1,14 +1,22 @@
 //! The paper's detectors, one module each, behind one tagged spec:
 //!
 //! - [`patch`]: patch matching against a memory bank (paper eq. 1), structural anomalies;
+//! - [`interest`]: the frame's part instances matched to the references' (eq. 2-3);
+//! - [`composition`]: rules on the parts' counts, areas, pairings and positions (eq. 4).
 //!
-//! Each detector turns the frame's features into a raw score; the [`crate::inspector`] calibrates
-//! and fuses them (eq. 5).
+//! Each detector turns the frame's features (and, for the last two, its part layout) into a raw
+//! score; the [`crate::inspector`] calibrates and fuses them (eq. 5).
 
+pub mod composition;
+pub mod interest;
 pub mod patch;
 
 use crate::detect::calibrate::Calibration;
+use crate::detect::interest::InstanceEmbeddings;
+use crate::detect::rules::{ReferenceStats, RuleFile};
 use crate::profile::ProfileHeader;
+use composition::CompositionSpec;
+use interest::InterestSpec;
 use patch::PatchSpec;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +26,10 @@ use serde::{Deserialize, Serialize};
 pub enum DetectorSpec {
     /// Patch matching (eq. 1).
     Patch(PatchSpec),
+    /// Instance matching (eq. 2-3); needs the part stage.
+    Interest(InterestSpec),
+    /// Composition rules (eq. 4); needs the part stage.
+    Composition(CompositionSpec),
 }
 
 impl DetectorSpec {
@@ -25,7 +37,14 @@ impl DetectorSpec {
     pub fn name(&self) -> &str {
         match self {
             DetectorSpec::Patch(spec) => &spec.name,
+            DetectorSpec::Interest(spec) => &spec.name,
+            DetectorSpec::Composition(spec) => &spec.name,
         }
+    }
+
+    /// Whether the detector works on the part layout.
+    pub fn needs_parts(&self) -> bool {
+        !matches!(self, DetectorSpec::Patch(_))
     }
 }
 
@@ -35,6 +54,18 @@ impl DetectorSpec {
 pub enum Learned {
     /// A patch detector and the index of its memory bank in [`crate::profile::Profile::banks`].
     Patch { spec: PatchSpec, bank: usize },
+    /// An interest detector and its bank: the union of the reference images' instances.
+    Interest {
+        spec: InterestSpec,
+        references: InstanceEmbeddings,
+    },
+    /// A composition detector, its rules (learned, or read from a rule file) and the reference
+    /// statistics the relative rules divide by.
+    Composition {
+        spec: CompositionSpec,
+        rules: RuleFile,
+        stats: ReferenceStats,
+    },
 }
 
 /// One detector as enrolled: its spec and what it learned, its calibration and the validation
@@ -42,7 +73,7 @@ pub enum Learned {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnrolledDetector {
     pub learned: Learned,
-    /// `None` for a detector whose score is not calibrated.
+    /// `None` for a detector whose score is not calibrated (composition).
     pub calibration: Option<Calibration>,
     /// Raw validation scores, kept so that thresholds can be re-derived without the images.
     pub validation_scores: Vec<f64>,
@@ -52,6 +83,8 @@ impl EnrolledDetector {
     pub fn name(&self) -> &str {
         match &self.learned {
             Learned::Patch { spec, .. } => &spec.name,
+            Learned::Interest { spec, .. } => &spec.name,
+            Learned::Composition { spec, .. } => &spec.name,
         }
     }
 
@@ -59,17 +92,58 @@ impl EnrolledDetector {
     pub fn spec(&self) -> DetectorSpec {
         match &self.learned {
             Learned::Patch { spec, .. } => DetectorSpec::Patch(spec.clone()),
+            Learned::Interest { spec, .. } => DetectorSpec::Interest(spec.clone()),
+            Learned::Composition { spec, .. } => DetectorSpec::Composition(spec.clone()),
         }
     }
 
     /// Checks what a profile reader cannot check through the types.
     pub fn validate(&self, header: &ProfileHeader) -> Result<(), String> {
-        let _ = header;
+        let calibrated = self.calibration.is_some();
         match &self.learned {
-            Learned::Patch { .. } if self.calibration.is_none() => {
+            Learned::Patch { .. } if !calibrated => {
                 Err("a patch detector without calibration".into())
             }
             Learned::Patch { .. } => Ok(()),
+            Learned::Interest { references, .. } => {
+                let parts = header
+                    .parts
+                    .as_ref()
+                    .ok_or("an interest detector without parts")?;
+                if !calibrated {
+                    return Err("an interest detector without calibration".into());
+                }
+                references.validate().map_err(|e| e.to_string())?;
+                if references.stages.len() != header.stages || references.dim != header.feature_dim
+                {
+                    return Err(format!(
+                        "reference instances of {} stages of dimension {}, the profile's model has \
+                         {} of {}",
+                        references.stages.len(),
+                        references.dim,
+                        header.stages,
+                        header.feature_dim
+                    ));
+                }
+                parts.validate().map_err(|e| e.to_string())
+            }
+            Learned::Composition { rules, .. } => {
+                let parts = header
+                    .parts
+                    .as_ref()
+                    .ok_or("a composition detector without parts")?;
+                let count = parts.parts();
+                match rules
+                    .parts
+                    .iter()
+                    .find(|(_, &index)| index as usize >= count)
+                {
+                    Some((name, index)) => Err(format!(
+                        "rule part {name} is part {index}, the profile has {count} parts"
+                    )),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -78,9 +152,8 @@ impl EnrolledDetector {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DetectorScore {
     pub name: String,
-    /// Raw score in the detector's own units.
+    /// Raw score in the detector's own units (composition: the number of fired rules).
     pub raw: f64,
-    /// sigmoid of the calibrated score (1.0 or 0.0 for the composition detector: a rule fired
-    /// or not).
+    /// sigmoid of the calibrated score (composition: 1.0 when a rule fired, else 0.0).
     pub calibrated: f64,
 }

@@ -88,6 +88,11 @@ pub struct EvalOptions {
     /// Preset name, recorded in the settings (the detectors are [`EvalOptions::detectors`]).
     pub preset: String,
     pub detectors: Detectors,
+    /// How parts are learned (presets with the interest or composition detector).
+    pub parts: crate::detect::parts::PartOptions,
+    /// A folder of rule files `<category>.json` (such as the project's `meta/`): a category's
+    /// file, where present, replaces the learned rules.
+    pub rules_dir: Option<PathBuf>,
     /// Greedy coreset reduction of the memory banks (the coreset seed is the draw's seed).
     pub coreset_ratio: Option<f32>,
     pub engine: EngineOptions,
@@ -113,6 +118,8 @@ impl Default for EvalOptions {
             test_limit: None,
             preset: "faithful".into(),
             detectors: Detectors::Fixed(preset("faithful", None).expect("known preset")),
+            parts: Default::default(),
+            rules_dir: None,
             coreset_ratio: None,
             engine: EngineOptions::default(),
             pixel: true,
@@ -313,6 +320,13 @@ pub fn evaluate(
                 seed: seed.unwrap_or(0),
                 engine: options.engine.clone(),
                 calibration: options.calibration,
+                parts: options.parts.clone(),
+                rules: options
+                    .rules_dir
+                    .as_ref()
+                    .map(|dir| dir.join(format!("{name}.json")))
+                    .filter(|file| file.exists()),
+                ..EnrollOptions::default()
             };
             let start = Instant::now();
             let (profile, enroll_warnings) = enroll_with(
