@@ -5,7 +5,7 @@ use crate::detect::calibrate::{outliers, Calibration, CalibrationError, Calibrat
 use crate::detect::copies::{is_near_copy, pixel_digest, PixelDigest, NEAR_COPY_DISTANCE};
 use crate::detect::coreset::greedy_coreset;
 use crate::detect::interest::InstanceEmbeddings;
-use crate::detect::parts::{learn_parts, PartModel, PartOptions};
+use crate::detect::parts::{cell_colours, learn_parts_with_colours, PartModel, PartOptions};
 use crate::detect::patch::MemoryBank;
 use crate::detect::rules::{learn_rules, parse_rules, LearnOptions, ReferenceStats, RuleFile};
 use crate::detect::score::Reduction;
@@ -223,6 +223,9 @@ pub fn enroll_with(
     }
     let tilings = || all_tilings.iter();
     let mut reference_features = Vec::new();
+    let mut reference_colours = Vec::new();
+    // Kept for the part layouts once the parts are learned.
+    let mut reference_images = Vec::new();
     let mut banks: Vec<MemoryBank> = kinds.iter().map(|k| new_bank(k.pooling)).collect();
     let mut reference_digests: Vec<PixelDigest> = Vec::with_capacity(references.len());
     for (group_index, group) in references.chunks(CORESET_GROUP).enumerate() {
@@ -241,7 +244,10 @@ pub fn enroll_with(
             reference_digests.push(digest);
             let features = extractor.features_by_tiling(tilings(), &[&image])?;
             if needs_parts {
-                reference_features.push(tiles_of(&features, &part_tiling, 0)[0].clone());
+                let whole = tiles_of(&features, &part_tiling, 0)[0].clone();
+                reference_colours.push(cell_colours(&image, whole.width(), whole.height()));
+                reference_features.push(whole);
+                reference_images.push(image.clone());
             }
             for (kind, bank) in kinds.iter().zip(&mut group_banks) {
                 for tile in tiles_of(&features, &kind.tiling, 0) {
@@ -274,7 +280,11 @@ pub fn enroll_with(
         }
     }
     let parts = if needs_parts {
-        Some(enroll_parts(&reference_features, options)?)
+        Some(enroll_parts(
+            &reference_features,
+            &reference_colours,
+            options,
+        )?)
     } else {
         None
     };
@@ -282,8 +292,8 @@ pub fn enroll_with(
     let mut reference_instances = None;
     if let Some((parts, _)) = &parts {
         let mut union = InstanceEmbeddings::empty(stages, dim);
-        for features in &reference_features {
-            let layout = PartLayout::of(parts, features)?;
+        for (features, image) in reference_features.iter().zip(&reference_images) {
+            let layout = PartLayout::of(parts, features, image)?;
             let embeddings = crate::detect::interest::embed_instances(features, &layout.instances)
                 .map_err(|e| InspectError::Parts(e.to_string()))?;
             union
@@ -345,7 +355,7 @@ pub fn enroll_with(
         }
         if let (Some((parts, _)), Some(references)) = (&parts, &reference_instances) {
             let whole = &tiles_of(&features, &part_tiling, 0)[0];
-            let layout = PartLayout::of(parts, whole)?;
+            let layout = PartLayout::of(parts, whole, &image)?;
             let score = interest::score(whole, &layout.instances, references)
                 .map_err(InspectError::Parts)?;
             interest_scores.push(score);
@@ -486,6 +496,7 @@ fn too_few_validation_images(distinct: usize, given: usize) -> InspectError {
 /// is given (its `parts` map sets the number of parts when the options do not).
 fn enroll_parts(
     reference_features: &[crate::detect::features::PatchFeatures],
+    reference_colours: &[Vec<f32>],
     options: &EnrollOptions,
 ) -> Result<(PartModel, Option<RuleFile>), InspectError> {
     let mut part_options = options.parts.clone();
@@ -503,7 +514,7 @@ fn enroll_parts(
             part_options.parts = largest.map(|l| l as usize + 1);
         }
     }
-    let parts = learn_parts(reference_features, &part_options)
+    let parts = learn_parts_with_colours(reference_features, reference_colours, &part_options)
         .map_err(|e| InspectError::Parts(format!("learning parts: {e}")))?;
     let rules = match (&options.rules, text) {
         (Some(path), Some(text)) => Some(

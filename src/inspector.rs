@@ -8,7 +8,7 @@
 
 use crate::detect::calibrate::{sigmoid, MIN_SPREAD};
 use crate::detect::features::{patch_features, Grid, PatchFeatures};
-use crate::detect::parts::{Instance, LabelMap, PartModel};
+use crate::detect::parts::{cell_colours, Instance, LabelMap, PartModel};
 use crate::detect::preprocess::{Preprocessor, RgbImage};
 use crate::detect::regions::{anomaly_regions, RegionOptions};
 use crate::detect::rules::{FiredRule, FrameLayout};
@@ -84,10 +84,20 @@ pub struct PartLayout {
 }
 
 impl PartLayout {
-    /// The part layout of a frame from its whole-frame features.
-    pub fn of(parts: &PartModel, features: &PatchFeatures) -> Result<Self, InspectError> {
+    /// The part layout of a frame from its whole-frame features (and, for parts learned with
+    /// colour, the frame's colours).
+    pub fn of(
+        parts: &PartModel,
+        features: &PatchFeatures,
+        image: &RgbImage,
+    ) -> Result<Self, InspectError> {
+        let colours = if parts.colour_weight > 0.0 {
+            cell_colours(image, features.width(), features.height())
+        } else {
+            Vec::new()
+        };
         let labels = parts
-            .label(features)
+            .label_with_colours(features, &colours)
             .map_err(|e| InspectError::Parts(e.to_string()))?;
         let instances = parts
             .instances(&labels)
@@ -528,7 +538,7 @@ impl Inspector {
                 Some(parts) => {
                     let start = Instant::now();
                     let whole = &tiles_of(&features, &part_tiling, index)[0];
-                    let layout = PartLayout::of(parts, whole)?;
+                    let layout = PartLayout::of(parts, whole, image)?;
                     timings.parts = start.elapsed();
                     Some((parts, whole, layout))
                 }

@@ -163,6 +163,9 @@ struct DetectorArgs {
     /// by the mean silhouette of k-means over 2..=8, or the rule file's `parts`).
     #[arg(long)]
     parts: Option<usize>,
+    /// Weight of each cell's mean colour in the part clustering (0: features alone).
+    #[arg(long, default_value_t = PartOptions::default().colour_weight)]
+    part_colour: f32,
     /// Image score of the first branch: max (the reference), mean, or topK (mean of the K
     /// highest map cells).
     #[arg(long)]
@@ -203,8 +206,12 @@ impl DetectorArgs {
         if self.parts.is_some_and(|k| k < 2) {
             bail!("--parts counts the background too: at least 2");
         }
+        if !(self.part_colour.is_finite() && self.part_colour >= 0.0) {
+            bail!("--part-colour {} must be 0 or more", self.part_colour);
+        }
         Ok(PartOptions {
             parts: self.parts,
+            colour_weight: self.part_colour,
             ..PartOptions::default()
         })
     }

@@ -189,6 +189,11 @@ pub struct PartOptions {
     pub erosion: usize,
     /// Largest number of parts (including the background) the automatic choice tries.
     pub max_parts: usize,
+    /// Weight of each cell's mean colour (RGB, 0..1 per channel), appended to the unit-length
+    /// feature vector of the cell: parts that differ mainly in colour (a yellow and a blue
+    /// cable, an orange and a purple juice) fall into different classes. 0: features alone (the
+    /// reference clusters CLIP features, which carry colour more strongly than DINOv2's).
+    pub colour_weight: f32,
 }
 
 impl Default for PartOptions {
@@ -204,6 +209,7 @@ impl Default for PartOptions {
             dilation: 0,
             erosion: 0,
             max_parts: 8,
+            colour_weight: 0.0,
         }
     }
 }
@@ -236,6 +242,53 @@ pub struct PartModel {
     /// The upsampled patch grid (cells) the parts were learned at and label at.
     pub width: usize,
     pub height: usize,
+    /// Weight of the cells' mean colour in the clustering features ([`PartOptions`]); the
+    /// centres then end in 3 colour components.
+    #[serde(default)]
+    pub colour_weight: f32,
+}
+
+/// The mean colour of every cell of a `width x height` grid laid over the whole `image` (the
+/// frame as the model sees it when squashed): row-major, 3 values (R, G, B in 0..1) per cell.
+pub fn cell_colours(
+    image: &crate::detect::preprocess::RgbImage,
+    width: usize,
+    height: usize,
+) -> Vec<f32> {
+    let (w, h) = (image.width as usize, image.height as usize);
+    let mut out = Vec::with_capacity(width * height * 3);
+    for cy in 0..height {
+        let (y0, y1) = (
+            cy * h / height,
+            ((cy + 1) * h / height).max(cy * h / height + 1).min(h),
+        );
+        for cx in 0..width {
+            let (x0, x1) = (
+                cx * w / width,
+                ((cx + 1) * w / width).max(cx * w / width + 1).min(w),
+            );
+            let mut sum = [0u64; 3];
+            for y in y0..y1 {
+                let row = &image.pixels[(y * w + x0) * 3..(y * w + x1) * 3];
+                for px in row.chunks_exact(3) {
+                    sum.iter_mut().zip(px).for_each(|(s, &v)| *s += v as u64);
+                }
+            }
+            let n = ((y1 - y0) * (x1 - x0)).max(1) as f32 * 255.0;
+            out.extend(sum.iter().map(|&s| s as f32 / n));
+        }
+    }
+    out
+}
+
+/// Appends `weight x` each cell's colour (3 values) to its `dim` features.
+fn append_colours(cells: &[f32], dim: usize, colours: &[f32], weight: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(cells.len() / dim * (dim + 3));
+    for (cell, colour) in cells.chunks_exact(dim).zip(colours.chunks_exact(3)) {
+        out.extend_from_slice(cell);
+        out.extend(colour.iter().map(|c| c * weight));
+    }
+    out
 }
 
 /// The clustering features of every cell of the upsampled patch grid: per chosen stage the
@@ -306,6 +359,28 @@ pub fn learn_parts(
     references: &[PatchFeatures],
     options: &PartOptions,
 ) -> Result<PartModel, PartError> {
+    let options = PartOptions {
+        colour_weight: 0.0,
+        ..options.clone()
+    };
+    learn_parts_with_colours(references, &[], &options)
+}
+
+/// [`learn_parts`] with each reference's [`cell_colours`] (one `Vec` per reference) weighted by
+/// `options.colour_weight` in the clustering features (ignored when 0).
+pub fn learn_parts_with_colours(
+    references: &[PatchFeatures],
+    colours: &[Vec<f32>],
+    options: &PartOptions,
+) -> Result<PartModel, PartError> {
+    let use_colour = options.colour_weight > 0.0;
+    if use_colour && colours.len() != references.len() {
+        return Err(PartError::InvalidModel(format!(
+            "{} colour grids for {} references",
+            colours.len(),
+            references.len()
+        )));
+    }
     let first = references.first().ok_or(PartError::NoReferences)?;
     let (width, height) = (first.width(), first.height());
     let mut points = Vec::new();
@@ -321,9 +396,27 @@ pub fn learn_parts(
                 first_dim: first.dim,
             });
         }
-        points.extend(cell_features(features, &options.stages)?);
+        let cells = cell_features(features, &options.stages)?;
+        if use_colour {
+            let dim = first.dim * options.stages.len();
+            if colours[index].len() != features.patches() * 3 {
+                return Err(PartError::InvalidModel(format!(
+                    "reference {index}: {} colour values for {} cells",
+                    colours[index].len(),
+                    features.patches()
+                )));
+            }
+            points.extend(append_colours(
+                &cells,
+                dim,
+                &colours[index],
+                options.colour_weight,
+            ));
+        } else {
+            points.extend(cells);
+        }
     }
-    let dim = first.dim * options.stages.len();
+    let dim = first.dim * options.stages.len() + if use_colour { 3 } else { 0 };
     let cells = points.len() / dim;
     let max_parts = cells.min(u16::MAX as usize);
     let seeded = |k: usize| {
@@ -412,6 +505,11 @@ pub fn learn_parts(
         erosion: options.erosion,
         width,
         height,
+        colour_weight: if use_colour {
+            options.colour_weight
+        } else {
+            0.0
+        },
     })
 }
 
@@ -510,6 +608,16 @@ impl PartModel {
     /// [`cell_features`]. Errors when the model is invalid, or the features' grid or dimension
     /// (over the model's stages) differ from the model's.
     pub fn label(&self, features: &PatchFeatures) -> Result<LabelMap, PartError> {
+        self.label_with_colours(features, &[])
+    }
+
+    /// [`Self::label`] for a model learned with colour: `colours` are the frame's
+    /// [`cell_colours`] on the model's grid (ignored by a model without colour).
+    pub fn label_with_colours(
+        &self,
+        features: &PatchFeatures,
+        colours: &[f32],
+    ) -> Result<LabelMap, PartError> {
         self.validate()?;
         if (features.width(), features.height()) != (self.width, self.height) {
             return Err(PartError::GridMismatch {
@@ -520,7 +628,8 @@ impl PartModel {
             });
         }
         let dim = self.dim();
-        let given = features.dim * self.stages.len();
+        let use_colour = self.colour_weight > 0.0;
+        let given = features.dim * self.stages.len() + if use_colour { 3 } else { 0 };
         if given != dim {
             return Err(PartError::DimMismatch {
                 model: dim,
@@ -528,7 +637,17 @@ impl PartModel {
                 stages: self.stages.clone(),
             });
         }
-        let cells = cell_features(features, &self.stages)?;
+        let mut cells = cell_features(features, &self.stages)?;
+        if use_colour {
+            if colours.len() != features.patches() * 3 {
+                return Err(PartError::InvalidModel(format!(
+                    "the parts were learned with colour: {} colour values for {} cells",
+                    colours.len(),
+                    features.patches()
+                )));
+            }
+            cells = append_colours(&cells, dim - 3, colours, self.colour_weight);
+        }
         let centres: Vec<f32> = self.centres.concat();
         let (nearest, _) =
             kmeans::nearest_centres(&cells, &kmeans::squared_norms(&cells, dim), dim, &centres);
