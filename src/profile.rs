@@ -583,4 +583,79 @@ mod tests {
         assert!(err.contains("tiny") && err.contains("big"), "{err}");
         assert!(p.check_model(Path::new("x"), &p.header.model).is_ok());
     }
+
+    /// The profile reader on damaged input: random bytes, and a valid file with bytes flipped,
+    /// cut or inserted anywhere (the checksum made right again, so that the damage reaches the
+    /// header and bank readers) never panic. `PROPTEST_CASES` sets the number of cases (default 256);
+    /// `PROPTEST_CASES=1000000 cargo test --release --locked --lib profile::tests::fuzz`.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            let cases = std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(256);
+            ProptestConfig {
+                cases,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        fn valid_bytes() -> Vec<u8> {
+            static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            BYTES
+                .get_or_init(|| {
+                    let dir = tempfile::tempdir().unwrap();
+                    let path = dir.path().join("p");
+                    sample().save(&path).unwrap();
+                    std::fs::read(&path).unwrap()
+                })
+                .clone()
+        }
+
+        /// Parses `bytes` with the checksum made right, so that the damage reaches the header
+        /// and bank readers instead of stopping at the checksum.
+        fn parse_resealed(mut bytes: Vec<u8>) {
+            if bytes.len() >= 4 {
+                let n = bytes.len() - 4;
+                let crc = crc32fast::hash(&bytes[..n]);
+                bytes[n..].copy_from_slice(&crc.to_le_bytes());
+            }
+            let _ = Profile::parse(&bytes);
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = Profile::parse(&bytes);
+                let mut signed = b"LOGSADPF\x06\0\0\0".to_vec();
+                signed.extend_from_slice(&bytes);
+                parse_resealed(signed);
+            }
+
+            #[test]
+            fn damaged_profiles_never_panic(
+                edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..6)
+            ) {
+                let mut bytes = valid_bytes();
+                for (at, value, how) in edits {
+                    if bytes.is_empty() {
+                        break;
+                    }
+                    let at = at % bytes.len();
+                    match how {
+                        0 => bytes[at] ^= value | 1,
+                        1 => bytes.truncate(at),
+                        _ => bytes.insert(at, value),
+                    }
+                }
+                parse_resealed(bytes);
+            }
+        }
+    }
 }

@@ -989,6 +989,7 @@ mod tests {
             erosion: radius,
             width: 0,
             height: 0,
+            colour_weight: 0.0,
         }
     }
 
