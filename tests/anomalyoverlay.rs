@@ -106,6 +106,7 @@ fn result(anomalous: bool, calibrated: f64, stale: bool, map: Option<AnomalyMap>
         map_threshold: 1.0,
         deinterlaced: false,
         regions: None,
+        rules: vec![],
     }
 }
 

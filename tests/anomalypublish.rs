@@ -37,6 +37,7 @@ fn result(score: f64, anomalous: bool, frame: u64) -> AnomalyResult {
         map_threshold: 0.25,
         deinterlaced: false,
         regions: None,
+        rules: vec![],
     }
 }
 
