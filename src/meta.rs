@@ -297,9 +297,9 @@ impl RuleHit {
             .map_err(|e| glib::bool_error!("anomaly meta field rules, instances: {e}"))?
             .iter()
             .map(|v| {
-                let b = v.get::<gst::Structure>().map_err(|e| {
-                    glib::bool_error!("anomaly meta field rules, instances: {e}")
-                })?;
+                let b = v
+                    .get::<gst::Structure>()
+                    .map_err(|e| glib::bool_error!("anomaly meta field rules, instances: {e}"))?;
                 RelativeBox::from_fields(&b, "rules, instances")
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -640,7 +640,10 @@ mod tests {
         assert_eq!(array.len(), 2);
         let first = array[0].get::<gst::Structure>().unwrap();
         assert_eq!(first.name(), "rule");
-        assert_eq!(first.get::<&str>("message").unwrap(), "pins: 14, expected 15");
+        assert_eq!(
+            first.get::<&str>("message").unwrap(),
+            "pins: 14, expected 15"
+        );
         assert_eq!(first.get::<f64>("measured").unwrap(), 14.0);
         let instances = first.get::<gst::Array>("instances").unwrap();
         assert_eq!(instances.len(), 2);
@@ -666,7 +669,10 @@ mod tests {
         // An older writer: no field, no rules.
         let mut old = with_rules.to_structure();
         old.remove_field("rules");
-        assert!(AnomalyResult::from_structure(&old).unwrap().rules.is_empty());
+        assert!(AnomalyResult::from_structure(&old)
+            .unwrap()
+            .rules
+            .is_empty());
 
         // Malformed rules are errors naming the field.
         let mut bad = old.clone();

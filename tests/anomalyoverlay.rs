@@ -780,13 +780,31 @@ fn fired_rules_are_named_under_the_badge_and_their_instances_outlined() {
         (220, 149),
         (220, 148),
     ] {
-        assert_eq!(pixel(&s.info, &out, x, y), INSTANCE, "box edge at ({x}, {y})");
+        assert_eq!(
+            pixel(&s.info, &out, x, y),
+            INSTANCE,
+            "box edge at ({x}, {y})"
+        );
         assert_eq!(pixel(&s.info, &plain, x, y), GREY, "plain at ({x}, {y})");
     }
-    for (x, y) in [(199, 135), (202, 135), (237, 135), (240, 135), (220, 122), (220, 150)] {
-        assert_eq!(pixel(&s.info, &out, x, y), GREY, "outside the lines at ({x}, {y})");
+    for (x, y) in [
+        (199, 135),
+        (202, 135),
+        (237, 135),
+        (240, 135),
+        (220, 122),
+        (220, 150),
+    ] {
+        assert_eq!(
+            pixel(&s.info, &out, x, y),
+            GREY,
+            "outside the lines at ({x}, {y})"
+        );
     }
-    assert_eq!(count_color(&s.info, &out, 0..320, 0..240, INSTANCE), 2 * (40 + 30) * 2 - 16);
+    assert_eq!(
+        count_color(&s.info, &out, 0..320, 0..240, INSTANCE),
+        2 * (40 + 30) * 2 - 16
+    );
 
     // outline-instances=false: the rules are still named, the box is not drawn.
     s.h.element()
@@ -813,11 +831,7 @@ fn instance_outlines_alone_are_drawn_and_can_be_turned_off() {
             ("show-regions", false.to_value()),
         ],
     );
-    assert!(s
-        .h
-        .element()
-        .unwrap()
-        .property::<bool>("outline-instances"));
+    assert!(s.h.element().unwrap().property::<bool>("outline-instances"));
     let mut input = solid(&s.info, GREY);
     result_with_rules()
         .attach(input.get_mut().unwrap())

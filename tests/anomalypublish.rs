@@ -2,7 +2,9 @@
 //! EOS, errors, and what happens when the writer cannot keep up.
 
 use gst::prelude::*;
-use gstlogsad::meta::{AnomalyMap, AnomalyRegion, AnomalyResult, DetectorScore, RelativeBox, RuleHit};
+use gstlogsad::meta::{
+    AnomalyMap, AnomalyRegion, AnomalyResult, DetectorScore, RelativeBox, RuleHit,
+};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

@@ -483,9 +483,9 @@ impl AnomalyOverlay {
                         && result.rules.iter().any(|r| !r.instances.is_empty()))
                     || (heatmap
                         && result
-                        .map
-                        .as_ref()
-                        .is_some_and(|m| m.width > 0 && m.height > 0))
+                            .map
+                            .as_ref()
+                            .is_some_and(|m| m.width > 0 && m.height > 0))
             }
             Some(Err(err)) => {
                 self.warn_bad_meta(&err);
