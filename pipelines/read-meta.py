@@ -19,6 +19,10 @@ pad, prints one JSON object per buffer:
   which PyGObject cannot convert itself: `structure.get_array("regions")` hands it over as a
   GObject.ValueArray, read with `get_nth(i)` (deprecated by GLib, still working). These boxes
   survive videoconvert and videoscale after logsad;
+- `rules`: the meta's `rules` field, the composition rules that fired, each with name, measured,
+  min, max (null where unbounded), message and `instances` (boxes relative to the frame of the
+  instances of the parts it concerns); arrays of structures read like `regions` (the rule's
+  `instances` with `rule.get_array("instances")`). Empty when none fired;
 - the anomaly map (a GLib.Bytes of native-endian float32, row-major, map-width x map-height):
   `map_len` (number of values), `map_min`, `map_max`, `map_mean`, and with --full-map the values;
 - the `GstVideoRegionOfInterestMeta`s of type "anomaly" (the same regions in pixels, for other
@@ -100,6 +104,33 @@ def read_meta_regions(structure):
              for name in ("x", "y", "width", "height", "score")} for region in items]
 
 
+def value_array(structure, name):
+    """The GstStructures of the GstValueArray field `name` (an empty list when missing)."""
+    if not structure.has_field(name):
+        return []
+    ok, array = structure.get_array(name)
+    if not ok:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # Copies: the items belong to `array`, which is freed on return.
+        return [array.get_nth(i).copy() for i in range(array.n_values)]
+
+
+def read_rules(structure):
+    """The custom meta's fired `rules` as a list of dicts (empty when the field is missing)."""
+    out = []
+    for rule in value_array(structure, "rules"):
+        item = {"name": rule.get_value("name"), "message": rule.get_value("message")}
+        for name in ("measured", "min", "max"):
+            item[name] = finite(rule.get_value(name))
+        item["instances"] = [{name: finite(box.get_value(name))
+                              for name in ("x", "y", "width", "height")}
+                             for box in value_array(rule, "instances")]
+        out.append(item)
+    return out
+
+
 def read(buffer, full_map):
     out = {"pts": None if buffer.pts == Gst.CLOCK_TIME_NONE else buffer.pts}
     meta = buffer.get_custom_meta(META_NAME)
@@ -114,6 +145,7 @@ def read(buffer, full_map):
                  "deinterlaced"):
         out[name] = field(s, name)
     out["meta_regions"] = read_meta_regions(s)
+    out["rules"] = read_rules(s)
     detectors = [d for d in (out["detectors"] or "").split(",") if d]
     out["detector_scores"] = {
         d: {"score": finite(field(s, f"{d}-score")),

@@ -23,6 +23,17 @@
 //!   (PyGObject, no gst-python needed) with `structure.get_array("regions")`, whose
 //!   `GObject.ValueArray` gives each `Gst.Structure` through `get_nth(i)`. Absent from metas
 //!   written by older versions (readers then fall back to the region-of-interest metas).
+//! - `rules` (`GstValueArray` of `GstStructure`s named `rule`): the composition rules that fired
+//!   on the frame (paper eq. 4; any one sets the fused score to 1.0, eq. 5), in the order the
+//!   profile lists them, each with `name` (string), `measured` (double: the count, ratio or
+//!   number of misplaced instances measured; NaN when it could not be measured), `min` and
+//!   `max` (double: the allowed range, inclusive; `-inf`/`+inf` where unbounded, which
+//!   `gst_structure_get_double` and Python's `get_double` return as IEEE infinities), `message`
+//!   (string: one line such as `pins: 14, expected 15`) and `instances` (`GstValueArray` of
+//!   `GstStructure`s named `instance` with `x`, `y`, `width`, `height`, double, relative to the
+//!   frame like `regions`: the boxes of the instances of the parts the rule concerns). Read the
+//!   same way as `regions`. Empty when no rule fired; absent from metas written by older
+//!   versions (readers then see no rules).
 
 use gst::glib;
 
@@ -33,6 +44,10 @@ const STRUCTURE_NAME: &str = "logsad/anomaly";
 pub const ROI_TYPE: &str = "anomaly";
 /// Name of each structure in the `regions` array.
 const REGION_STRUCTURE_NAME: &str = "region";
+/// Name of each structure in the `rules` array.
+const RULE_STRUCTURE_NAME: &str = "rule";
+/// Name of each structure in a rule's `instances` array.
+const INSTANCE_STRUCTURE_NAME: &str = "instance";
 
 /// Registers the custom meta; safe to call more than once.
 pub fn register() {
@@ -44,7 +59,7 @@ pub fn register() {
 }
 
 pub use crate::detectors::DetectorScore;
-use crate::inspector::FrameResult;
+use crate::inspector::{FrameResult, RuleFinding};
 
 /// An anomaly map: `width * height` float32 values, row-major, covering the whole frame.
 #[derive(Debug, Clone)]
@@ -74,6 +89,73 @@ impl AnomalyMap {
     }
 }
 
+/// A box in coordinates relative to the frame, so that it holds after scaling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RelativeBox {
+    /// Left edge, as a fraction of the frame width (0..1).
+    pub x: f64,
+    /// Top edge, as a fraction of the frame height (0..1).
+    pub y: f64,
+    /// Width, as a fraction of the frame width.
+    pub width: f64,
+    /// Height, as a fraction of the frame height.
+    pub height: f64,
+}
+
+impl RelativeBox {
+    /// The box of the pixel rectangle `(x, y, w, h)` of a `frame_w` x `frame_h` frame (a zero
+    /// size counts as 1).
+    pub fn from_pixels(rect: (u32, u32, u32, u32), frame_w: u32, frame_h: u32) -> Self {
+        let (fw, fh) = (frame_w.max(1) as f64, frame_h.max(1) as f64);
+        RelativeBox {
+            x: rect.0 as f64 / fw,
+            y: rect.1 as f64 / fh,
+            width: rect.2 as f64 / fw,
+            height: rect.3 as f64 / fh,
+        }
+    }
+
+    /// The pixel rectangle `(x, y, w, h)` of this box in a `frame_w` x `frame_h` frame: each
+    /// edge rounded to the nearest pixel and clipped to the frame (so a box stays put when the
+    /// frame size did not change). Non-finite coordinates give an empty rectangle.
+    pub fn to_pixels(&self, frame_w: u32, frame_h: u32) -> (u32, u32, u32, u32) {
+        let edge = |v: f64, size: u32| {
+            if v.is_finite() {
+                (v * size as f64).round().clamp(0.0, size as f64) as u32
+            } else {
+                0
+            }
+        };
+        let (x0, y0) = (edge(self.x, frame_w), edge(self.y, frame_h));
+        let x1 = edge(self.x + self.width, frame_w).max(x0);
+        let y1 = edge(self.y + self.height, frame_h).max(y0);
+        (x0, y0, x1 - x0, y1 - y0)
+    }
+
+    /// A structure named `name` with fields `x`, `y`, `width`, `height` (double).
+    fn builder(self, name: &str) -> gst::structure::Builder {
+        gst::Structure::builder(name)
+            .field("x", self.x)
+            .field("y", self.y)
+            .field("width", self.width)
+            .field("height", self.height)
+    }
+
+    /// Reads `x`, `y`, `width`, `height` of `s`; errors name `what` and the field.
+    fn from_fields(s: &gst::StructureRef, what: &str) -> Result<Self, glib::BoolError> {
+        let field = |name: &str| {
+            s.get::<f64>(name)
+                .map_err(|e| glib::bool_error!("anomaly meta field {what}, {name}: {e}"))
+        };
+        Ok(RelativeBox {
+            x: field("x")?,
+            y: field("y")?,
+            width: field("width")?,
+            height: field("height")?,
+        })
+    }
+}
+
 /// An anomalous region of the frame, in coordinates relative to the frame.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AnomalyRegion {
@@ -92,39 +174,35 @@ pub struct AnomalyRegion {
 impl AnomalyRegion {
     /// The region of the pixel rectangle `(x, y, w, h)` of a `frame_w` x `frame_h` frame.
     pub fn from_pixels(rect: (u32, u32, u32, u32), frame_w: u32, frame_h: u32, score: f64) -> Self {
-        let (fw, fh) = (frame_w.max(1) as f64, frame_h.max(1) as f64);
+        let b = RelativeBox::from_pixels(rect, frame_w, frame_h);
         AnomalyRegion {
-            x: rect.0 as f64 / fw,
-            y: rect.1 as f64 / fh,
-            width: rect.2 as f64 / fw,
-            height: rect.3 as f64 / fh,
+            x: b.x,
+            y: b.y,
+            width: b.width,
+            height: b.height,
             score,
         }
     }
 
-    /// The pixel rectangle `(x, y, w, h)` of this region in a `frame_w` x `frame_h` frame: each
-    /// edge rounded to the nearest pixel and clipped to the frame (so a region stays put when
-    /// the frame size did not change). Non-finite coordinates give an empty rectangle.
+    /// The region's box, without its score.
+    pub fn relative_box(&self) -> RelativeBox {
+        RelativeBox {
+            x: self.x,
+            y: self.y,
+            width: self.width,
+            height: self.height,
+        }
+    }
+
+    /// The pixel rectangle `(x, y, w, h)` of this region in a `frame_w` x `frame_h` frame, as
+    /// [`RelativeBox::to_pixels`] computes it.
     pub fn to_pixels(&self, frame_w: u32, frame_h: u32) -> (u32, u32, u32, u32) {
-        let edge = |v: f64, size: u32| {
-            if v.is_finite() {
-                (v * size as f64).round().clamp(0.0, size as f64) as u32
-            } else {
-                0
-            }
-        };
-        let (x0, y0) = (edge(self.x, frame_w), edge(self.y, frame_h));
-        let x1 = edge(self.x + self.width, frame_w).max(x0);
-        let y1 = edge(self.y + self.height, frame_h).max(y0);
-        (x0, y0, x1 - x0, y1 - y0)
+        self.relative_box().to_pixels(frame_w, frame_h)
     }
 
     fn to_structure(self) -> gst::Structure {
-        gst::Structure::builder(REGION_STRUCTURE_NAME)
-            .field("x", self.x)
-            .field("y", self.y)
-            .field("width", self.width)
-            .field("height", self.height)
+        self.relative_box()
+            .builder(REGION_STRUCTURE_NAME)
             .field("score", self.score)
             .build()
     }
@@ -133,18 +211,112 @@ impl AnomalyRegion {
         let s = value
             .get::<gst::Structure>()
             .map_err(|e| glib::bool_error!("anomaly meta field regions: {e}"))?;
-        let field = |name: &str| {
-            s.get::<f64>(name)
-                .map_err(|e| glib::bool_error!("anomaly meta field regions, {name}: {e}"))
-        };
+        let b = RelativeBox::from_fields(&s, "regions")?;
         Ok(AnomalyRegion {
-            x: field("x")?,
-            y: field("y")?,
-            width: field("width")?,
-            height: field("height")?,
-            score: field("score")?,
+            x: b.x,
+            y: b.y,
+            width: b.width,
+            height: b.height,
+            score: s
+                .get::<f64>("score")
+                .map_err(|e| glib::bool_error!("anomaly meta field regions, score: {e}"))?,
         })
     }
+}
+
+/// A composition rule that fired on the frame (paper eq. 4), as carried in the meta's `rules`
+/// field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleHit {
+    /// The rule's name, as in the profile or rule file.
+    pub name: String,
+    /// The measured value (a count, a ratio, a number of misplaced instances); NaN when it
+    /// could not be measured.
+    pub measured: f64,
+    /// Lower end of the allowed range, inclusive; `-inf` when unbounded.
+    pub min: f64,
+    /// Upper end of the allowed range, inclusive; `+inf` when unbounded.
+    pub max: f64,
+    /// One line for people, such as `pins: 14, expected 15`.
+    pub message: String,
+    /// Boxes of the instances of the parts the rule concerns, relative to the frame.
+    pub instances: Vec<RelativeBox>,
+}
+
+impl RuleHit {
+    /// The hit of `finding`, whose instance boxes are in the pixels of a `frame` of
+    /// (width, height).
+    pub fn from_finding(finding: &RuleFinding, frame: (u32, u32)) -> Self {
+        let rule = &finding.rule;
+        RuleHit {
+            name: rule.name.clone(),
+            measured: rule.measured,
+            min: rule.min,
+            max: rule.max,
+            message: rule.message.clone(),
+            instances: finding
+                .instances
+                .iter()
+                .map(|&rect| RelativeBox::from_pixels(rect, frame.0, frame.1))
+                .collect(),
+        }
+    }
+
+    fn to_structure(&self) -> gst::Structure {
+        gst::Structure::builder(RULE_STRUCTURE_NAME)
+            .field("name", self.name.as_str())
+            .field("measured", self.measured)
+            .field("min", self.min)
+            .field("max", self.max)
+            .field("message", self.message.as_str())
+            .field(
+                "instances",
+                gst::Array::new(
+                    self.instances
+                        .iter()
+                        .map(|b| b.builder(INSTANCE_STRUCTURE_NAME).build()),
+                ),
+            )
+            .build()
+    }
+
+    fn from_value(value: &glib::SendValue) -> Result<Self, glib::BoolError> {
+        let s = value
+            .get::<gst::Structure>()
+            .map_err(|e| glib::bool_error!("anomaly meta field rules: {e}"))?;
+        let number = |name: &str| {
+            s.get::<f64>(name)
+                .map_err(|e| glib::bool_error!("anomaly meta field rules, {name}: {e}"))
+        };
+        let text = |name: &str| {
+            s.get::<String>(name)
+                .map_err(|e| glib::bool_error!("anomaly meta field rules, {name}: {e}"))
+        };
+        let instances = s
+            .get::<gst::Array>("instances")
+            .map_err(|e| glib::bool_error!("anomaly meta field rules, instances: {e}"))?
+            .iter()
+            .map(|v| {
+                let b = v
+                    .get::<gst::Structure>()
+                    .map_err(|e| glib::bool_error!("anomaly meta field rules, instances: {e}"))?;
+                RelativeBox::from_fields(&b, "rules, instances")
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RuleHit {
+            name: text("name")?,
+            measured: number("measured")?,
+            min: number("min")?,
+            max: number("max")?,
+            message: text("message")?,
+            instances,
+        })
+    }
+}
+
+/// The `rules` field of the meta (see the module doc): one `rule` structure per hit.
+pub fn rules_array(rules: &[RuleHit]) -> gst::Array {
+    gst::Array::new(rules.iter().map(RuleHit::to_structure))
 }
 
 /// The result of analysing one frame, as attached to buffers.
@@ -164,6 +336,9 @@ pub struct AnomalyResult {
     /// The anomalous regions, strongest first; `None` when the meta has no `regions` field
     /// (written by an older version).
     pub regions: Option<Vec<AnomalyRegion>>,
+    /// The composition rules that fired, in profile order; empty when none did or the meta
+    /// has no `rules` field (written by an older version).
+    pub rules: Vec<RuleHit>,
 }
 
 impl AnomalyResult {
@@ -194,6 +369,11 @@ impl AnomalyResult {
                     .map(|r| AnomalyRegion::from_pixels(r.rect, width, height, r.score))
                     .collect(),
             ),
+            rules: result
+                .rules
+                .iter()
+                .map(|finding| RuleHit::from_finding(finding, result.frame_size))
+                .collect(),
         }
     }
 
@@ -225,6 +405,7 @@ impl AnomalyResult {
                 gst::Array::new(regions.iter().map(|r| r.to_structure())),
             );
         }
+        s.set("rules", rules_array(&self.rules));
         s
     }
 
@@ -273,6 +454,15 @@ impl AnomalyResult {
         } else {
             None
         };
+        let rules = if s.has_field("rules") {
+            s.get::<gst::Array>("rules")
+                .map_err(|e| glib::bool_error!("anomaly meta field rules: {e}"))?
+                .iter()
+                .map(RuleHit::from_value)
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
         Ok(AnomalyResult {
             score: field("score")?,
             calibrated: field("calibrated")?,
@@ -287,6 +477,7 @@ impl AnomalyResult {
             map_threshold: field("map-threshold")?,
             deinterlaced: s.get("deinterlaced").unwrap_or(false),
             regions,
+            rules,
         })
     }
 
@@ -356,6 +547,7 @@ mod tests {
             map_threshold: 0.4,
             deinterlaced: true,
             regions,
+            rules: vec![],
         }
     }
 
@@ -400,6 +592,108 @@ mod tests {
         );
         let err = AnomalyResult::from_structure(&bad).unwrap_err();
         assert!(err.to_string().contains("regions, y"), "{err}");
+    }
+
+    #[test]
+    fn fired_rules_round_trip_through_the_structure() {
+        gst::init().unwrap();
+        let finding = RuleFinding {
+            rule: crate::detect::rules::FiredRule {
+                name: "pins".into(),
+                measured: 14.0,
+                min: 15.0,
+                max: 15.0,
+                message: "pins: 14, expected 15".into(),
+                parts: vec![2],
+            },
+            instances: vec![(16, 12, 8, 24), (0, 0, 64, 48)],
+        };
+        let pins = RuleHit::from_finding(&finding, (64, 48));
+        assert_eq!(pins.name, "pins");
+        assert_eq!(pins.message, "pins: 14, expected 15");
+        assert_eq!(
+            pins.instances[0],
+            RelativeBox {
+                x: 0.25,
+                y: 0.25,
+                width: 0.125,
+                height: 0.5
+            }
+        );
+        assert_eq!(pins.instances[1].to_pixels(64, 48), (0, 0, 64, 48));
+        // Unbounded above, nothing measurable, no instances.
+        let area = RuleHit {
+            name: "area(cable)".into(),
+            measured: f64::NAN,
+            min: 0.8,
+            max: f64::INFINITY,
+            message: "area(cable): NaN, expected at least 0.80".into(),
+            instances: vec![],
+        };
+        let mut with_rules = result(None);
+        with_rules.rules = vec![pins.clone(), area];
+        let s = with_rules.to_structure();
+
+        // Stock types only: an array of structures named "rule", each holding an array of
+        // structures named "instance".
+        let array = s.get::<gst::Array>("rules").unwrap();
+        assert_eq!(array.len(), 2);
+        let first = array[0].get::<gst::Structure>().unwrap();
+        assert_eq!(first.name(), "rule");
+        assert_eq!(
+            first.get::<&str>("message").unwrap(),
+            "pins: 14, expected 15"
+        );
+        assert_eq!(first.get::<f64>("measured").unwrap(), 14.0);
+        let instances = first.get::<gst::Array>("instances").unwrap();
+        assert_eq!(instances.len(), 2);
+        let instance = instances[0].get::<gst::Structure>().unwrap();
+        assert_eq!(instance.name(), "instance");
+        assert_eq!(instance.get::<f64>("width").unwrap(), 0.125);
+        let second = array[1].get::<gst::Structure>().unwrap();
+        assert_eq!(second.get::<f64>("max").unwrap(), f64::INFINITY);
+
+        let back = AnomalyResult::from_structure(&s).unwrap();
+        assert_eq!(back.rules.len(), 2);
+        assert_eq!(back.rules[0], pins);
+        let area = &back.rules[1];
+        assert!(area.measured.is_nan());
+        assert_eq!((area.min, area.max), (0.8, f64::INFINITY));
+        assert!(area.instances.is_empty());
+
+        // No rule fired: an empty array, read back as no rules.
+        let s = result(None).to_structure();
+        assert_eq!(s.get::<gst::Array>("rules").unwrap().len(), 0);
+        assert!(AnomalyResult::from_structure(&s).unwrap().rules.is_empty());
+
+        // An older writer: no field, no rules.
+        let mut old = with_rules.to_structure();
+        old.remove_field("rules");
+        assert!(AnomalyResult::from_structure(&old)
+            .unwrap()
+            .rules
+            .is_empty());
+
+        // Malformed rules are errors naming the field.
+        let mut bad = old.clone();
+        bad.set("rules", "pins");
+        let err = AnomalyResult::from_structure(&bad).unwrap_err();
+        assert!(err.to_string().contains("rules"), "{err}");
+        let mut bad = old.clone();
+        let mut rule = first.clone();
+        rule.remove_field("max");
+        bad.set("rules", gst::Array::new([rule]));
+        let err = AnomalyResult::from_structure(&bad).unwrap_err();
+        assert!(err.to_string().contains("rules, max"), "{err}");
+        let mut bad = old;
+        let mut rule = first;
+        rule.set(
+            "instances",
+            gst::Array::new([gst::Structure::builder("instance").field("x", 0.1).build()]),
+        );
+        bad.set("rules", gst::Array::new([rule]));
+        let err = AnomalyResult::from_structure(&bad).unwrap_err();
+        assert!(err.to_string().contains("rules, instances, y"), "{err}");
     }
 
     #[test]

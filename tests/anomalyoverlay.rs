@@ -5,7 +5,7 @@ use std::sync::Once;
 use gst::glib;
 use gst::prelude::*;
 use gst_video::prelude::*;
-use gstlogsad::meta::{AnomalyMap, AnomalyRegion, AnomalyResult};
+use gstlogsad::meta::{AnomalyMap, AnomalyRegion, AnomalyResult, RelativeBox, RuleHit};
 
 static INIT: Once = Once::new();
 
@@ -21,6 +21,7 @@ const BADGE_RED: [u8; 3] = [210, 30, 30];
 const BADGE_GREEN: [u8; 3] = [30, 150, 60];
 const REGION: [u8; 3] = [0x00, 0xe5, 0xff];
 const WHITE: [u8; 3] = [255, 255, 255];
+const INSTANCE: [u8; 3] = [255, 0, 255];
 
 struct Setup {
     h: gst_check::Harness,
@@ -106,6 +107,7 @@ fn result(anomalous: bool, calibrated: f64, stale: bool, map: Option<AnomalyMap>
         map_threshold: 1.0,
         deinterlaced: false,
         regions: None,
+        rules: vec![],
     }
 }
 
@@ -670,4 +672,185 @@ fn meta_regions_are_scaled_to_the_frame_and_replace_rois() {
     add_roi(&mut input, "anomaly", (70, 40, 20, 20), Some(0.5));
     let out = push_pull(&mut s, input);
     assert_eq!(pixel(&s.info, &out, 70, 50), GREY);
+}
+
+/// An anomalous result with two fired rules: `pins` with the box (100, 60, 20, 15) of a
+/// 160x120 frame, i.e. (200, 120, 40, 30) of a 320x240 one, and `area(cable)` without instances.
+fn result_with_rules() -> AnomalyResult {
+    let mut r = result(true, 0.97, false, None);
+    r.rules = vec![
+        RuleHit {
+            name: "pins".into(),
+            measured: 14.0,
+            min: 15.0,
+            max: 15.0,
+            message: "pins: 14, expected 15".into(),
+            instances: vec![RelativeBox::from_pixels((100, 60, 20, 15), 160, 120)],
+        },
+        RuleHit {
+            name: "area(cable)".into(),
+            measured: 0.5,
+            min: 0.8,
+            max: 1.2,
+            message: "area(cable): 0.50, expected 0.80..1.20".into(),
+            instances: vec![],
+        },
+    ];
+    r
+}
+
+/// Pixels of `a` and `b` that differ within the rectangle.
+fn count_differences(
+    info: &gst_video::VideoInfo,
+    a: &gst::Buffer,
+    b: &gst::Buffer,
+    xs: std::ops::Range<usize>,
+    ys: std::ops::Range<usize>,
+) -> usize {
+    let mut n = 0;
+    for y in ys {
+        for x in xs.clone() {
+            if pixel(info, a, x, y) != pixel(info, b, x, y) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn fired_rules_are_named_under_the_badge_and_their_instances_outlined() {
+    let mut s = setup(
+        gst_video::VideoFormat::Rgb,
+        320,
+        240,
+        &[("show-heatmap", false.to_value())],
+    );
+    // Scale 1 at 240 lines: badge lines 10 px high from (2, 2).
+    let mut input = solid(&s.info, GREY);
+    result(true, 0.97, false, None)
+        .attach(input.get_mut().unwrap())
+        .unwrap();
+    let plain = push_pull(&mut s, input);
+    let mut input = solid(&s.info, GREY);
+    result_with_rules()
+        .attach(input.get_mut().unwrap())
+        .unwrap();
+    let out = push_pull(&mut s, input);
+
+    // The score line is unchanged: "ANOMALY 0.97", y 2..12, x 2..100.
+    assert_eq!(
+        count_differences(&s.info, &plain, &out, 0..320, 0..12),
+        0,
+        "score line"
+    );
+    // The first rule on the line below: "pins: 14, expected 15" is 21 characters, 170 px wide.
+    assert_eq!(pixel(&s.info, &plain, 2, 12), GREY);
+    assert_eq!(pixel(&s.info, &out, 2, 12), BADGE_RED);
+    assert_eq!(pixel(&s.info, &out, 171, 21), BADGE_RED);
+    assert_eq!(pixel(&s.info, &out, 172, 15), GREY);
+    assert!(
+        count_color(&s.info, &out, 2..172, 12..22, WHITE) > 100,
+        "white rule text"
+    );
+    // The second rule under it: 38 characters, 306 px wide, y 22..32; nothing below.
+    assert_eq!(pixel(&s.info, &out, 2, 22), BADGE_RED);
+    assert_eq!(pixel(&s.info, &out, 307, 31), BADGE_RED);
+    assert_eq!(pixel(&s.info, &out, 308, 25), GREY);
+    assert_eq!(pixel(&s.info, &out, 2, 32), GREY);
+    assert!(
+        count_color(&s.info, &out, 2..308, 22..32, WHITE) > 150,
+        "white rule text"
+    );
+    // Every pixel of the two lines' boxes (170 x 10 and 306 x 10) changed, and none below.
+    assert_eq!(
+        count_differences(&s.info, &plain, &out, 0..320, 12..32),
+        170 * 10 + 306 * 10
+    );
+    assert_eq!(count_differences(&s.info, &plain, &out, 0..320, 32..100), 0);
+
+    // The pins instance box, 2 px lines inside (200, 120, 40, 30); not in the plain run.
+    for (x, y) in [
+        (200, 135),
+        (201, 135),
+        (239, 135),
+        (238, 135),
+        (220, 120),
+        (220, 121),
+        (220, 149),
+        (220, 148),
+    ] {
+        assert_eq!(
+            pixel(&s.info, &out, x, y),
+            INSTANCE,
+            "box edge at ({x}, {y})"
+        );
+        assert_eq!(pixel(&s.info, &plain, x, y), GREY, "plain at ({x}, {y})");
+    }
+    for (x, y) in [
+        (199, 135),
+        (202, 135),
+        (237, 135),
+        (240, 135),
+        (220, 122),
+        (220, 150),
+    ] {
+        assert_eq!(
+            pixel(&s.info, &out, x, y),
+            GREY,
+            "outside the lines at ({x}, {y})"
+        );
+    }
+    assert_eq!(
+        count_color(&s.info, &out, 0..320, 0..240, INSTANCE),
+        2 * (40 + 30) * 2 - 16
+    );
+
+    // outline-instances=false: the rules are still named, the box is not drawn.
+    s.h.element()
+        .unwrap()
+        .set_property("outline-instances", false);
+    let mut input = solid(&s.info, GREY);
+    result_with_rules()
+        .attach(input.get_mut().unwrap())
+        .unwrap();
+    let out = push_pull(&mut s, input);
+    assert_eq!(pixel(&s.info, &out, 2, 22), BADGE_RED);
+    assert_eq!(count_color(&s.info, &out, 0..320, 0..240, INSTANCE), 0);
+}
+
+#[test]
+fn instance_outlines_alone_are_drawn_and_can_be_turned_off() {
+    let mut s = setup(
+        gst_video::VideoFormat::Bgrx,
+        320,
+        240,
+        &[
+            ("show-heatmap", false.to_value()),
+            ("show-badge", false.to_value()),
+            ("show-regions", false.to_value()),
+        ],
+    );
+    assert!(s.h.element().unwrap().property::<bool>("outline-instances"));
+    let mut input = solid(&s.info, GREY);
+    result_with_rules()
+        .attach(input.get_mut().unwrap())
+        .unwrap();
+    let out = push_pull(&mut s, input);
+    assert_eq!(pixel(&s.info, &out, 200, 135), INSTANCE);
+    assert_eq!(pixel(&s.info, &out, 2, 12), GREY, "no badge");
+
+    // With the outlines off too there is nothing to draw: the very buffer passes through.
+    s.h.element()
+        .unwrap()
+        .set_property("outline-instances", false);
+    let mut input = solid(&s.info, GREY);
+    result_with_rules()
+        .attach(input.get_mut().unwrap())
+        .unwrap();
+    let expected = bytes(&input);
+    let keep = input.clone();
+    let out = push_pull(&mut s, input);
+    assert_eq!(bytes(&out), expected);
+    assert_eq!(out.as_ptr(), keep.as_ptr());
 }

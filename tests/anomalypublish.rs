@@ -2,7 +2,9 @@
 //! EOS, errors, and what happens when the writer cannot keep up.
 
 use gst::prelude::*;
-use gstlogsad::meta::{AnomalyMap, AnomalyRegion, AnomalyResult, DetectorScore};
+use gstlogsad::meta::{
+    AnomalyMap, AnomalyRegion, AnomalyResult, DetectorScore, RelativeBox, RuleHit,
+};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -37,6 +39,7 @@ fn result(score: f64, anomalous: bool, frame: u64) -> AnomalyResult {
         map_threshold: 0.25,
         deinterlaced: false,
         regions: None,
+        rules: vec![],
     }
 }
 
@@ -121,6 +124,30 @@ fn lines_have_fields_of_results_regions_and_unanalysed_frames() {
     // 2: anomalous, with a map and regions (one foreign ROI type, one without score).
     let mut r2 = result(0.8, true, 2);
     r2.map = Some(AnomalyMap::from_values(2, 2, &[0.0, 0.5, 1.0, 1.5]));
+    // Two fired rules: a bounded count, and a ratio unbounded above that could not be measured.
+    r2.rules = vec![
+        RuleHit {
+            name: "pins".into(),
+            measured: 14.0,
+            min: 15.0,
+            max: 15.0,
+            message: "pins: 14, expected 15".into(),
+            instances: vec![RelativeBox {
+                x: 0.1,
+                y: 0.2,
+                width: 0.3,
+                height: 0.4,
+            }],
+        },
+        RuleHit {
+            name: "area(cable)".into(),
+            measured: f64::NAN,
+            min: 0.8,
+            max: f64::INFINITY,
+            message: "area(cable): NaN, expected at least 0.80".into(),
+            instances: vec![],
+        },
+    ];
     let mut b2 = buffer(2, true, Some(&r2));
     add_roi(&mut b2, "anomaly", (10, 20, 32, 16), Some(0.9));
     add_roi(&mut b2, "face", (0, 0, 8, 8), Some(0.7));
@@ -154,6 +181,7 @@ fn lines_have_fields_of_results_regions_and_unanalysed_frames() {
         "threshold",
         "stale",
         "detectors",
+        "rules",
         "map",
     ] {
         assert!(l0.get(key).is_none(), "unanalysed line has {key}: {l0}");
@@ -176,6 +204,8 @@ fn lines_have_fields_of_results_regions_and_unanalysed_frames() {
         serde_json::json!({"patch": {"score": 0.2, "calibrated": 0.1}})
     );
     assert!(l1.get("map").is_none());
+    // No rule fired: an empty array.
+    assert_eq!(l1["rules"], serde_json::json!([]));
 
     let l2 = &lines[2];
     assert_eq!(l2["timestamp"], 2 * FRAME_NS);
@@ -192,6 +222,14 @@ fn lines_have_fields_of_results_regions_and_unanalysed_frames() {
     );
     // Without include-map only the size is given.
     assert_eq!(l2["map"], serde_json::json!({"width": 2, "height": 2}));
+    // The fired rules, unbounded ends and the unmeasured value as null, instances left out.
+    let rules = serde_json::json!([
+        {"name": "pins", "measured": 14.0, "min": 15.0, "max": 15.0,
+         "message": "pins: 14, expected 15"},
+        {"name": "area(cable)", "measured": null, "min": 0.8, "max": null,
+         "message": "area(cable): NaN, expected at least 0.80"}
+    ]);
+    assert_eq!(l2["rules"], rules);
 
     let l3 = &lines[3];
     assert_eq!(l3["timestamp"], Value::Null);
@@ -199,6 +237,8 @@ fn lines_have_fields_of_results_regions_and_unanalysed_frames() {
     assert_eq!(l3["stale"], true);
     assert_eq!(l3["analysed_frame"], 2);
     assert_eq!(l3["regions"], serde_json::json!([]));
+    // A held result keeps the rules of the frame it was computed on.
+    assert_eq!(l3["rules"], rules);
 }
 
 #[test]

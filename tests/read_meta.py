@@ -6,8 +6,8 @@
 Runs `videotestsrc num-buffers=N ! video/x-raw,width=64,height=64 ! logsad [threshold=T region-peak-fraction=F] !
 videoscale ! video/x-raw,width=96,height=96 ! fakesink` and, in a pad probe on the fakesink,
 reads each buffer's `LogsadAnomalyMeta` custom meta: the fields of its structure, the anomaly
-map (GBytes of native-endian float32) and the regions (an array of structures, read with
-`Gst.Structure.get_array`). Prints one JSON object per buffer on standard output; non-finite
+map (GBytes of native-endian float32), the regions and the fired rules (arrays of structures,
+read with `Gst.Structure.get_array`; each rule's `instances` too). Prints one JSON object per buffer on standard output; non-finite
 numbers are printed as null. Exits non-zero on a pipeline error. Used by tests/logsad.rs
 (`metadata_is_readable_from_python`), which points GST_PLUGIN_PATH at the built plugin.
 """
@@ -50,6 +50,37 @@ def regions(structure):
     return out
 
 
+def finite(value):
+    """JSON has no infinity nor NaN: None instead."""
+    return value if value is None or math.isfinite(value) else None
+
+
+def structures(structure, name):
+    """The GstStructures of the GstValueArray field `name` (an empty list when missing)."""
+    if not structure.has_field(name):
+        return []
+    ok, array = structure.get_array(name)
+    if not ok:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # Copies: the items belong to `array`, which is freed on return.
+        return [array.get_nth(i).copy() for i in range(array.n_values)]
+
+
+def rules(structure):
+    """The fired `rules` as a list of dicts, unbounded ends as None (empty when missing)."""
+    out = []
+    for rule in structures(structure, "rules"):
+        item = {"name": rule.get_value("name"), "message": rule.get_value("message")}
+        for name in ("measured", "min", "max"):
+            item[name] = finite(rule.get_value(name))
+        item["instances"] = [{name: box.get_value(name) for name in ("x", "y", "width", "height")}
+                             for box in structures(rule, "instances")]
+        out.append(item)
+    return out
+
+
 def read(buffer):
     meta = buffer.get_custom_meta("LogsadAnomalyMeta")
     if meta is None:
@@ -74,6 +105,7 @@ def read(buffer):
     else:
         out["map"] = None
     out["regions"] = regions(s)
+    out["rules"] = rules(s)
     return out
 
 

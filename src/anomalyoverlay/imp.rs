@@ -8,13 +8,17 @@
  *   (`colormap`) and alpha-blended over the video with `opacity`;
  * - a **badge** in the top-left corner: `ANOMALY 0.97` on red or `OK 0.12` on green (the
  *   calibrated score), followed by ` (held)` when the result was carried over from an earlier
- *   frame (`stale`);
+ *   frame (`stale`); under it, one line per composition rule that fired (the meta's `rules`
+ *   field), giving the rule's message, such as `pins: 14, expected 15`;
  * - **region boxes**: an outline for each region of the `LogsadAnomalyMeta`'s `regions` field
  *   (boxes relative to the frame, scaled to the current frame size, so they survive
  *   `videoconvert` and `videoscale` between `logsad` and the overlay), labelled with its score.
  *   When the meta has no `regions` field (an older writer), the `GstVideoRegionOfInterestMeta`s
  *   of type `anomaly` are drawn instead, labelled with the `score` field of their `anomaly`
  *   parameter structure (GStreamer 1.22's `videoconvert`/`videoscale` drop that structure).
+ * - **instance boxes** (`outline-instances`): a magenta outline around each instance of the parts
+ *   that a fired rule concerns (the rule's `instances` in the meta, scaled to the current frame
+ *   size), so that a missing or extra part can be found in the picture.
  *
  * Normalisation of the heat map: a map value `v` becomes
  * `t = clamp((v - low) / (high - low), 0, 1)` and `t` indexes the colour map. When
@@ -69,6 +73,10 @@ const DEFAULT_SHOW_REGIONS: bool = true;
 const DEFAULT_BADGE_SCALE: u32 = 0;
 const MAX_BADGE_SCALE: u32 = 64;
 const DEFAULT_REGION_COLOR: u32 = 0x00e5ff;
+const DEFAULT_OUTLINE_INSTANCES: bool = true;
+/// Outline colour of the instances of the parts a fired rule concerns: magenta, apart from the
+/// cyan region boxes, the badge colours and the colour maps' ends.
+const INSTANCE_COLOR: [u8; 3] = [255, 0, 255];
 
 /// Badge background for anomalous results.
 pub(crate) const BADGE_RED: [u8; 3] = [210, 30, 30];
@@ -89,6 +97,7 @@ struct Settings {
     show_regions: bool,
     badge_scale: u32,
     region_color: u32,
+    outline_instances: bool,
 }
 
 impl Default for Settings {
@@ -104,6 +113,7 @@ impl Default for Settings {
             show_regions: DEFAULT_SHOW_REGIONS,
             badge_scale: DEFAULT_BADGE_SCALE,
             region_color: DEFAULT_REGION_COLOR,
+            outline_instances: DEFAULT_OUTLINE_INSTANCES,
         }
     }
 }
@@ -153,6 +163,8 @@ struct State {
     row: Vec<f32>,
     /// Anomaly regions of the current buffer: rectangle and score.
     regions: Vec<Region>,
+    /// Boxes of the instances concerned by fired rules in the current buffer, frame pixels.
+    instances: Vec<(u32, u32, u32, u32)>,
     text: String,
 }
 
@@ -166,6 +178,7 @@ impl Default for State {
             cells: Vec::new(),
             row: Vec::new(),
             regions: Vec::new(),
+            instances: Vec::new(),
             text: String::new(),
         }
     }
@@ -460,16 +473,19 @@ impl AnomalyOverlay {
             }
         }
         let heatmap = settings.show_heatmap && settings.opacity > 0.0;
-        if !(settings.show_badge || heatmap) {
+        if !(settings.show_badge || heatmap || settings.outline_instances) {
             return false;
         }
         match result {
             Some(Ok(result)) => {
                 settings.show_badge
-                    || result
-                        .map
-                        .as_ref()
-                        .is_some_and(|m| m.width > 0 && m.height > 0)
+                    || (settings.outline_instances
+                        && result.rules.iter().any(|r| !r.instances.is_empty()))
+                    || (heatmap
+                        && result
+                            .map
+                            .as_ref()
+                            .is_some_and(|m| m.width > 0 && m.height > 0))
             }
             Some(Err(err)) => {
                 self.warn_bad_meta(&err);
@@ -635,6 +651,15 @@ impl ObjectImpl for AnomalyOverlay {
                     .default_value(DEFAULT_REGION_COLOR)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecBoolean::builder("outline-instances")
+                    .nick("Outline instances")
+                    .blurb(
+                        "Outline in magenta the instances of the parts that a fired composition \
+                         rule concerns",
+                    )
+                    .default_value(DEFAULT_OUTLINE_INSTANCES)
+                    .mutable_playing()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -655,6 +680,9 @@ impl ObjectImpl for AnomalyOverlay {
             "show-regions" => settings.show_regions = value.get().expect("type checked upstream"),
             "badge-scale" => settings.badge_scale = value.get().expect("type checked upstream"),
             "region-color" => settings.region_color = value.get().expect("type checked upstream"),
+            "outline-instances" => {
+                settings.outline_instances = value.get().expect("type checked upstream")
+            }
             other => {
                 gst::warning!(CAT, imp = self, "Unknown property {other}");
                 return;
@@ -676,6 +704,7 @@ impl ObjectImpl for AnomalyOverlay {
             "show-regions" => settings.show_regions.to_value(),
             "badge-scale" => settings.badge_scale.to_value(),
             "region-color" => settings.region_color.to_value(),
+            "outline-instances" => settings.outline_instances.to_value(),
             other => {
                 gst::warning!(CAT, imp = self, "Unknown property {other}");
                 pspec.default_value().clone()
@@ -807,6 +836,20 @@ impl VideoFilterImpl for AnomalyOverlay {
             }
         }
 
+        state.instances.clear();
+        if settings.outline_instances {
+            if let Some(result) = &result {
+                let (w, h) = (frame.width(), frame.height());
+                state.instances.extend(
+                    result
+                        .rules
+                        .iter()
+                        .flat_map(|r| &r.instances)
+                        .map(|b| b.to_pixels(w, h)),
+                );
+            }
+        }
+
         let format = frame.format();
         let Some(layout) = Layout::for_format(format) else {
             gst::element_imp_error!(
@@ -887,6 +930,17 @@ impl VideoFilterImpl for AnomalyOverlay {
             }
         }
 
+        for &(x, y, w, h) in &state.instances {
+            canvas.outline_rect(
+                x as i64,
+                y as i64,
+                w as i64,
+                h as i64,
+                2 * scale,
+                INSTANCE_COLOR,
+            );
+        }
+
         if settings.show_regions && !state.regions.is_empty() {
             let color = rgb_from_u32(settings.region_color);
             for &((x, y, w, h), score) in &state.regions {
@@ -926,6 +980,12 @@ impl VideoFilterImpl for AnomalyOverlay {
                 };
                 let margin = 2 * scale;
                 canvas.label(margin, margin, &state.text, scale, bg, WHITE);
+                // The fired rules' messages, one line each, under the score.
+                let (_, line_h) = label_size(&state.text, scale);
+                for (i, rule) in result.rules.iter().enumerate() {
+                    let y = margin + (i as i64 + 1) * line_h;
+                    canvas.label(margin, y, &rule.message, scale, bg, WHITE);
+                }
             }
         }
 

@@ -16,6 +16,8 @@
  *  "score": 0.82, "calibrated": 0.97, "anomalous": true, "threshold": 0.5, "stale": false,
  *  "analysed_frame": 1, "detectors": {"patch": {"score": 0.82, "calibrated": 0.97}},
  *  "regions": [{"x": 10, "y": 20, "width": 32, "height": 16, "score": 0.9}],
+ *  "rules": [{"name": "pins", "measured": 14, "min": 15, "max": 15,
+ *             "message": "pins: 14, expected 15"}],
  *  "map": {"width": 16, "height": 16}}
  * ```
  *
@@ -35,6 +37,10 @@
  *   `GstVideoRegionOfInterestMeta`s of ROI type `anomaly` are used, with the `score` of their
  *   `anomaly` parameter structure (`null` when absent: GStreamer 1.22's `videoconvert` and
  *   `videoscale` drop it). Always present, maybe empty;
+ * - `rules`: the composition rules that fired on the analysed frame (the anomaly meta's `rules`
+ *   field; any one makes the fused score 1.0), each with its `name`, the `measured` value, the
+ *   allowed range `min`..`max` (inclusive; `null` where unbounded) and its one-line `message`.
+ *   Present whenever `analysed` is, an empty array when no rule fired;
  * - `map`: size of the anomaly map when the result has one. With `include-map=true` it also holds
  *   `threshold` (the raw map threshold) and `values` (row-major, rounded to 4 decimals);
  * - `dropped_before`: only present when lines were dropped since the previous written line
@@ -401,6 +407,16 @@ struct Region {
     score: Option<f64>,
 }
 
+/// A fired composition rule; non-finite numbers (unbounded ends) serialise as `null`.
+#[derive(Serialize)]
+struct RuleRecord<'a> {
+    name: &'a str,
+    measured: f64,
+    min: f64,
+    max: f64,
+    message: &'a str,
+}
+
 #[derive(Serialize)]
 struct MapRecord {
     width: u32,
@@ -436,6 +452,8 @@ struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     detectors: Option<Detectors<'a>>,
     regions: Vec<Region>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rules: Option<Vec<RuleRecord<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     map: Option<MapRecord>,
 }
@@ -595,6 +613,18 @@ impl AnomalyPublish {
             analysed_frame: r.map(|r| r.frame),
             detectors: r.map(|r| Detectors(&r.detectors)),
             regions: regions(buffer, r, *lock(&self.frame_size)),
+            rules: r.map(|r| {
+                r.rules
+                    .iter()
+                    .map(|rule| RuleRecord {
+                        name: &rule.name,
+                        measured: rule.measured,
+                        min: rule.min,
+                        max: rule.max,
+                        message: &rule.message,
+                    })
+                    .collect()
+            }),
             map,
         };
         match serde_json::to_string(&record) {

@@ -604,6 +604,10 @@ impl Logsad {
         Ok(AnomalyResult::from_frame(&result, frame, field.is_some()))
     }
 
+    /// Posts the `logsad-anomaly` element message: `frame` (guint64), `timestamp` (guint64 PTS
+    /// in ns, `G_MAXUINT64` when none), `score`, `calibrated` (double), `regions` (guint, how
+    /// many) and `rules` (the fired rules, an array of `rule` structures as in the meta's
+    /// `rules` field).
     fn post_anomaly(&self, buf: &gst::BufferRef, result: &AnomalyResult) {
         let s = gst::Structure::builder("logsad-anomaly")
             .field("frame", result.frame)
@@ -617,6 +621,7 @@ impl Logsad {
                 "regions",
                 result.regions.as_ref().map_or(0, Vec::len) as u32,
             )
+            .field("rules", crate::meta::rules_array(&result.rules))
             .build();
         let _ = self
             .obj()
