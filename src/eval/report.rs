@@ -1407,7 +1407,7 @@ mean              10         83.3    87.5           83.3              50.0      
     /// detector has no score on the last image.
     fn detector_scores() -> Vec<ScoredImage> {
         let inf = f64::INFINITY;
-        let rows: [(f64, Option<&str>, f64, Option<f64>, f64); 7] = [
+        let rows = [
             // fused, split, patch, interest, composition (fired rules)
             (0.1, None, 0.1, Some(0.0), 0.0),
             (0.5, None, 0.5, Some(1.0), 0.0),
@@ -1415,7 +1415,7 @@ mean              10         83.3    87.5           83.3              50.0      
             (inf, Some("logical"), 0.2, Some(2.0), 1.0),
             (inf, Some("logical"), 0.4, Some(0.5), 2.0),
             (0.9, Some("structural"), 0.9, Some(-2.0), 0.0),
-            (0.6, Some("structural"), 0.6, None, 0.0),
+            (0.6, Some("structural"), 0.6, None::<f64>, 0.0),
         ];
         rows.iter()
             .enumerate()

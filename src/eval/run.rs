@@ -500,7 +500,11 @@ fn score_category(
                     split: sample.split.map(|s| s.name().to_string()),
                     score: result.ranking_score(),
                     detectors: result.detector_ranking_scores().into_iter().collect(),
-                    rules: result.rules.iter().map(|r| r.rule.message.clone()).collect(),
+                    rules: result
+                        .rules
+                        .iter()
+                        .map(|r| r.rule.message.clone())
+                        .collect(),
                 });
                 on_image(Ok(scores.len()));
             }
