@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gstlogsad::detect::calibrate::CalibrationMethod;
-use gstlogsad::detect::parts::PartOptions;
+use gstlogsad::detect::parts::{render_parts, PartOptions};
 use gstlogsad::detect::preprocess::Resample;
 use gstlogsad::detect::regions::{PeakScope, RegionOptions};
 use gstlogsad::detect::rules::write_rules;
@@ -67,8 +67,9 @@ enum Command {
     Enroll(EnrollArgs),
     /// Score images against a profile: one JSON object per image on standard output.
     Score(ScoreArgs),
-    /// Print a profile's header (model, tiling, calibration, threshold) as JSON.
-    Info { profile: PathBuf },
+    /// Print a profile's header (model, tiling, calibration, threshold) as JSON, and a summary
+    /// of its parts and rules on standard error; or, with --parts, draw an image's parts.
+    Info(InfoArgs),
     /// Evaluate on a dataset (MVTec AD, MVTec LOCO, VisA or a plain folder of good and defect
     /// folders): enroll each category, score its test images, print image/pixel AUROC and
     /// F1-max, write report.json and ROC plots.
@@ -117,6 +118,21 @@ struct SynthArgs {
     /// Anomaly-free source images or folders (used in sorted order).
     #[arg(required_unless_present = "loco")]
     sources: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    profile: PathBuf,
+    /// Label IMAGE's patches with the profile's parts and draw them (each part tinted, with a
+    /// legend) into --out; needs the profile's model. The profile must have parts
+    /// (enrolled with --preset logsad).
+    #[arg(long, value_name = "IMAGE", requires = "out")]
+    parts: Option<PathBuf>,
+    /// The picture --parts writes (PNG).
+    #[arg(long, value_name = "FILE.png", requires = "parts")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Args)]
@@ -725,6 +741,9 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         if split_by_type && report.defect_rows() <= MAX_DEFECT_ROWS_SHOWN {
             out!("{}", report.defect_table());
         }
+        if let Some(table) = report.detector_table() {
+            out!("{table}");
+        }
         if let Some(table) = report.boxes_table() {
             out!("region boxes against the masks\n{table}");
         }
@@ -870,9 +889,81 @@ fn run_synth_loco(args: &SynthArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_info(profile: &Path) -> Result<()> {
-    let profile = gstlogsad::profile::Profile::load(profile)?;
-    out!("{}", serde_json::to_string_pretty(&profile.header)?);
+fn run_info(args: &InfoArgs) -> Result<()> {
+    match (&args.parts, &args.out) {
+        (Some(image), Some(out)) => draw_parts(args, image, out),
+        _ => {
+            let profile = gstlogsad::profile::Profile::load(&args.profile)?;
+            out!("{}", serde_json::to_string_pretty(&profile.header)?);
+            eprint!("{}", parts_summary(&profile.header));
+            Ok(())
+        }
+    }
+}
+
+/// The fix for a profile without parts.
+const NO_PARTS_FIX: &str = "enroll it again with --preset logsad to learn parts and rules";
+
+/// A few lines for people: the parts (number and names) and each rule's name.
+fn parts_summary(header: &gstlogsad::profile::ProfileHeader) -> String {
+    let Some(parts) = &header.parts else {
+        return format!("parts: none ({NO_PARTS_FIX})\n");
+    };
+    let mut text = format!(
+        "parts: {}, background included: {}\n",
+        parts.names.len(),
+        parts.names.join(", ")
+    );
+    for detector in &header.detectors {
+        if let Learned::Composition { rules, .. } = &detector.learned {
+            text += &format!(
+                "rules of detector {}: {}\n",
+                detector.name(),
+                rules.rules.len()
+            );
+            for rule in &rules.rules {
+                text += &format!("  {} ({})\n", rule.name(), rule.kind());
+            }
+        }
+    }
+    text
+}
+
+/// `logsad info PROFILE --parts IMAGE --out FILE`: the part labels of IMAGE drawn over it.
+fn draw_parts(args: &InfoArgs, image_path: &Path, out: &Path) -> Result<()> {
+    let (mut extractor, inspector, warnings) = inspector::load(
+        &args.profile,
+        &args.engine.manifest(),
+        &args.engine.options(),
+    )?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    let header = &inspector.profile.header;
+    let Some(parts) = &header.parts else {
+        bail!(
+            "profile {} has no parts to draw: {NO_PARTS_FIX}",
+            args.profile.display()
+        );
+    };
+    let image = imageio::load_rgb(image_path)?;
+    let features = extractor.features(&image, &inspector::part_tiling(header))?;
+    let whole = features
+        .first()
+        .context("the part stage's tiling gave no tile")?;
+    let layout = inspector::PartLayout::of(parts, whole)?;
+    let picture = render_parts(&layout.labels, &image, &parts.names)?;
+    picture
+        .save(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "wrote {}: {} parts on a {}x{} grid, {} instances",
+        out.display(),
+        parts.names.len(),
+        layout.labels.width,
+        layout.labels.height,
+        layout.instances.len()
+    );
     Ok(())
 }
 
@@ -882,7 +973,7 @@ fn main() {
         Command::Enroll(args) => run_enroll(args),
         Command::Score(args) => run_score(args),
         Command::Eval(args) => run_eval(args),
-        Command::Info { profile } => run_info(&profile),
+        Command::Info(args) => run_info(&args),
         Command::Synth(args) => run_synth(args),
     };
     if let Err(e) = result {

@@ -6,6 +6,7 @@
 //! [`PixelAccumulator`], which gives the same exact AUROC and F1-max as those functions over the
 //! concatenation of all pixels, in 2 bytes per pixel.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use image::GrayImage;
@@ -28,8 +29,96 @@ pub struct ScoredImage {
     /// MVTec LOCO anomaly kind of a defective image: `"logical"` or `"structural"`; `None` for
     /// normal images and datasets without the distinction.
     pub split: Option<String>,
-    /// Image anomaly score, higher is more anomalous.
+    /// Image anomaly score, higher is more anomalous: the fused ranking score
+    /// ([`crate::inspector::FrameResult::ranking_score`]), `inf` when a composition rule fired.
+    /// Non-finite values are written to JSON as the strings `"inf"`, `"-inf"` and `"NaN"`.
+    #[serde(with = "json_f64")]
     pub score: f64,
+    /// Each detector's ranking score by detector name
+    /// ([`crate::inspector::FrameResult::detector_ranking_scores`]): the calibrated score z, or
+    /// the number of fired rules for the composition detector. Empty in reports written before
+    /// per-detector scores.
+    #[serde(default, with = "json_f64_map")]
+    pub detectors: BTreeMap<String, f64>,
+    /// The message of every composition rule that fired (such as `pins: 14, expected 15`),
+    /// in the detector's order; empty when none fired.
+    #[serde(default)]
+    pub rules: Vec<String>,
+}
+
+/// Serde for an `f64` that may be infinite or NaN, which JSON numbers cannot hold: finite
+/// values as numbers, the others as the strings `"inf"`, `"-inf"` and `"NaN"`.
+mod json_f64 {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match *v {
+            v if v.is_finite() => s.serialize_f64(v),
+            v if v.is_nan() => s.serialize_str("NaN"),
+            v if v > 0.0 => s.serialize_str("inf"),
+            _ => s.serialize_str("-inf"),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum Repr {
+        Number(f64),
+        Name(String),
+    }
+
+    impl Repr {
+        pub(super) fn value<E: de::Error>(self) -> Result<f64, E> {
+            match self {
+                Repr::Number(v) => Ok(v),
+                Repr::Name(name) => match name.as_str() {
+                    "inf" => Ok(f64::INFINITY),
+                    "-inf" => Ok(f64::NEG_INFINITY),
+                    "NaN" => Ok(f64::NAN),
+                    _ => Err(E::custom(format!(
+                        "expected a number, \"inf\", \"-inf\" or \"NaN\", found \"{name}\""
+                    ))),
+                },
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Repr::deserialize(d)?.value()
+    }
+}
+
+/// [`json_f64`] for the values of a map.
+mod json_f64_map {
+    use std::collections::BTreeMap;
+
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::json_f64::Repr;
+
+    struct Value(f64);
+
+    impl serde::Serialize for Value {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            super::json_f64::serialize(&self.0, s)
+        }
+    }
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<String, f64>, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(m.len()))?;
+        for (k, &v) in m {
+            map.serialize_entry(k, &Value(v))?;
+        }
+        map.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+        BTreeMap::<String, Repr>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.value()?)))
+            .collect()
+    }
 }
 
 /// Pixel-wise union of ground-truth masks of equal size: 255 where any mask is nonzero, else 0.
@@ -443,6 +532,63 @@ impl SplitMetrics {
     }
 }
 
+/// Image AUROC of one detector's own scores ([`ScoredImage::detectors`]), over a category's
+/// test images that carry a score of that detector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorMetrics {
+    /// Detector name (`patch`, `interest`, `composition`, ...).
+    pub detector: String,
+    /// Test images with a score of this detector.
+    pub images: usize,
+    /// Image AUROC (ties count 1/2); `None` without anomalous or normal images or with a NaN.
+    pub image_auroc: Option<f64>,
+    /// AUROC over the normal images plus the logical anomalies; `None` when the category has
+    /// no logical anomalies.
+    pub logical_auroc: Option<f64>,
+    /// AUROC over the normal images plus the structural anomalies; `None` when the category
+    /// has no structural anomalies.
+    pub structural_auroc: Option<f64>,
+}
+
+impl DetectorMetrics {
+    /// One entry per detector named in `scores`, in name order.
+    fn of_all(scores: &[ScoredImage]) -> Vec<Self> {
+        let mut names: Vec<&str> = scores
+            .iter()
+            .flat_map(|s| s.detectors.keys().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let auroc = |keep: &dyn Fn(&ScoredImage) -> bool| {
+                    let (values, labels): (Vec<f64>, Vec<bool>) = scores
+                        .iter()
+                        .filter(|s| keep(s))
+                        .filter_map(|s| Some((*s.detectors.get(name)?, s.anomalous)))
+                        .unzip();
+                    (values.len(), metrics::auroc(&values, &labels))
+                };
+                let split = |split: &str| {
+                    let present = scores.iter().any(|s| s.anomalous && is_split(s, split));
+                    present
+                        .then(|| auroc(&|s| !s.anomalous || is_split(s, split)).1)
+                        .flatten()
+                };
+                let (images, image_auroc) = auroc(&|_| true);
+                DetectorMetrics {
+                    detector: name.to_string(),
+                    images,
+                    image_auroc,
+                    logical_auroc: split("logical"),
+                    structural_auroc: split("structural"),
+                }
+            })
+            .collect()
+    }
+}
+
 /// Image-level metrics of one defect type: the category's normal images plus the images of
 /// that type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -480,6 +626,10 @@ pub struct CategoryReport {
     /// One entry per defect type, in order of first appearance.
     #[serde(default)]
     pub defects: Vec<DefectMetrics>,
+    /// Each detector's own image AUROC (overall and per LOCO split), in name order; empty
+    /// when the images carry no per-detector scores.
+    #[serde(default)]
+    pub detectors: Vec<DetectorMetrics>,
     pub pixel: Option<PixelMetrics>,
     /// How well the region boxes frame the masks' defects, per region setting evaluated; empty
     /// without masks.
@@ -488,6 +638,9 @@ pub struct CategoryReport {
     pub timing: Timing,
     /// Free-form run settings (model, resolution, thresholds...).
     pub settings: serde_json::Value,
+    /// Every test image's scores and fired rules, in the order they were scored.
+    #[serde(default)]
+    pub per_image: Vec<ScoredImage>,
 }
 
 fn is_split(s: &ScoredImage, name: &str) -> bool {
@@ -497,9 +650,9 @@ fn is_split(s: &ScoredImage, name: &str) -> bool {
 }
 
 impl CategoryReport {
-    /// Computes image-level metrics from per-image scores. Normal images count in both LOCO
-    /// splits and in every defect type; a split is reported only when some anomalous image
-    /// carries it.
+    /// Computes image-level metrics from per-image scores, overall and per detector. Normal
+    /// images count in both LOCO splits and in every defect type; a split is reported only
+    /// when some anomalous image carries it. The scores are kept in [`CategoryReport::per_image`].
     pub fn from_scores(
         category: impl Into<String>,
         scores: &[ScoredImage],
@@ -540,10 +693,12 @@ impl CategoryReport {
             logical: split("logical"),
             structural: split("structural"),
             defects,
+            detectors: DetectorMetrics::of_all(scores),
             pixel,
             boxes: Vec::new(),
             timing,
             settings,
+            per_image: scores.to_vec(),
         }
     }
 }
@@ -744,6 +899,51 @@ impl Report {
         aligned_table(2, &header, &body, None)
     }
 
+    /// Each detector's image AUROC next to the fused one (rows: category, detector, image
+    /// AUROC, logical, structural; the fused score's row is named `fused`), in percent with
+    /// the alignment of [`Report::defect_table`]; `None` unless some category ran more than
+    /// one detector.
+    pub fn detector_table(&self) -> Option<String> {
+        if !self.categories.iter().any(|c| c.detectors.len() > 1) {
+            return None;
+        }
+        let header = [
+            "category",
+            "detector",
+            "image AUROC",
+            "logical",
+            "structural",
+        ]
+        .map(String::from);
+        let body: Vec<[String; 5]> = self
+            .categories
+            .iter()
+            .filter(|c| !c.detectors.is_empty())
+            .flat_map(|c| {
+                let fused = [
+                    c.category.clone(),
+                    "fused".to_string(),
+                    pct(c.image_auroc),
+                    pct(c.logical.and_then(|s| s.auroc)),
+                    pct(c.structural.and_then(|s| s.auroc)),
+                ];
+                c.detectors
+                    .iter()
+                    .map(|d| {
+                        [
+                            c.category.clone(),
+                            d.detector.clone(),
+                            pct(d.image_auroc),
+                            pct(d.logical_auroc),
+                            pct(d.structural_auroc),
+                        ]
+                    })
+                    .chain(std::iter::once(fused))
+            })
+            .collect();
+        Some(aligned_table(2, &header, &body, None))
+    }
+
     /// Rows in [`Report::defect_table`].
     pub fn defect_rows(&self) -> usize {
         self.categories.iter().map(|c| c.defects.len()).sum()
@@ -817,6 +1017,8 @@ mod tests {
             defect: if anomalous { "defect" } else { "good" }.to_string(),
             split: split.map(str::to_string),
             score,
+            detectors: BTreeMap::new(),
+            rules: Vec::new(),
         }
     }
 
@@ -1199,6 +1401,197 @@ mean              10         83.3    87.5           83.3              50.0      
         assert_eq!(v["categories"][0]["settings"]["k"], 3);
         assert_eq!(v["mean"]["images"], 10);
         assert!(Report::from_json("{").is_err());
+    }
+
+    /// A LOCO category scored by a patch, an interest and a composition detector; the interest
+    /// detector has no score on the last image.
+    fn detector_scores() -> Vec<ScoredImage> {
+        let inf = f64::INFINITY;
+        let rows = [
+            // fused, split, patch, interest, composition (fired rules)
+            (0.1, None, 0.1, Some(0.0), 0.0),
+            (0.5, None, 0.5, Some(1.0), 0.0),
+            (inf, None, 0.3, Some(-1.0), 1.0),
+            (inf, Some("logical"), 0.2, Some(2.0), 1.0),
+            (inf, Some("logical"), 0.4, Some(0.5), 2.0),
+            (0.9, Some("structural"), 0.9, Some(-2.0), 0.0),
+            (0.6, Some("structural"), 0.6, None::<f64>, 0.0),
+        ];
+        rows.iter()
+            .enumerate()
+            .map(|(i, &(fused, split, patch, interest, composition))| {
+                let mut detectors = BTreeMap::from([
+                    ("patch".to_string(), patch),
+                    ("composition".to_string(), composition),
+                ]);
+                if let Some(z) = interest {
+                    detectors.insert("interest".to_string(), z);
+                }
+                ScoredImage {
+                    path: format!("{i}.png"),
+                    detectors,
+                    rules: vec!["pins: 14, expected 15".to_string(); composition as usize],
+                    ..img(fused, split.is_some(), split)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn per_detector_auroc_hand_computed() {
+        let c = CategoryReport::from_scores(
+            "tray",
+            &detector_scores(),
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        let names: Vec<&str> = c.detectors.iter().map(|d| d.detector.as_str()).collect();
+        assert_eq!(names, ["composition", "interest", "patch"]);
+        let (composition, interest, patch) = (&c.detectors[0], &c.detectors[1], &c.detectors[2]);
+        // Normals 0, 0, 1 fired rules. Logical 1 (beats two, ties one) and 2 (beats three);
+        // structural 0 and 0 (tie two each): (2.5 + 3 + 1 + 1) / 12.
+        assert_eq!(composition.images, 7);
+        assert!(close(composition.image_auroc, Some(7.5 / 12.0)));
+        assert!(close(composition.logical_auroc, Some(5.5 / 6.0)));
+        assert!(close(composition.structural_auroc, Some(2.0 / 6.0)));
+        // Normals 0, 1, -1; logical 2 (beats 3), 0.5 (beats 2); structural -2 (none); the last
+        // image has no interest score.
+        assert_eq!(interest.images, 6);
+        assert!(close(interest.image_auroc, Some(5.0 / 9.0)));
+        assert!(close(interest.logical_auroc, Some(5.0 / 6.0)));
+        assert!(close(interest.structural_auroc, Some(0.0)));
+        // Normals 0.1, 0.5, 0.3; logical 0.2 (beats 1), 0.4 (beats 2); structural 0.9 and 0.6
+        // (beat 3 each).
+        assert!(close(patch.image_auroc, Some(9.0 / 12.0)));
+        assert!(close(patch.logical_auroc, Some(3.0 / 6.0)));
+        assert!(close(patch.structural_auroc, Some(1.0)));
+        // Fused: normals 0.1, 0.5, inf; inf, inf (beat 2, tie 1 each), 0.9, 0.6 (beat 2 each).
+        assert!(close(c.image_auroc, Some(9.0 / 12.0)));
+        assert!(close(c.logical.unwrap().auroc, Some(5.0 / 6.0)));
+        assert!(close(c.structural.unwrap().auroc, Some(4.0 / 6.0)));
+
+        // Without LOCO splits: overall AUROC only.
+        let plain: Vec<ScoredImage> = detector_scores()
+            .into_iter()
+            .map(|s| ScoredImage { split: None, ..s })
+            .collect();
+        let c = CategoryReport::from_scores(
+            "tray",
+            &plain,
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        let patch = &c.detectors[2];
+        assert!(close(patch.image_auroc, Some(9.0 / 12.0)));
+        assert_eq!((patch.logical_auroc, patch.structural_auroc), (None, None));
+    }
+
+    #[test]
+    fn detector_table_layout() {
+        let tray = CategoryReport::from_scores(
+            "tray",
+            &detector_scores(),
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        // A category with one detector gets rows too; one without per-detector scores none.
+        let single: Vec<ScoredImage> = [(0.1, false), (0.7, true)]
+            .iter()
+            .map(|&(score, anomalous)| ScoredImage {
+                detectors: BTreeMap::from([("patch".to_string(), score)]),
+                ..img(score, anomalous, None)
+            })
+            .collect();
+        let bottle = CategoryReport::from_scores(
+            "bottle",
+            &single,
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        let old = CategoryReport::from_scores(
+            "old",
+            &[img(0.1, false, None), img(0.7, true, None)],
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        let t = Report::new(vec![tray, bottle.clone(), old])
+            .detector_table()
+            .unwrap();
+        let expected = "\
+category  detector     image AUROC  logical  structural
+-------------------------------------------------------
+tray      composition         62.5     91.7        33.3
+tray      interest            55.6     83.3         0.0
+tray      patch               75.0     50.0       100.0
+tray      fused               75.0     83.3        66.7
+bottle    patch              100.0        -           -
+bottle    fused              100.0        -           -
+";
+        assert_eq!(t, expected, "\n{t}");
+        // No category with more than one detector: no table.
+        assert_eq!(Report::new(vec![bottle]).detector_table(), None);
+    }
+
+    /// Infinite scores (a fired rule) survive JSON, and a report.json from before per-detector
+    /// scores still parses.
+    #[test]
+    fn json_with_detectors_and_old_files() {
+        let c = CategoryReport::from_scores(
+            "tray",
+            &detector_scores(),
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        let r = Report::new(vec![c]);
+        let j = r.to_json();
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        let image = &v["categories"][0]["per_image"][4];
+        assert_eq!(image["score"], "inf");
+        assert_eq!(image["detectors"]["composition"], 2.0);
+        assert_eq!(image["rules"][1], "pins: 14, expected 15");
+        assert_eq!(v["categories"][0]["detectors"][2]["detector"], "patch");
+        assert_eq!(Report::from_json(&j).unwrap(), r);
+
+        let mut old = v.clone();
+        let category = old["categories"][0].as_object_mut().unwrap();
+        category.remove("detectors");
+        category.remove("per_image");
+        let back = Report::from_json(&old.to_string()).unwrap();
+        assert!(back.categories[0].detectors.is_empty() && back.categories[0].per_image.is_empty());
+        let image = serde_json::json!({
+            "path": "a.png", "anomalous": false, "defect": "good", "split": null, "score": 0.5
+        });
+        let parsed: ScoredImage = serde_json::from_value(image).unwrap();
+        assert_eq!(
+            parsed,
+            ScoredImage {
+                path: "a.png".into(),
+                ..img(0.5, false, None)
+            }
+        );
+        for (text, value) in [("\"-inf\"", f64::NEG_INFINITY), ("3", 3.0)] {
+            let image: ScoredImage = serde_json::from_str(&format!(
+                r#"{{"path": "a", "anomalous": true, "defect": "x", "split": null, "score": {text}}}"#
+            ))
+            .unwrap();
+            assert_eq!(image.score, value);
+        }
+        let nan: ScoredImage = serde_json::from_str(
+            r#"{"path": "a", "anomalous": true, "defect": "x", "split": null, "score": "NaN"}"#,
+        )
+        .unwrap();
+        assert!(nan.score.is_nan());
+        let error = serde_json::from_str::<ScoredImage>(
+            r#"{"path": "a", "anomalous": true, "defect": "x", "split": null, "score": "big"}"#,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("found \"big\""), "{error}");
     }
 
     #[test]

@@ -499,6 +499,12 @@ fn score_category(
                     defect: sample.defect.clone(),
                     split: sample.split.map(|s| s.name().to_string()),
                     score: result.ranking_score(),
+                    detectors: result.detector_ranking_scores().into_iter().collect(),
+                    rules: result
+                        .rules
+                        .iter()
+                        .map(|r| r.rule.message.clone())
+                        .collect(),
                 });
                 on_image(Ok(scores.len()));
             }
@@ -863,6 +869,8 @@ mod tests {
             defect: split.unwrap_or("good").into(),
             split: split.map(str::to_string),
             score,
+            detectors: Default::default(),
+            rules: Vec::new(),
         };
         let scores = [
             img(0.1, None),
