@@ -951,7 +951,7 @@ fn draw_parts(args: &InfoArgs, image_path: &Path, out: &Path) -> Result<()> {
     let whole = features
         .first()
         .context("the part stage's tiling gave no tile")?;
-    let layout = inspector::PartLayout::of(parts, whole)?;
+    let layout = inspector::PartLayout::of(parts, whole, &image)?;
     let picture = render_parts(&layout.labels, &image, &parts.names)?;
     picture
         .save(out)
