@@ -157,7 +157,7 @@ fn info_summary_and_parts_picture() {
     let features = extractor
         .features(&image, &inspector::part_tiling(header))
         .unwrap();
-    let layout = PartLayout::of(parts, &features[0]).unwrap();
+    let layout = PartLayout::of(parts, &features[0], &image).unwrap();
     let expected = render_parts(&layout.labels, &image, &parts.names).unwrap();
     assert!(picture == expected, "the picture differs from render_parts");
     // Some cell is tinted: the picture is not the image with a legend below.
