@@ -218,6 +218,14 @@ impl Profile {
             let count = header.branches.len();
             (ProfileHeader::from(header), count)
         };
+        // Every bank takes at least its four u64 counts: a count beyond that is damage (and
+        // must not size an allocation).
+        let remaining = bytes.len().saturating_sub(reader.at + 4);
+        if bank_count > remaining / 32 {
+            return Err(format!(
+                "{bank_count} memory banks do not fit in the {remaining} bytes left"
+            ));
+        }
         if header.patch_detectors().next().is_none() {
             return Err("it has no patch detector".into());
         }

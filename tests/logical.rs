@@ -34,7 +34,10 @@ fn images(dir: &Path) -> Vec<PathBuf> {
 fn rules_fire_on_a_missing_pin_and_stay_quiet_on_good_trays() {
     let manifest = deps().join("models/dinov2-vits14-224/manifest.json");
     if !manifest.exists() {
-        eprintln!("skipping: no DINOv2 model in {} (run make deps)", deps().display());
+        eprintln!(
+            "skipping: no DINOv2 model in {} (run make deps)",
+            deps().display()
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -85,9 +88,17 @@ fn rules_fire_on_a_missing_pin_and_stay_quiet_on_good_trays() {
         let result = inspector
             .inspect(&mut extractor, &load_rgb(&path).unwrap(), &judging)
             .unwrap();
-        assert!(result.rules.is_empty(), "{}: {:?}", path.display(), result.rules);
+        assert!(
+            result.rules.is_empty(),
+            "{}: {:?}",
+            path.display(),
+            result.rules
+        );
         assert!(result.calibrated < 1.0);
-        assert_eq!(result.detectors[2].raw, 0.0, "composition counts no fired rule");
+        assert_eq!(
+            result.detectors[2].raw, 0.0,
+            "composition counts no fired rule"
+        );
     }
     let missing: Vec<PathBuf> = logic["test"]
         .as_array()
@@ -102,7 +113,10 @@ fn rules_fire_on_a_missing_pin_and_stay_quiet_on_good_trays() {
             .inspect(&mut extractor, &load_rgb(path).unwrap(), &judging)
             .unwrap();
         assert!(
-            result.rules.iter().any(|r| r.rule.name.starts_with("count(")),
+            result
+                .rules
+                .iter()
+                .any(|r| r.rule.name.starts_with("count(")),
             "{}: a count rule fires on a missing pin, got {:?}",
             path.display(),
             result.rules
@@ -113,7 +127,11 @@ fn rules_fire_on_a_missing_pin_and_stay_quiet_on_good_trays() {
         assert_eq!(result.ranking_score(), f64::INFINITY);
         assert_eq!(result.detectors[2].raw, result.rules.len() as f64);
         // The fired rule names its parts' instances, boxed inside the frame.
-        let finding = result.rules.iter().find(|r| r.rule.name.starts_with("count(")).unwrap();
+        let finding = result
+            .rules
+            .iter()
+            .find(|r| r.rule.name.starts_with("count("))
+            .unwrap();
         assert!(!finding.instances.is_empty());
         for &(x, y, w, h) in &finding.instances {
             assert!(w > 0 && h > 0 && x + w <= 256 && y + h <= 256);

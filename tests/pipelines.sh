@@ -2,6 +2,7 @@
 # tests/pipelines.sh: runs every script in pipelines/ on short input and checks what it writes.
 #
 #   demo.sh           3 nominal + 2 local frames, default model, 2x2 tiles, 1 reference image
+#   logic-demo.sh     3 good trays + 2 logical anomalies, default model, logsad preset
 #   live-camera.sh    videotestsrc + fakesink, 5 buffers, tiny model; then 30 buffers at 30 fps
 #                     with the default model, where the leaky queue must drop frames
 #   record-defects.sh 5 textile images in 1-second segments, tiny model
@@ -164,6 +165,38 @@ if grep -q "AUROC" "$work/demo.log" && grep -qE "^  local +[0-9]" "$work/demo.lo
     pass "demo.sh prints the summary"
 else
     fail "demo.sh prints the summary"
+fi
+
+# --- logic-demo.sh -----------------------------------------------------------------------------
+logic=$work/logic
+if run logic-demo.sh 300 "$work/logic.log" env OUT="$logic" "$P/logic-demo.sh"; then
+    pass "logic-demo.sh runs"
+else
+    fail "logic-demo.sh runs"
+fi
+if msg=$(check_jsonl "$logic/logic.jsonl" 5 5 frame analysed calibrated anomalous rules 2>&1); then
+    pass "logic.jsonl: 5 valid lines"
+else
+    fail "logic.jsonl" "$msg"
+fi
+# Frames 0-2 are good trays (no rule fires), frame 3 a missing pin (a count rule fires, score 1).
+if msg=$(python3 - "$logic/logic.jsonl" 2>&1 <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert all(not l["rules"] for l in lines[:3]), [l["rules"] for l in lines[:3]]
+missing = lines[3]
+assert missing["calibrated"] == 1.0 and missing["anomalous"], missing
+assert any(r["name"].startswith("count(") for r in missing["rules"]), missing["rules"]
+PY
+); then
+    pass "logic.jsonl: the missing pin fires a count rule, good trays none"
+else
+    fail "logic.jsonl rules" "$msg"
+fi
+if [[ -s $logic/overlay_003.png && -s $logic/tray-rules.json ]]; then
+    pass "logic-demo.sh writes the overlay frames and the rule file"
+else
+    fail "logic-demo.sh writes the overlay frames and the rule file"
 fi
 
 # --- live-camera.sh ----------------------------------------------------------------------------
