@@ -812,8 +812,23 @@ fn time_split(report: &Report) -> String {
     let per_image = |seconds: f64| seconds * 1000.0 / images.max(1) as f64;
     let model: f64 = report.categories.iter().map(|c| c.timing.model_s).sum();
     let matching: f64 = report.categories.iter().map(|c| c.timing.matching_s).sum();
+    let stage = |f: fn(&gstlogsad::eval::report::Timing) -> f64| {
+        per_image(report.categories.iter().map(|c| f(&c.timing)).sum())
+    };
+    let logical = stage(|t| t.parts_s + t.interest_s + t.composition_s);
+    let breakdown = if logical > 0.0 {
+        format!(
+            " = patch {:.1} + parts {:.1} + interest {:.1} + composition {:.1}",
+            stage(|t| t.patch_s),
+            stage(|t| t.parts_s),
+            stage(|t| t.interest_s),
+            stage(|t| t.composition_s)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "time per test image: model {:.1} ms, matching {:.1} ms ({} images)",
+        "time per test image: model {:.1} ms, matching {:.1} ms{breakdown} ({} images)",
         per_image(model),
         per_image(matching),
         images

@@ -605,6 +605,17 @@ pub struct Timing {
     pub model_s: f64,
     /// Seconds spent in memory-bank matching and scoring.
     pub matching_s: f64,
+    /// Of `matching_s`, seconds in each stage after the backbone: the patch detectors, the part
+    /// stage (labels and instances), the interest detector and the composition rules (absent
+    /// from reports of older versions: 0).
+    #[serde(default)]
+    pub patch_s: f64,
+    #[serde(default)]
+    pub parts_s: f64,
+    #[serde(default)]
+    pub interest_s: f64,
+    #[serde(default)]
+    pub composition_s: f64,
     /// Mean end-to-end milliseconds per test image.
     pub per_image_ms: f64,
 }
@@ -1224,6 +1235,7 @@ mod tests {
             model_s: 1.0,
             matching_s: 0.5,
             per_image_ms: 20.0,
+            ..Timing::default()
         };
         let c = CategoryReport::from_scores(
             "juice_bottle",
@@ -1313,6 +1325,7 @@ textile   global            4         87.5    80.0
                 model_s: 1.0,
                 matching_s: 0.5,
                 per_image_ms: 20.0,
+                ..Timing::default()
             },
             serde_json::json!({"k": 3}),
         );
@@ -1333,6 +1346,7 @@ textile   global            4         87.5    80.0
                 model_s: 0.1,
                 matching_s: 0.1,
                 per_image_ms: 10.5,
+                ..Timing::default()
             },
             serde_json::Value::Null,
         );

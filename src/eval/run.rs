@@ -515,6 +515,10 @@ fn score_category(
     let timing = Timing {
         model_s: timings.model.as_secs_f64(),
         matching_s: timings.matching().as_secs_f64(),
+        patch_s: timings.patch.as_secs_f64(),
+        parts_s: timings.parts.as_secs_f64(),
+        interest_s: timings.interest.as_secs_f64(),
+        composition_s: timings.composition.as_secs_f64(),
         per_image_ms: if test.is_empty() {
             0.0
         } else {
