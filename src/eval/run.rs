@@ -2,8 +2,8 @@
 //! of a [`Dataset`], enroll once (reference features computed once per category and draw), then
 //! analyse each test image once and turn the scores into a [`Report`].
 //!
-//! * The image score is the fused calibrated score ([`crate::detector::Analysis::fused_z`]); the
-//!   pixel metrics use the first branch's anomaly map against the union of the sample's masks
+//! * The image score is the fused calibrated score ([`crate::inspector::FrameResult::ranking_score`]: infinite when a composition rule fired); the
+//!   pixel metrics use the reported anomaly map (the first patch detector's) against the union of the sample's masks
 //!   (normal images: every pixel normal; anomalous images without any mask are left out). The
 //!   plain layout has no masks, so it gets no pixel metrics; neither does a run with
 //!   [`EvalOptions::pixel`] off.
