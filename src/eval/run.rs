@@ -2,9 +2,10 @@
 //! of a [`Dataset`], enroll once (reference features computed once per category and draw), then
 //! analyse each test image once and turn the scores into a [`Report`].
 //!
-//! * The image score is the fused calibrated score ([`crate::inspector::FrameResult::ranking_score`]: infinite when a composition rule fired); the
-//!   pixel metrics use the reported anomaly map (the first patch detector's) against the union of the sample's masks
-//!   (normal images: every pixel normal; anomalous images without any mask are left out). The
+//! * The image score is the fused calibrated score
+//!   ([`crate::inspector::FrameResult::ranking_score`]: infinite when a composition rule fired);
+//!   the pixel metrics use the reported anomaly map (the first patch detector's) against the
+//!   union of the sample's masks (normal images: every pixel normal; anomalous images without any mask are left out). The
 //!   plain layout has no masks, so it gets no pixel metrics; neither does a run with
 //!   [`EvalOptions::pixel`] off.
 //! * Draws: with a seed `S` and `N` draws, the references of draw `i` are drawn with seed
