@@ -28,6 +28,10 @@ test: build
 bench: build
 	$(CARGO) bench --locked --bench throughput
 	$(CARGO) bench --locked --bench resample
+	# The logsad preset's time per stage on the synthetic logic scenes (last line of the eval).
+	./target/release/logsad synth --loco --out out/bench-loco >/dev/null
+	./target/release/logsad eval --preset logsad --shots 4 --no-pixel --out out/bench-logsad \
+		out/bench-loco | tail -n 1
 
 clean:
 	$(CARGO) clean
