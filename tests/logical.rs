@@ -181,8 +181,7 @@ fn rules_fire_on_a_missing_pin_and_stay_quiet_on_good_trays() {
         &with_file,
         &mut |_, _, _| {},
     )
-    .err()
-    .expect("an unknown part is refused")
+    .expect_err("an unknown part is refused")
     .to_string();
     assert!(
         err.contains("tray.json") && err.contains("rules[0].part") && err.contains("part99"),
