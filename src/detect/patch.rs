@@ -238,8 +238,9 @@ fn inverse(norm: f32) -> f32 {
     }
 }
 
-/// `c = a * b^T` for row-major `a` (`n x k`) and `b` (`m x k`): `c` is `n x m`.
-fn matmul_transposed(a: &[f32], b: &[f32], n: usize, k: usize, m: usize, c: &mut [f32]) {
+/// `c = a * b^T` for row-major `a` (`n x k`) and `b` (`m x k`): `c` is `n x m` (also used by
+/// the part stage's k-means). Panics if a slice is shorter than its shape.
+pub(crate) fn matmul_transposed(a: &[f32], b: &[f32], n: usize, k: usize, m: usize, c: &mut [f32]) {
     // SAFETY: the slices hold n*k, m*k and n*m values; strides describe row-major layouts, the
     // transpose of `b` is expressed through its strides.
     assert!(a.len() >= n * k && b.len() >= m * k && c.len() >= n * m);

@@ -5,6 +5,7 @@
 //! points, `dim > 0`); squared distances come from `|x|^2 + |c|^2 - 2 x.c` with the dot products
 //! as one matrix product.
 
+use crate::detect::patch::matmul_transposed;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -250,31 +251,6 @@ fn row(points: &[f32], dim: usize, i: usize) -> &[f32] {
 
 fn squared_distance(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum()
-}
-
-/// `c = a * b^T` for row-major `a` (`n x k`) and `b` (`m x k`): `c` is `n x m`.
-fn matmul_transposed(a: &[f32], b: &[f32], n: usize, k: usize, m: usize, c: &mut [f32]) {
-    assert!(a.len() >= n * k && b.len() >= m * k && c.len() >= n * m);
-    // SAFETY: the slices hold at least n*k, m*k and n*m values (checked above); the strides
-    // describe row-major layouts, the transpose of `b` is expressed through its strides.
-    unsafe {
-        matrixmultiply::sgemm(
-            n,
-            k,
-            m,
-            1.0,
-            a.as_ptr(),
-            k as isize,
-            1,
-            b.as_ptr(),
-            1,
-            k as isize,
-            0.0,
-            c.as_mut_ptr(),
-            m as isize,
-            1,
-        );
-    }
 }
 
 #[cfg(test)]
