@@ -486,6 +486,19 @@ impl Inspector {
                 });
             }
         }
+        if let Some(parts) = &h.parts {
+            let expected = (model_grid.1 * h.upsample, model_grid.0 * h.upsample);
+            if (parts.width, parts.height) != expected {
+                return Err(InspectError::Incompatible {
+                    path: profile_path.display().to_string(),
+                    model: backbone.manifest().name.clone(),
+                    reason: format!(
+                        "parts learned on a {}x{} grid, the model gives {}x{}",
+                        parts.width, parts.height, expected.0, expected.1
+                    ),
+                });
+            }
+        }
         Ok((Inspector { profile }, warnings))
     }
 
