@@ -354,8 +354,6 @@ pub struct FrameResult {
     pub regions: Vec<FrameRegion>,
     /// The composition rules that fired (a fired rule sets `calibrated` to 1.0, eq. 5).
     pub rules: Vec<RuleFinding>,
-    /// The frame's part layout, for profiles with parts.
-    pub parts: Option<PartLayout>,
     /// Where this frame's time went.
     pub timings: StageTimings,
 }
@@ -618,8 +616,7 @@ impl Inspector {
                     calibrated,
                 });
             }
-            let parts = layout.map(|(_, _, layout)| layout);
-            results.push(self.judge(scores, zs, maps, rules, parts, image, timings, options));
+            results.push(self.judge(scores, zs, maps, rules, image, timings, options));
         }
         Ok(results)
     }
@@ -632,7 +629,6 @@ impl Inspector {
         detector_z: Vec<Option<f64>>,
         mut maps: Vec<PatchResult>,
         rules: Vec<RuleFinding>,
-        parts: Option<PartLayout>,
         image: &RgbImage,
         timings: StageTimings,
         options: &JudgeOptions,
@@ -683,7 +679,6 @@ impl Inspector {
             frame_size,
             regions,
             rules,
-            parts,
             timings,
         }
     }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::parts::{Connectivity, Instance, LabelMap};
+use super::parts::{components, Connectivity, Instance, LabelMap};
 
 /// Every rule kind, as written in a rule's `kind` field.
 pub const RULE_KINDS: [&str; 10] = [
@@ -1175,6 +1175,7 @@ impl<'a> Frame<'a> {
             .iter()
             .map(|&l| l != self.labels.background)
             .collect();
+        // A label map of the wrong size has no components (evaluation reports it as fired).
         components(
             &mask,
             self.labels.width,
@@ -1182,7 +1183,7 @@ impl<'a> Frame<'a> {
             connectivity,
             min_cells,
         )
-        .len()
+        .map_or(0, |found| found.len())
     }
 
     /// Foreground cells left of the centre over those right of it; 1 with none on either
@@ -1543,59 +1544,6 @@ fn check(
             })
         }
     })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Connected components
-// ---------------------------------------------------------------------------------------------
-
-// TODO(merge): use parts::components once it lands in src/detect/parts.rs (same signature).
-/// Connected components of the `true` cells of a `width x height` mask with at least
-/// `min_cells` cells, each as its cell indices ascending, in raster order of their first cell.
-/// A mask whose length is not `width * height` has no components.
-fn components(
-    mask: &[bool],
-    width: usize,
-    height: usize,
-    connectivity: Connectivity,
-    min_cells: usize,
-) -> Vec<Vec<u32>> {
-    if width.checked_mul(height) != Some(mask.len()) {
-        return Vec::new();
-    }
-    let mut seen = vec![false; mask.len()];
-    let mut found = Vec::new();
-    let mut stack = Vec::new();
-    for start in 0..mask.len() {
-        if !mask[start] || seen[start] {
-            continue;
-        }
-        seen[start] = true;
-        stack.push(start);
-        let mut cells = Vec::new();
-        while let Some(i) = stack.pop() {
-            cells.push(i as u32);
-            let (x, y) = (i % width, i / width);
-            for ny in y.saturating_sub(1)..=(y + 1).min(height - 1) {
-                for nx in x.saturating_sub(1)..=(x + 1).min(width - 1) {
-                    let diagonal = nx != x && ny != y;
-                    if diagonal && connectivity == Connectivity::Four {
-                        continue;
-                    }
-                    let j = ny * width + nx;
-                    if mask[j] && !seen[j] {
-                        seen[j] = true;
-                        stack.push(j);
-                    }
-                }
-            }
-        }
-        if cells.len() >= min_cells {
-            cells.sort_unstable();
-            found.push(cells);
-        }
-    }
-    found
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2113,7 +2061,8 @@ mod tests {
             let mut instances = Vec::new();
             for part in 1..10u16 {
                 let mask: Vec<bool> = map.labels.iter().map(|&l| l == part).collect();
-                for cells in components(&mask, width, rows.len(), Connectivity::Eight, 1) {
+                let found = components(&mask, width, rows.len(), Connectivity::Eight, 1).unwrap();
+                for cells in found {
                     let n = cells.len() as f32;
                     let x = cells
                         .iter()
@@ -2169,23 +2118,6 @@ mod tests {
 
     fn rules_err(rules: &str) -> RuleError {
         err(&format!(r#"{{"category": "kit", "rules": [{rules}]}}"#))
-    }
-
-    #[test]
-    fn components_by_connectivity_and_size() {
-        #[rustfmt::skip]
-        let mask = [
-            true, false, true,
-            false, true, false,
-            false, false, true,
-        ];
-        let eight = components(&mask, 3, 3, Connectivity::Eight, 1);
-        assert_eq!(eight, vec![vec![0, 2, 4, 8]]);
-        let four = components(&mask, 3, 3, Connectivity::Four, 1);
-        assert_eq!(four, vec![vec![0], vec![2], vec![4], vec![8]]);
-        assert!(components(&mask, 3, 3, Connectivity::Four, 2).is_empty());
-        assert!(components(&mask, 4, 3, Connectivity::Eight, 1).is_empty());
-        assert!(components(&[], 0, 0, Connectivity::Eight, 1).is_empty());
     }
 
     #[test]
@@ -3105,7 +3037,7 @@ mod fuzz {
             let mut instances = Vec::new();
             for part in 1..10u16 {
                 let mask: Vec<bool> = labels.iter().map(|&l| l == part).collect();
-                for cells in components(&mask, width, height, Connectivity::Eight, 1) {
+                for cells in components(&mask, width, height, Connectivity::Eight, 1).unwrap() {
                     let n = cells.len() as f32;
                     let x: f32 = cells
                         .iter()

@@ -33,15 +33,6 @@ pub enum DetectorSpec {
 }
 
 impl DetectorSpec {
-    /// The name reported in metadata.
-    pub fn name(&self) -> &str {
-        match self {
-            DetectorSpec::Patch(spec) => &spec.name,
-            DetectorSpec::Interest(spec) => &spec.name,
-            DetectorSpec::Composition(spec) => &spec.name,
-        }
-    }
-
     /// Whether the detector works on the part layout.
     pub fn needs_parts(&self) -> bool {
         !matches!(self, DetectorSpec::Patch(_))
@@ -85,15 +76,6 @@ impl EnrolledDetector {
             Learned::Patch { spec, .. } => &spec.name,
             Learned::Interest { spec, .. } => &spec.name,
             Learned::Composition { spec, .. } => &spec.name,
-        }
-    }
-
-    /// The spec alone.
-    pub fn spec(&self) -> DetectorSpec {
-        match &self.learned {
-            Learned::Patch { spec, .. } => DetectorSpec::Patch(spec.clone()),
-            Learned::Interest { spec, .. } => DetectorSpec::Interest(spec.clone()),
-            Learned::Composition { spec, .. } => DetectorSpec::Composition(spec.clone()),
         }
     }
 
