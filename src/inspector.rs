@@ -182,8 +182,12 @@ impl Extractor {
 
     /// The model's input width and height in pixels.
     pub fn input_size(&self) -> (u32, u32) {
-        let input = &self.backbone.manifest().input;
-        (input.width as u32, input.height as u32)
+        input_size(self.backbone.manifest())
+    }
+
+    /// How many times the token grid is upsampled before matching.
+    pub fn upsample(&self) -> usize {
+        self.upsample
     }
 
     fn grid(&self) -> Grid {
@@ -258,6 +262,48 @@ impl Extractor {
             }
         }
         Ok(cache)
+    }
+}
+
+/// A model's input width and height in pixels.
+pub fn input_size(manifest: &Manifest) -> (u32, u32) {
+    let input = &manifest.input;
+    (input.width as u32, input.height as u32)
+}
+
+/// The backbone's output for one frame, ready for [`Inspector::judge_features`].
+#[derive(Debug, Clone)]
+pub struct FrameFeatures {
+    /// The features of each tile of the frame, per tiling: `(tiling, [tile])`.
+    pub by_tiling: Vec<(Tiling, Vec<PatchFeatures>)>,
+    /// The model's input width and height in pixels.
+    pub input_size: (u32, u32),
+    /// This frame's share of preprocessing and inference.
+    pub model_time: Duration,
+}
+
+impl FrameFeatures {
+    /// A batch's features split into each image's, in the batch's order (moved, not copied:
+    /// a tile's features are megabytes).
+    pub fn split(
+        features: FeaturesByTiling,
+        images: usize,
+        input_size: (u32, u32),
+        model_time: Duration,
+    ) -> Vec<Self> {
+        let mut frames: Vec<FrameFeatures> = (0..images)
+            .map(|_| FrameFeatures {
+                by_tiling: Vec::with_capacity(features.len()),
+                input_size,
+                model_time,
+            })
+            .collect();
+        for (tiling, per_image) in features {
+            for (frame, tiles) in frames.iter_mut().zip(per_image) {
+                frame.by_tiling.push((tiling.clone(), tiles));
+            }
+        }
+        frames
     }
 }
 
@@ -407,6 +453,38 @@ pub fn load(
 ) -> Result<(Extractor, Inspector, Vec<String>), InspectError> {
     let profile = Profile::load(profile_path)?;
     let manifest = Manifest::load(manifest_path).map_err(EngineError::from)?;
+    check_stages(&profile, profile_path, &manifest, manifest_path)?;
+    let upsample = profile.header.upsample;
+    let (backbone, mut warnings) = Backbone::load(manifest, options)?;
+    let extractor = Extractor::new(backbone, upsample);
+    let (inspector, more) = Inspector::for_extractor(profile, profile_path, &extractor)?;
+    warnings.extend(more);
+    Ok((extractor, inspector, warnings))
+}
+
+/// Loads `profile_path` for an already loaded model (described by `manifest`, read from
+/// `manifest_path`, with `identity` and token `upsample`), checking they belong together as
+/// [`load`] does. Returns warnings for the caller.
+pub fn load_profile(
+    profile_path: &Path,
+    manifest_path: &Path,
+    manifest: &Manifest,
+    identity: &crate::engine::ModelIdentity,
+    upsample: usize,
+) -> Result<(Inspector, Vec<String>), InspectError> {
+    let profile = Profile::load(profile_path)?;
+    check_stages(&profile, profile_path, manifest, manifest_path)?;
+    Inspector::for_model(profile, profile_path, manifest, identity, upsample)
+}
+
+/// A profile's stage count and feature dimension against a model's: a quick, cheap refusal of
+/// a profile built for another kind of model, before anything is loaded.
+fn check_stages(
+    profile: &Profile,
+    profile_path: &Path,
+    manifest: &Manifest,
+    manifest_path: &Path,
+) -> Result<(), InspectError> {
     let h = &profile.header;
     if h.feature_dim != manifest.feature_dim || h.stages != manifest.stage_outputs.len() {
         return Err(InspectError::Incompatible {
@@ -421,11 +499,7 @@ pub fn load(
             ),
         });
     }
-    let (backbone, mut warnings) = Backbone::load(manifest, options)?;
-    let extractor = Extractor::new(backbone, h.upsample);
-    let (inspector, more) = Inspector::for_extractor(profile, profile_path, &extractor)?;
-    warnings.extend(more);
-    Ok((extractor, inspector, warnings))
+    Ok(())
 }
 
 impl Inspector {
@@ -443,8 +517,36 @@ impl Inspector {
         extractor: &Extractor,
     ) -> Result<(Self, Vec<String>), InspectError> {
         let backbone = extractor.backbone();
-        profile.check_model(profile_path, backbone.identity())?;
+        Self::for_model(
+            profile,
+            profile_path,
+            backbone.manifest(),
+            backbone.identity(),
+            extractor.upsample,
+        )
+    }
+
+    /// [`Inspector::for_extractor`] for an extractor known by its model's manifest, identity
+    /// and token upsampling (one owned by a [`crate::worker::InferenceWorker`]).
+    pub fn for_model(
+        profile: Profile,
+        profile_path: &Path,
+        manifest: &Manifest,
+        identity: &crate::engine::ModelIdentity,
+        upsample: usize,
+    ) -> Result<(Self, Vec<String>), InspectError> {
+        profile.check_model(profile_path, identity)?;
         let h = &profile.header;
+        if h.upsample != upsample {
+            return Err(InspectError::Incompatible {
+                path: profile_path.display().to_string(),
+                model: manifest.name.clone(),
+                reason: format!(
+                    "profile built with token upsampling x{}, the extractor upsamples x{upsample}",
+                    h.upsample
+                ),
+            });
+        }
         let mut warnings = Vec::new();
         // Profiles from before the spread floor may hold a spread of float noise.
         for detector in &h.detectors {
@@ -466,17 +568,14 @@ impl Inspector {
         }
         // The same weights run at another input size (a manifest for a dynamic-size model) give
         // another token grid.
-        let model_grid = (
-            backbone.manifest().tokens.grid_height,
-            backbone.manifest().tokens.grid_width,
-        );
+        let model_grid = (manifest.tokens.grid_height, manifest.tokens.grid_width);
         for (_, spec, bank) in h.patch_detectors() {
             let bank = &profile.banks[bank];
             let (expected, _) = spec.pooling.bank_grid(model_grid, h.upsample);
             if (bank.grid_height, bank.grid_width) != expected {
                 return Err(InspectError::Incompatible {
                     path: profile_path.display().to_string(),
-                    model: backbone.manifest().name.clone(),
+                    model: manifest.name.clone(),
                     reason: format!(
                         "detector {}: profile token grid {}x{}, model grid {}x{}",
                         spec.name, bank.grid_height, bank.grid_width, model_grid.0, model_grid.1
@@ -489,7 +588,7 @@ impl Inspector {
             if (parts.width, parts.height) != expected {
                 return Err(InspectError::Incompatible {
                     path: profile_path.display().to_string(),
-                    model: backbone.manifest().name.clone(),
+                    model: manifest.name.clone(),
                     reason: format!(
                         "parts learned on a {}x{} grid, the model gives {}x{}",
                         parts.width, parts.height, expected.0, expected.1
@@ -502,7 +601,7 @@ impl Inspector {
 
     /// The tilings the backbone must run for this profile, each once: the patch detectors',
     /// and the part stage's.
-    fn tilings(&self) -> Vec<Tiling> {
+    pub fn tilings(&self) -> Vec<Tiling> {
         let header = &self.profile.header;
         let mut tilings: Vec<Tiling> = header
             .patch_detectors()
@@ -533,92 +632,114 @@ impl Inspector {
         options: &JudgeOptions,
     ) -> Result<Vec<FrameResult>, InspectError> {
         let start = Instant::now();
-        let tilings = self.tilings();
-        let features = extractor.features_by_tiling(&tilings, images)?;
-        let header = &self.profile.header;
-        let part_tiling = part_tiling(header);
+        let features = extractor.features_by_tiling(&self.tilings(), images)?;
         let model_time = start.elapsed() / images.len().max(1) as u32;
-        let input = extractor.input_size();
-        let mut results = Vec::with_capacity(images.len());
-        for (index, image) in images.iter().enumerate() {
-            let mut timings = StageTimings {
-                model: model_time,
-                ..StageTimings::default()
-            };
-            let layout = match &header.parts {
-                Some(parts) => {
-                    let start = Instant::now();
-                    let whole = &tiles_of(&features, &part_tiling, index)[0];
-                    let layout = PartLayout::of(parts, whole, image)?;
-                    timings.parts = start.elapsed();
-                    Some((parts, whole, layout))
-                }
-                None => None,
-            };
-            let mut maps: Vec<PatchResult> = Vec::new();
-            let mut scores = Vec::with_capacity(header.detectors.len());
-            let mut zs = Vec::with_capacity(scores.capacity());
-            let mut rules = Vec::new();
-            for detector in &header.detectors {
+        FrameFeatures::split(features, images.len(), extractor.input_size(), model_time)
+            .iter()
+            .zip(images)
+            .map(|(frame, image)| self.judge_features(frame, image, options))
+            .collect()
+    }
+
+    /// Runs the detectors on one frame's features (computed under [`Inspector::tilings`] by any
+    /// extractor of the profile's model, such as a shared [`crate::worker`]) and judges it.
+    ///
+    /// Errors: features lacking one of the profile's tilings, or a detector that fails.
+    pub fn judge_features(
+        &self,
+        frame: &FrameFeatures,
+        image: &RgbImage,
+        options: &JudgeOptions,
+    ) -> Result<FrameResult, InspectError> {
+        let header = &self.profile.header;
+        let features = &frame.by_tiling;
+        let tiles = |tiling: &Tiling| {
+            features
+                .iter()
+                .find(|(t, _)| t == tiling)
+                .map(|(_, tiles)| tiles.as_slice())
+                .ok_or_else(|| {
+                    InspectError::Image(format!(
+                        "no features for the tiling {tiling:?} the profile needs"
+                    ))
+                })
+        };
+        let input = frame.input_size;
+        let mut timings = StageTimings {
+            model: frame.model_time,
+            ..StageTimings::default()
+        };
+        let layout = match &header.parts {
+            Some(parts) => {
                 let start = Instant::now();
-                let raw = match (&detector.learned, &layout) {
-                    (Learned::Patch { spec, bank }, _) => {
-                        let tiles = tiles_of(&features, &spec.tiling, index);
-                        let bank = &self.profile.banks[*bank];
-                        let result = patch::score(spec, bank, tiles, image, input)
-                            .map_err(InspectError::Image)?;
-                        let raw = result.raw;
-                        maps.push(result);
-                        timings.patch += start.elapsed();
-                        raw
-                    }
-                    (Learned::Interest { references, .. }, Some((_, whole, layout))) => {
-                        let raw = interest::score(whole, &layout.instances, references)
-                            .map_err(InspectError::Parts)?;
-                        timings.interest += start.elapsed();
-                        raw
-                    }
-                    (
-                        Learned::Composition {
-                            rules: file, stats, ..
-                        },
-                        Some((parts, _, layout)),
-                    ) => {
-                        let fired = fired_rules(file, stats, &layout.view(&parts.names));
-                        let frame = (image.width, image.height);
-                        rules.extend(fired.into_iter().map(|rule| {
-                            RuleFinding {
-                                instances: instances_of(&rule, &layout.instances)
-                                    .into_iter()
-                                    .map(|i| layout.instance_box(i, frame))
-                                    .collect(),
-                                rule,
-                            }
-                        }));
-                        timings.composition += start.elapsed();
-                        rules.len() as f64
-                    }
-                    (_, None) => {
-                        return Err(InspectError::Parts(format!(
-                            "detector {} needs the profile's parts, which it lacks",
-                            detector.name()
-                        )))
-                    }
-                };
-                let (z, calibrated) = match (&detector.calibration, &detector.learned) {
-                    (Some(c), _) => (Some(c.z(raw)), sigmoid(c.z(raw))),
-                    (None, _) => (None, if raw > 0.0 { 1.0 } else { 0.0 }),
-                };
-                zs.push(z);
-                scores.push(DetectorScore {
-                    name: detector.name().to_owned(),
-                    raw,
-                    calibrated,
-                });
+                let whole = tiles(&part_tiling(header))?.first().ok_or_else(|| {
+                    InspectError::Parts("no whole-frame features for the part stage".into())
+                })?;
+                let layout = PartLayout::of(parts, whole, image)?;
+                timings.parts = start.elapsed();
+                Some((parts, whole, layout))
             }
-            results.push(self.judge(scores, zs, maps, rules, image, timings, options));
+            None => None,
+        };
+        let mut maps: Vec<PatchResult> = Vec::new();
+        let mut scores = Vec::with_capacity(header.detectors.len());
+        let mut zs = Vec::with_capacity(scores.capacity());
+        let mut rules = Vec::new();
+        for detector in &header.detectors {
+            let start = Instant::now();
+            let raw = match (&detector.learned, &layout) {
+                (Learned::Patch { spec, bank }, _) => {
+                    let bank = &self.profile.banks[*bank];
+                    let result = patch::score(spec, bank, tiles(&spec.tiling)?, image, input)
+                        .map_err(InspectError::Image)?;
+                    let raw = result.raw;
+                    maps.push(result);
+                    timings.patch += start.elapsed();
+                    raw
+                }
+                (Learned::Interest { references, .. }, Some((_, whole, layout))) => {
+                    let raw = interest::score(whole, &layout.instances, references)
+                        .map_err(InspectError::Parts)?;
+                    timings.interest += start.elapsed();
+                    raw
+                }
+                (
+                    Learned::Composition {
+                        rules: file, stats, ..
+                    },
+                    Some((parts, _, layout)),
+                ) => {
+                    let fired = fired_rules(file, stats, &layout.view(&parts.names));
+                    let frame = (image.width, image.height);
+                    rules.extend(fired.into_iter().map(|rule| RuleFinding {
+                        instances: instances_of(&rule, &layout.instances)
+                            .into_iter()
+                            .map(|i| layout.instance_box(i, frame))
+                            .collect(),
+                        rule,
+                    }));
+                    timings.composition += start.elapsed();
+                    rules.len() as f64
+                }
+                (_, None) => {
+                    return Err(InspectError::Parts(format!(
+                        "detector {} needs the profile's parts, which it lacks",
+                        detector.name()
+                    )))
+                }
+            };
+            let (z, calibrated) = match (&detector.calibration, &detector.learned) {
+                (Some(c), _) => (Some(c.z(raw)), sigmoid(c.z(raw))),
+                (None, _) => (None, if raw > 0.0 { 1.0 } else { 0.0 }),
+            };
+            zs.push(z);
+            scores.push(DetectorScore {
+                name: detector.name().to_owned(),
+                raw,
+                calibrated,
+            });
         }
-        Ok(results)
+        Ok(self.judge(scores, zs, maps, rules, image, timings, options))
     }
 
     /// Fuses the detectors' scores into the verdict (paper eq. 5) and cuts the regions.

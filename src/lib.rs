@@ -16,6 +16,7 @@ pub mod inspector;
 pub mod meta;
 pub mod profile;
 pub mod synth;
+pub mod worker;
 
 mod anomalyoverlay;
 mod anomalypublish;

@@ -7,8 +7,12 @@
 //! Fields of the structure (name `logsad/anomaly`):
 //! - `score` (double): fused raw score; `calibrated` (double): sigmoid of the calibrated score;
 //! - `anomalous` (boolean): `calibrated >= threshold`; `threshold` (double);
-//! - `stale` (boolean): true when this frame was not analysed (see the `interval` property) and
-//!   carries the result of frame `frame`; `frame` (guint64): the frame the result was computed on;
+//! - `stale` (boolean): true when this frame was not analysed and carries the result of frame
+//!   `frame` (or, when no frame was analysed yet, a placeholder with scores 0 and no map);
+//!   `frame` (guint64): the frame the result was computed on;
+//! - `skipped` (string, only on frames not analysed): why: `interval` (the `interval`
+//!   property), `busy` (the analysis was behind a live source: `drop-policy=skip`) or `late`
+//!   (downstream QoS said the frame was already late: `qos=true`);
 //! - `detectors` (string): comma separated detector names; for each name N, `N-score` and
 //!   `N-calibrated` (double);
 //! - `map-width`, `map-height` (guint) and `map` (GBytes): the anomaly map, row-major native-endian
@@ -319,6 +323,34 @@ pub fn rules_array(rules: &[RuleHit]) -> gst::Array {
     gst::Array::new(rules.iter().map(RuleHit::to_structure))
 }
 
+/// Why a frame went downstream without being analysed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Between two analysed frames of the `interval` property.
+    Interval,
+    /// The analysis was behind (`drop-policy=skip`).
+    Busy,
+    /// Downstream QoS said the frame was late already (`qos=true`).
+    Late,
+}
+
+impl SkipReason {
+    /// The name in the meta's `skipped` field and in JSON lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Interval => "interval",
+            SkipReason::Busy => "busy",
+            SkipReason::Late => "late",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        [SkipReason::Interval, SkipReason::Busy, SkipReason::Late]
+            .into_iter()
+            .find(|r| r.as_str() == name)
+    }
+}
+
 /// The result of analysing one frame, as attached to buffers.
 #[derive(Debug, Clone)]
 pub struct AnomalyResult {
@@ -327,6 +359,8 @@ pub struct AnomalyResult {
     pub anomalous: bool,
     pub threshold: f64,
     pub stale: bool,
+    /// Why this frame was not analysed; `None` for an analysed frame.
+    pub skipped: Option<SkipReason>,
     pub frame: u64,
     pub detectors: Vec<DetectorScore>,
     pub map: Option<AnomalyMap>,
@@ -353,6 +387,7 @@ impl AnomalyResult {
             anomalous: result.anomalous,
             threshold: result.threshold,
             stale: false,
+            skipped: None,
             frame,
             detectors: result.detectors.clone(),
             map: Some(AnomalyMap::from_values(
@@ -377,6 +412,35 @@ impl AnomalyResult {
         }
     }
 
+    /// The meta of frame `frame` passed on unanalysed for `reason` when no earlier result
+    /// exists to carry: not anomalous, scores 0, no map, no regions; judged against `threshold`.
+    pub fn placeholder(frame: u64, threshold: f64, reason: SkipReason) -> Self {
+        AnomalyResult {
+            score: 0.0,
+            calibrated: 0.0,
+            anomalous: false,
+            threshold,
+            stale: true,
+            skipped: Some(reason),
+            frame,
+            detectors: Vec::new(),
+            map: None,
+            map_threshold: 0.0,
+            deinterlaced: false,
+            regions: Some(Vec::new()),
+            rules: Vec::new(),
+        }
+    }
+
+    /// This result carried to a frame not analysed for `reason`.
+    pub fn carried(&self, reason: SkipReason) -> Self {
+        AnomalyResult {
+            stale: true,
+            skipped: Some(reason),
+            ..self.clone()
+        }
+    }
+
     pub fn to_structure(&self) -> gst::Structure {
         let names: Vec<&str> = self.detectors.iter().map(|d| d.name.as_str()).collect();
         let mut s = gst::Structure::builder(STRUCTURE_NAME)
@@ -390,6 +454,9 @@ impl AnomalyResult {
             .field("map-threshold", self.map_threshold)
             .field("deinterlaced", self.deinterlaced)
             .build();
+        if let Some(reason) = self.skipped {
+            s.set("skipped", reason.as_str());
+        }
         for d in &self.detectors {
             s.set(format!("{}-score", d.name), d.raw);
             s.set(format!("{}-calibrated", d.name), d.calibrated);
@@ -471,6 +538,10 @@ impl AnomalyResult {
                 .map_err(|e| glib::bool_error!("anomaly meta field anomalous: {e}"))?,
             threshold: field("threshold")?,
             stale: s.get("stale").unwrap_or(false),
+            skipped: s
+                .get::<&str>("skipped")
+                .ok()
+                .and_then(SkipReason::parse),
             frame: s.get("frame").unwrap_or(0),
             detectors,
             map,
@@ -541,6 +612,7 @@ mod tests {
             anomalous: true,
             threshold: 0.8,
             stale: false,
+            skipped: None,
             frame: 3,
             detectors: vec![],
             map: None,
@@ -548,6 +620,33 @@ mod tests {
             deinterlaced: true,
             regions,
             rules: vec![],
+        }
+    }
+
+    #[test]
+    fn skip_reasons_round_trip_and_analysed_frames_have_none() {
+        gst::init().unwrap();
+        let analysed = result(None);
+        assert!(!analysed.to_structure().has_field("skipped"));
+        assert_eq!(
+            AnomalyResult::from_structure(&analysed.to_structure())
+                .unwrap()
+                .skipped,
+            None
+        );
+        for reason in [SkipReason::Interval, SkipReason::Busy, SkipReason::Late] {
+            let carried = analysed.carried(reason);
+            let s = carried.to_structure();
+            assert_eq!(s.get::<&str>("skipped").unwrap(), reason.as_str());
+            let back = AnomalyResult::from_structure(&s).unwrap();
+            assert_eq!(back.skipped, Some(reason));
+            assert!(back.stale);
+            assert_eq!(back.score, analysed.score);
+            let placeholder = AnomalyResult::placeholder(9, 0.8, reason);
+            let back = AnomalyResult::from_structure(&placeholder.to_structure()).unwrap();
+            assert_eq!((back.frame, back.stale, back.anomalous), (9, true, false));
+            assert_eq!(back.skipped, Some(reason));
+            assert!(back.map.is_none());
         }
     }
 

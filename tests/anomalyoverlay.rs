@@ -101,6 +101,7 @@ fn result(anomalous: bool, calibrated: f64, stale: bool, map: Option<AnomalyMap>
         anomalous,
         threshold: 0.5,
         stale,
+        skipped: stale.then_some(gstlogsad::meta::SkipReason::Interval),
         frame: 7,
         detectors: vec![],
         map,

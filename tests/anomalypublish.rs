@@ -29,6 +29,7 @@ fn result(score: f64, anomalous: bool, frame: u64) -> AnomalyResult {
         anomalous,
         threshold: 0.5,
         stale: false,
+        skipped: None,
         frame,
         detectors: vec![DetectorScore {
             name: "patch".into(),

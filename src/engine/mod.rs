@@ -106,7 +106,7 @@ impl std::str::FromStr for Device {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineOptions {
     pub device: Device,
     pub gpu_id: u32,
