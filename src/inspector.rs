@@ -477,9 +477,11 @@ pub fn load_profile(
     Inspector::for_model(profile, profile_path, manifest, identity, upsample)
 }
 
-/// A profile's stage count and feature dimension against a model's: a quick, cheap refusal of
-/// a profile built for another kind of model, before anything is loaded.
-fn check_stages(
+/// A profile's stage count and feature dimension against a model's manifest: a quick, cheap
+/// refusal of a profile built for another kind of model, before the model is loaded.
+///
+/// Errors: [`InspectError::Incompatible`] naming both.
+pub fn check_stages(
     profile: &Profile,
     profile_path: &Path,
     manifest: &Manifest,

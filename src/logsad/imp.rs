@@ -14,6 +14,32 @@
 //!     logsad profile=textile.logsad interval=2 ! videoconvert ! anomalyoverlay ! autovideosink
 //! ```
 //!
+//! ## Threads, sharing and live sources
+//! The backbone runs in an inference worker thread ([`crate::worker`]); the matching and the
+//! judging of each frame run in this element's source pad task; the streaming thread only
+//! converts the frame and queues it. So the matching of frame N overlaps the inference of frame
+//! N+1, and buffers and serialized events leave in the order they came. At most
+//! `max-in-flight` frames are being analysed at once; a frame arriving when that many are
+//! (`drop-policy`) either waits for room (`wait`) or is passed on unanalysed, with the last
+//! result marked `stale` and `skipped=busy` (`skip`). No frame is ever dropped or reordered.
+//!
+//! Elements with the same `model-instance-id` share one loaded model and one worker, in one
+//! pipeline or several of the same process; the worker batches their frames (`batch-size`,
+//! `batch-timeout`). Each element keeps its own profile. Adding a stream is adding an element
+//! (with the same `model-instance-id`) to a playing pipeline; removing it is setting it to
+//! NULL; the model is freed when the last element using it stops.
+//!
+//! The element answers the latency query with `max-in-flight` analysis times (measured on a
+//! warm-up frame at start, then on the stream; a `latency` message asks the pipeline to ask
+//! again when it grows by a quarter). With `qos=true`, frames that downstream QoS events say
+//! are late already are passed on unanalysed (`skipped=late`).
+//!
+//! `profile` can be changed while playing, and the `reload` action signal reads the same file
+//! again: the new profile loads beside the old one, then replaces it between two frames (every
+//! frame is judged wholly by one of them); a profile that fails to load leaves the old one in
+//! place with a warning. Each attempt posts a `logsad-profile` element message (`path`
+//! string, `loaded` boolean, `error` string when it failed).
+//!
 //! Interlaced input is deinterlaced before analysis, so combing is not taken for a change of
 //! texture: with `interlace-mode=interleaved` every frame, with `mixed` the buffers flagged
 //! interlaced. The converted RGB frame is "bob" deinterlaced: the lines of the field that comes
@@ -23,25 +49,25 @@
 //! The video that goes downstream is untouched; the meta's `deinterlaced` field says whether
 //! the analysed frame was deinterlaced. `interlace-mode=alternate` (one field per buffer) is
 //! refused with an error: put `deinterlace` before `logsad` for such streams.
-//!
-//! Inference runs in the streaming thread, one frame at a time: the thread is never blocked for
-//! longer than one inference. Put a leaky queue before the element on live sources, or raise
-//! `interval`, when frames arrive faster than they can be analysed.
 
-use crate::detect::deinterlace::{self, Field};
+use crate::detect::deinterlace::Field;
 use crate::detect::preprocess::RgbImage;
 use crate::detect::regions::{RegionOptions, DEFAULT_PEAK_FRACTION};
-use crate::engine::{self, EngineOptions};
-use crate::inspector::{self, Extractor, Inspector, JudgeOptions};
-use crate::meta::AnomalyResult;
+use crate::engine::{self, EngineError, EngineOptions, Manifest};
+use crate::inspector::{check_stages, FrameFeatures, InspectError, Inspector, JudgeOptions};
+use crate::meta::{AnomalyResult, SkipReason};
+use crate::profile::Profile;
+use crate::worker::{Batching, InferenceWorker, WorkerError};
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
-use gst_base::subclass::prelude::*;
-use std::path::PathBuf;
-use std::sync::{LazyLock, Mutex};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use super::{LogsadDevice, LogsadPeakScope};
+use super::convert::Converter;
+use super::{LogsadDevice, LogsadDropPolicy, LogsadPeakScope};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -54,6 +80,15 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_INTERVAL: u32 = 1;
 /// A negative threshold means: use the profile's.
 const DEFAULT_THRESHOLD: f64 = -1.0;
+const DEFAULT_MAX_IN_FLIGHT: u32 = 2;
+const DEFAULT_BATCH_SIZE: u32 = 1;
+const DEFAULT_BATCH_TIMEOUT_US: i64 = 0;
+/// The latency reported grows only when the measured one exceeds it by this factor.
+const LATENCY_GROWTH: f64 = 1.25;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -70,6 +105,12 @@ struct Settings {
     region_peak_fraction: f64,
     region_peak_scope: LogsadPeakScope,
     merge_regions: bool,
+    model_instance_id: Option<String>,
+    batch_size: u32,
+    batch_timeout_us: i64,
+    max_in_flight: u32,
+    drop_policy: LogsadDropPolicy,
+    qos: bool,
 }
 
 impl Default for Settings {
@@ -88,107 +129,144 @@ impl Default for Settings {
             region_peak_fraction: DEFAULT_PEAK_FRACTION as f64,
             region_peak_scope: LogsadPeakScope::Frame,
             merge_regions: true,
+            model_instance_id: None,
+            batch_size: DEFAULT_BATCH_SIZE,
+            batch_timeout_us: DEFAULT_BATCH_TIMEOUT_US,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            drop_policy: LogsadDropPolicy::Auto,
+            qos: false,
         }
     }
 }
 
-/// Converts negotiated frames to packed RGB for the detector, deinterlacing interlaced ones.
-struct Converter {
-    in_info: gst_video::VideoInfo,
-    rgb_info: gst_video::VideoInfo,
-    converter: gst_video::VideoConverter,
-    rgb: gst::Buffer,
-}
-
-/// The field a bob deinterlace of `buffer` keeps, or `None` when the frame is progressive.
-fn field_to_keep(info: &gst_video::VideoInfo, buffer: &gst::BufferRef) -> Option<Field> {
-    use gst_video::prelude::*;
-    use gst_video::{VideoBufferFlags, VideoFieldOrder, VideoInterlaceMode};
-    let flags = buffer.video_flags();
-    let interlaced = match info.interlace_mode() {
-        VideoInterlaceMode::Interleaved => true,
-        VideoInterlaceMode::Mixed => flags.contains(VideoBufferFlags::INTERLACED),
-        _ => false,
-    };
-    if !interlaced {
-        return None;
-    }
-    // The field captured first: the caps' field order, else the buffer's TFF flag.
-    Some(match info.field_order() {
-        VideoFieldOrder::TopFieldFirst => Field::Top,
-        VideoFieldOrder::BottomFieldFirst => Field::Bottom,
-        _ if flags.contains(VideoBufferFlags::TFF) => Field::Top,
-        _ => Field::Bottom,
-    })
-}
-
-impl Converter {
-    fn new(in_info: &gst_video::VideoInfo) -> Result<Self, glib::BoolError> {
-        let rgb_info = gst_video::VideoInfo::builder(
-            gst_video::VideoFormat::Rgb,
-            in_info.width(),
-            in_info.height(),
-        )
-        .fps(in_info.fps())
-        .interlace_mode(in_info.interlace_mode())
-        .build()?;
-        let converter = gst_video::VideoConverter::new(in_info, &rgb_info, None)?;
-        let rgb = gst::Buffer::with_size(rgb_info.size())
-            .map_err(|_| glib::bool_error!("cannot allocate the RGB frame"))?;
-        Ok(Converter {
-            in_info: in_info.clone(),
-            rgb_info,
-            converter,
-            rgb,
-        })
-    }
-
-    /// The frame as packed RGB, and the field kept if it was deinterlaced.
-    fn convert(&mut self, buffer: &gst::BufferRef) -> Result<(RgbImage, Option<Field>), String> {
-        let src = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &self.in_info)
-            .map_err(|_| "cannot map the input frame".to_string())?;
-        let rgb = self.rgb.make_mut();
-        let mut dst = gst_video::VideoFrameRef::from_buffer_ref_writable(rgb, &self.rgb_info)
-            .map_err(|_| "cannot map the RGB frame".to_string())?;
-        self.converter.frame_ref(&src, &mut dst);
-        let (w, h) = (
-            self.rgb_info.width() as usize,
-            self.rgb_info.height() as usize,
-        );
-        let stride = self.rgb_info.stride()[0] as usize;
-        let data = dst.plane_data(0).map_err(|e| e.to_string())?;
-        // GStreamer pads RGB rows to 4 bytes; the detector wants them packed.
-        let mut pixels = Vec::with_capacity(w * h * 3);
-        for row in data.chunks(stride).take(h) {
-            pixels.extend_from_slice(&row[..w * 3]);
+impl Settings {
+    fn judging(&self) -> JudgeOptions {
+        JudgeOptions {
+            threshold: (self.threshold >= 0.0).then_some(self.threshold),
+            regions: Some(RegionOptions {
+                peak_fraction: self.region_peak_fraction as f32,
+                peak_scope: self.region_peak_scope.into(),
+                merge_overlapping: self.merge_regions,
+                min_area: self.min_region_area as usize,
+            }),
         }
-        let field = field_to_keep(&self.in_info, buffer);
-        if let Some(field) = field {
-            deinterlace::bob(&mut pixels, w * 3, h, field)?;
+    }
+
+    fn batching(&self) -> Batching {
+        Batching {
+            batch_size: self.batch_size.max(1) as usize,
+            batch_timeout: u64::try_from(self.batch_timeout_us)
+                .ok()
+                .map(Duration::from_micros),
         }
-        Ok((RgbImage::new(w as u32, h as u32, pixels)?, field))
     }
 }
 
+/// What the streaming thread keeps between frames.
 struct State {
-    /// The loaded backbone.
-    extractor: Extractor,
-    /// The profile's detectors.
-    inspector: Inspector,
+    worker: Arc<InferenceWorker>,
+    /// The profile frames are judged with now; replaced whole by a profile swap.
+    inspector: Arc<Inspector>,
     converter: Option<Converter>,
     frames: u64,
-    /// The last fresh result, carried to frames that are not analysed.
-    last: Option<AnomalyResult>,
+    /// No frame was analysed since the start, new caps or a flush: analyse the next one.
+    need_fresh: bool,
+    /// Whether upstream is live (asked once, at the first frame), for `drop-policy=auto`.
+    live: Option<bool>,
+    segment: gst::FormattedSegment<gst::ClockTime>,
     /// Whether the INFO line about deinterlacing was logged.
     told_deinterlacing: bool,
 }
 
+/// A frame waiting in the element, in stream order.
+struct Frame {
+    buffer: gst::Buffer,
+    index: u64,
+    frame_size: (u32, u32),
+    work: Work,
+}
+
+enum Work {
+    /// Sent to the worker; judged once its features are back.
+    Analyse {
+        image: Arc<RgbImage>,
+        deinterlaced: bool,
+        inspector: Arc<Inspector>,
+        judging: JudgeOptions,
+        submitted: Instant,
+        features: Option<Result<FrameFeatures, InspectError>>,
+    },
+    /// Passed on with the last result, for this reason.
+    Skip(SkipReason),
+}
+
+enum Item {
+    Frame(Box<Frame>),
+    Event(gst::Event),
+}
+
+impl Item {
+    fn ready(&self) -> bool {
+        match self {
+            Item::Frame(frame) => match &frame.work {
+                Work::Analyse { features, .. } => features.is_some(),
+                Work::Skip(_) => true,
+            },
+            Item::Event(_) => true,
+        }
+    }
+}
+
+/// The queue between the streaming thread, the worker's replies and the source pad task.
+struct Queue {
+    items: VecDeque<Item>,
+    flushing: bool,
+    /// Frames sent to the worker and not yet judged.
+    in_flight: usize,
+    /// Bumped by a flush, so that replies for frames flushed away are ignored.
+    generation: u64,
+    /// The last flow return of a push downstream, returned to upstream.
+    flow: Result<gst::FlowSuccess, gst::FlowError>,
+    /// The last result in stream order, carried to frames not analysed.
+    last: Option<AnomalyResult>,
+    /// Analysis time per frame (inference share plus judging), smoothed.
+    analysis_time: Option<Duration>,
+    /// The latency last reported in the latency query.
+    reported_latency: gst::ClockTime,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            items: VecDeque::new(),
+            flushing: true,
+            in_flight: 0,
+            generation: 0,
+            flow: Ok(gst::FlowSuccess::Ok),
+            last: None,
+            analysis_time: None,
+            reported_latency: gst::ClockTime::ZERO,
+        }
+    }
+}
+
 #[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    changed: Condvar,
+}
+
 pub struct Logsad {
+    sinkpad: gst::Pad,
+    srcpad: gst::Pad,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
-    /// The execution provider in use, apart from `state` so that reading it never waits for an
-    /// inference.
+    shared: Arc<Shared>,
+    /// The earliest running time downstream QoS still wants analysed.
+    qos_earliest: Mutex<Option<gst::ClockTime>>,
+    /// Counts profile swaps asked for, so that only the latest one is applied.
+    swap_generation: Mutex<u64>,
+    /// The execution provider in use, apart from `state` so that reading it never waits.
     provider: Mutex<Option<String>>,
 }
 
@@ -196,17 +274,105 @@ pub struct Logsad {
 impl ObjectSubclass for Logsad {
     const NAME: &'static str = "GstLogsad";
     type Type = super::Logsad;
-    type ParentType = gst_base::BaseTransform;
+    type ParentType = gst::Element;
+
+    fn with_class(klass: &Self::Class) -> Self {
+        let templ = klass.pad_template("sink").unwrap();
+        let sinkpad = gst::Pad::builder_from_template(&templ)
+            .chain_function(|pad, parent, buffer| {
+                Logsad::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::FlowError::Error),
+                    |imp| imp.sink_chain(pad, buffer),
+                )
+            })
+            .event_function(|pad, parent, event| {
+                Logsad::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.sink_event(pad, event),
+                )
+            })
+            .query_function(|pad, parent, query| {
+                Logsad::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.sink_query(pad, query),
+                )
+            })
+            .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
+            .build();
+        let templ = klass.pad_template("src").unwrap();
+        let srcpad = gst::Pad::builder_from_template(&templ)
+            .event_function(|pad, parent, event| {
+                Logsad::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.src_event(pad, event),
+                )
+            })
+            .query_function(|pad, parent, query| {
+                Logsad::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.src_query(pad, query),
+                )
+            })
+            .activatemode_function(|pad, parent, mode, active| {
+                Logsad::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::loggable_error!(CAT, "panic activating the source pad")),
+                    |imp| imp.src_activatemode(pad, mode, active),
+                )
+            })
+            .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
+            .build();
+        Logsad {
+            sinkpad,
+            srcpad,
+            settings: Mutex::default(),
+            state: Mutex::default(),
+            shared: Arc::default(),
+            qos_earliest: Mutex::default(),
+            swap_generation: Mutex::default(),
+            provider: Mutex::default(),
+        }
+    }
 }
 
 impl ObjectImpl for Logsad {
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.add_pad(&self.sinkpad).unwrap();
+        obj.add_pad(&self.srcpad).unwrap();
+    }
+
+    fn signals() -> &'static [glib::subclass::Signal] {
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
+            vec![glib::subclass::Signal::builder("reload")
+                .action()
+                .class_handler(|args| {
+                    let element = args[0].get::<super::Logsad>().expect("signal receiver");
+                    element.imp().swap_profile(None);
+                    None
+                })
+                .build()]
+        });
+        SIGNALS.as_ref()
+    }
+
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
                 glib::ParamSpecString::builder("profile")
                     .nick("Profile")
-                    .blurb("Profile file written by `logsad enroll` (memory bank, calibration, tiling, model identity)")
-                    .mutable_ready()
+                    .blurb(
+                        "Profile file written by `logsad enroll` (memory bank, calibration, \
+                         tiling, model identity); changing it while playing swaps profiles \
+                         between two frames",
+                    )
+                    .mutable_playing()
                     .build(),
                 glib::ParamSpecString::builder("model")
                     .nick("Model manifest")
@@ -238,6 +404,58 @@ impl ObjectImpl for Logsad {
                     .blurb("Threads ONNX Runtime may use within an operator (0: its default)")
                     .maximum(1024)
                     .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("model-instance-id")
+                    .nick("Model instance id")
+                    .blurb(
+                        "Elements of one process with the same id share one loaded model and \
+                         one inference worker (the first one's model, device and batching \
+                         apply); unset: a model of its own",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("batch-size")
+                    .nick("Batch size")
+                    .blurb("The most frames, from all streams of the instance, in one inference")
+                    .minimum(1)
+                    .maximum(1024)
+                    .default_value(DEFAULT_BATCH_SIZE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt64::builder("batch-timeout")
+                    .nick("Batch timeout")
+                    .blurb(
+                        "Microseconds to wait for more frames after the first of a batch \
+                         (0: batch only frames already waiting; -1: wait for a full batch)",
+                    )
+                    .minimum(-1)
+                    .default_value(DEFAULT_BATCH_TIMEOUT_US)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-in-flight")
+                    .nick("Maximum frames in flight")
+                    .blurb(
+                        "Frames of this stream being analysed at once (as DL Streamer's nireq); \
+                         2 overlaps the matching of one frame with the inference of the next",
+                    )
+                    .minimum(1)
+                    .maximum(64)
+                    .default_value(DEFAULT_MAX_IN_FLIGHT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("drop-policy", LogsadDropPolicy::Auto)
+                    .nick("Drop policy")
+                    .blurb(
+                        "A frame arriving while max-in-flight frames are analysed: skip (pass \
+                         it on unanalysed), wait (block upstream), auto (skip when live)",
+                    )
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("qos")
+                    .nick("QoS")
+                    .blurb("Pass on unanalysed the frames downstream QoS says are late")
+                    .default_value(false)
+                    .mutable_playing()
                     .build(),
                 glib::ParamSpecDouble::builder("threshold")
                     .nick("Threshold")
@@ -297,16 +515,35 @@ impl ObjectImpl for Logsad {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        let mut s = self.settings.lock().unwrap();
+        let mut s = lock(&self.settings);
         let path = |v: &glib::Value| v.get::<Option<String>>().unwrap().map(PathBuf::from);
         match pspec.name() {
-            "profile" => s.profile = path(value),
+            "profile" => {
+                s.profile = path(value);
+                let started = lock(&self.state).is_some();
+                if let Some(profile) = s.profile.clone().filter(|_| started) {
+                    drop(s);
+                    self.swap_profile(Some(profile));
+                }
+            }
             "model" => s.model = path(value),
             "device" => s.device = value.get().unwrap(),
             "gpu-id" => s.gpu_id = value.get().unwrap(),
             "fp16" => s.fp16 = value.get().unwrap(),
             "engine-cache-dir" => s.engine_cache_dir = path(value),
             "threads" => s.threads = value.get().unwrap(),
+            "model-instance-id" => {
+                s.model_instance_id = value.get::<Option<String>>().unwrap().filter(|id| !id.is_empty())
+            }
+            "batch-size" => s.batch_size = value.get().unwrap(),
+            "batch-timeout" => s.batch_timeout_us = value.get().unwrap(),
+            "max-in-flight" => s.max_in_flight = value.get().unwrap(),
+            "drop-policy" => {
+                s.drop_policy = value.get().unwrap();
+                // A waiting streaming thread looks again.
+                self.shared.changed.notify_all();
+            }
+            "qos" => s.qos = value.get().unwrap(),
             "threshold" => s.threshold = value.get().unwrap(),
             "interval" => s.interval = value.get().unwrap(),
             "min-region-area" => s.min_region_area = value.get().unwrap(),
@@ -318,7 +555,7 @@ impl ObjectImpl for Logsad {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        let s = self.settings.lock().unwrap();
+        let s = lock(&self.settings);
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).to_value();
         match pspec.name() {
             "profile" => path(&s.profile),
@@ -328,13 +565,19 @@ impl ObjectImpl for Logsad {
             "fp16" => s.fp16.to_value(),
             "engine-cache-dir" => path(&s.engine_cache_dir),
             "threads" => s.threads.to_value(),
+            "model-instance-id" => s.model_instance_id.to_value(),
+            "batch-size" => s.batch_size.to_value(),
+            "batch-timeout" => s.batch_timeout_us.to_value(),
+            "max-in-flight" => s.max_in_flight.to_value(),
+            "drop-policy" => s.drop_policy.to_value(),
+            "qos" => s.qos.to_value(),
             "threshold" => s.threshold.to_value(),
             "interval" => s.interval.to_value(),
             "min-region-area" => s.min_region_area.to_value(),
             "region-peak-fraction" => s.region_peak_fraction.to_value(),
             "region-peak-scope" => s.region_peak_scope.to_value(),
             "merge-regions" => s.merge_regions.to_value(),
-            "provider" => self.provider.lock().unwrap().to_value(),
+            "provider" => lock(&self.provider).to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -365,8 +608,8 @@ impl ElementImpl for Logsad {
             let mut caps = gst_video::VideoCapsBuilder::new()
                 .format_list(formats)
                 .build();
-            // Alternate-field caps are accepted only to be refused in set_caps with an error
-            // that says what to do, instead of an anonymous negotiation failure.
+            // Alternate-field caps are accepted only to be refused with an error that says
+            // what to do, instead of an anonymous negotiation failure.
             caps.merge(
                 gst_video::VideoCapsBuilder::new()
                     .features([gst_video::CAPS_FEATURE_FORMAT_INTERLACED])
@@ -393,149 +636,574 @@ impl ElementImpl for Logsad {
         });
         TEMPLATES.as_ref()
     }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::ReadyToPaused {
+            if let Err(message) = self.start() {
+                self.post_error_message(message);
+                return Err(gst::StateChangeError);
+            }
+        }
+        let success = self.parent_change_state(transition)?;
+        if transition == gst::StateChange::PausedToReady {
+            self.stop();
+        }
+        Ok(success)
+    }
 }
 
-impl BaseTransformImpl for Logsad {
-    const MODE: gst_base::subclass::BaseTransformMode =
-        gst_base::subclass::BaseTransformMode::AlwaysInPlace;
-    const PASSTHROUGH_ON_SAME_CAPS: bool = false;
-    const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
-
+impl Logsad {
+    /// Loads (or joins) the model and loads the profile.
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings.lock().unwrap().clone();
-        let profile = settings.profile.ok_or_else(|| {
+        let settings = lock(&self.settings).clone();
+        let profile = settings.profile.clone().ok_or_else(|| {
             gst::error_msg!(
                 gst::ResourceError::NotFound,
                 ("No profile set: set the `profile` property to a file written by `logsad enroll`")
             )
         })?;
-        let model = settings.model.unwrap_or_else(engine::default_model);
+        let model = settings.model.clone().unwrap_or_else(engine::default_model);
         let options = EngineOptions {
             device: settings.device.into(),
             gpu_id: settings.gpu_id,
             fp16: settings.fp16,
-            engine_cache_dir: settings.engine_cache_dir,
+            engine_cache_dir: settings.engine_cache_dir.clone(),
             threads: settings.threads as usize,
         };
-        let loaded = std::panic::catch_unwind(|| inspector::load(&profile, &model, &options))
-            .map_err(|_| {
-                gst::error_msg!(gst::LibraryError::Init, ("Loading the profile panicked"))
-            })?;
-        let (extractor, inspector, warnings) =
-            loaded.map_err(|e| gst::error_msg!(gst::ResourceError::OpenRead, ("{}", e)))?;
+        let batching = settings.batching();
+        let loaded = std::panic::catch_unwind(|| -> Result<_, WorkerError> {
+            // The profile is read and checked against the manifest before the model loads.
+            let read = Profile::load(&profile).map_err(InspectError::from)?;
+            let manifest = Manifest::load(&model)
+                .map_err(EngineError::from)
+                .map_err(InspectError::from)?;
+            check_stages(&read, &profile, &manifest, &model)?;
+            let (worker, mut warnings) = match &settings.model_instance_id {
+                Some(id) => InferenceWorker::shared(id, &model, &options, batching)?,
+                None => {
+                    let (worker, warnings) = InferenceWorker::start(&model, &options, batching)?;
+                    (Arc::new(worker), warnings)
+                }
+            };
+            let (inspector, more) = Inspector::for_model(
+                read,
+                &profile,
+                worker.manifest(),
+                worker.identity(),
+                worker.upsample(),
+            )?;
+            warnings.extend(more);
+            Ok((worker, inspector, warnings))
+        })
+        .map_err(|_| gst::error_msg!(gst::LibraryError::Init, ("Loading the profile panicked")))?;
+        let (worker, inspector, warnings) = loaded.map_err(|e| match e {
+            WorkerError::DifferentModel { .. } => {
+                gst::error_msg!(gst::LibraryError::Settings, ("{}", e))
+            }
+            _ => gst::error_msg!(gst::ResourceError::OpenRead, ("{}", e)),
+        })?;
         for w in warnings {
             gst::element_imp_warning!(self, gst::LibraryError::Init, ("{}", w));
         }
         gst::info!(
             CAT,
             imp = self,
-            "loaded profile {} with model {} on {}",
+            "loaded profile {} with model {} on {}{}",
             profile.display(),
-            extractor.backbone().manifest().name,
-            extractor.backbone().provider()
+            worker.manifest().name,
+            worker.provider(),
+            settings
+                .model_instance_id
+                .as_ref()
+                .map(|id| format!(" (model-instance-id {id})"))
+                .unwrap_or_default()
         );
-        *self.provider.lock().unwrap() = Some(extractor.backbone().provider().to_string());
-        *self.state.lock().unwrap() = Some(State {
-            extractor,
+        let inspector = Arc::new(inspector);
+        let warm_up = self.warm_up(&worker, &inspector, &settings.judging());
+        *lock(&self.provider) = Some(worker.provider().to_string());
+        {
+            let mut queue = lock(&self.shared.queue);
+            queue.analysis_time = warm_up;
+            queue.reported_latency = gst::ClockTime::ZERO;
+            queue.last = None;
+        }
+        *lock(&self.qos_earliest) = None;
+        *lock(&self.state) = Some(State {
+            worker,
             inspector,
             converter: None,
             frames: 0,
-            last: None,
+            need_fresh: true,
+            live: None,
+            segment: gst::FormattedSegment::new(),
             told_deinterlacing: false,
         });
         Ok(())
     }
 
-    fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        *self.state.lock().unwrap() = None;
-        *self.provider.lock().unwrap() = None;
-        Ok(())
+    /// Analyses a grey frame of the model's input size, so that the first real frame does not
+    /// pay for the runtime's first call, and the latency query has an analysis time to give.
+    fn warm_up(
+        &self,
+        worker: &InferenceWorker,
+        inspector: &Inspector,
+        judging: &JudgeOptions,
+    ) -> Option<Duration> {
+        let (width, height) = crate::inspector::input_size(worker.manifest());
+        let pixels = vec![128u8; (width * height * 3) as usize];
+        let image = Arc::new(RgbImage::new(width, height, pixels).ok()?);
+        let start = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let features = worker.features_now(image.clone(), inspector.tilings().into())?;
+            inspector.judge_features(&features, &image, judging)
+        }));
+        match outcome {
+            Ok(Ok(_)) => Some(start.elapsed()),
+            Ok(Err(e)) => {
+                gst::warning!(CAT, imp = self, "warm-up frame failed: {e}");
+                None
+            }
+            Err(_) => {
+                gst::warning!(CAT, imp = self, "warm-up frame panicked");
+                None
+            }
+        }
     }
 
-    fn set_caps(&self, incaps: &gst::Caps, _outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
-        let info = gst_video::VideoInfo::from_caps(incaps)
-            .map_err(|_| gst::loggable_error!(CAT, "unsupported caps {incaps}"))?;
+    fn stop(&self) {
+        *lock(&self.state) = None;
+        *lock(&self.provider) = None;
+        let mut queue = lock(&self.shared.queue);
+        queue.items.clear();
+        queue.in_flight = 0;
+        queue.generation += 1;
+        queue.last = None;
+    }
+
+    /// Loads `path` (or the current profile again when `None`) in a thread of its own and
+    /// swaps it in; posts `logsad-profile`.
+    fn swap_profile(&self, path: Option<PathBuf>) {
+        let Some(path) = path.or_else(|| lock(&self.settings).profile.clone()) else {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::NotFound,
+                ("reload: no profile set")
+            );
+            return;
+        };
+        let Some(worker) = lock(&self.state).as_ref().map(|s| s.worker.clone()) else {
+            // Not started: the profile is loaded at start.
+            return;
+        };
+        let generation = {
+            let mut g = lock(&self.swap_generation);
+            *g += 1;
+            *g
+        };
+        let element = self.obj().downgrade();
+        let spawned = std::thread::Builder::new()
+            .name("logsad-profile".into())
+            .spawn(move || {
+                let loaded = std::panic::catch_unwind(|| worker.load_profile(&path))
+                    .unwrap_or_else(|_| {
+                        Err(InspectError::Image("loading the profile panicked".into()))
+                    });
+                if let Some(element) = element.upgrade() {
+                    element.imp().finish_swap(&path, generation, loaded);
+                }
+            });
+        if let Err(e) = spawned {
+            gst::element_imp_warning!(
+                self,
+                gst::CoreError::Thread,
+                ("cannot start loading profile {}: {}", "", e)
+            );
+        }
+    }
+
+    fn finish_swap(
+        &self,
+        path: &Path,
+        generation: u64,
+        loaded: Result<(Inspector, Vec<String>), InspectError>,
+    ) {
+        let outcome = match loaded {
+            Ok((inspector, warnings)) => {
+                for w in warnings {
+                    gst::element_imp_warning!(self, gst::LibraryError::Init, ("{}", w));
+                }
+                let latest = *lock(&self.swap_generation) == generation;
+                let mut state = lock(&self.state);
+                match state.as_mut().filter(|_| latest) {
+                    Some(state) => {
+                        state.inspector = Arc::new(inspector);
+                        state.need_fresh = true;
+                        gst::info!(CAT, imp = self, "profile {} swapped in", path.display());
+                        Ok(())
+                    }
+                    None => Err("superseded by a later profile change, or stopped".to_string()),
+                }
+            }
+            Err(e) => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::OpenRead,
+                    ("profile {} not swapped in, the previous one stays: {}", path.display(), e)
+                );
+                Err(e.to_string())
+            }
+        };
+        let mut s = gst::Structure::builder("logsad-profile")
+            .field("path", path.display().to_string())
+            .field("loaded", outcome.is_ok())
+            .build();
+        if let Err(e) = outcome {
+            s.set("error", e);
+        }
+        let _ = self
+            .obj()
+            .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+    }
+
+    fn set_caps(&self, caps: &gst::Caps) -> bool {
+        let Ok(info) = gst_video::VideoInfo::from_caps(caps) else {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Format,
+                ("unsupported caps {}", caps)
+            );
+            return false;
+        };
         if info.interlace_mode() == gst_video::VideoInterlaceMode::Alternate {
             gst::element_imp_error!(
                 self,
                 gst::StreamError::Format,
                 ("interlace-mode=alternate (one field per buffer) is not supported: put \
                      `deinterlace` before logsad"),
-                ["caps {}", incaps]
+                ["caps {}", caps]
             );
-            return Err(gst::loggable_error!(
-                CAT,
-                "interlace-mode=alternate is not supported"
-            ));
+            return false;
         }
-        let converter = Converter::new(&info)
-            .map_err(|e| gst::loggable_error!(CAT, "cannot convert {incaps} to RGB: {e}"))?;
-        let mut state = self.state.lock().unwrap();
-        let state = state
-            .as_mut()
-            .ok_or_else(|| gst::loggable_error!(CAT, "caps set before start"))?;
+        let converter = match Converter::new(&info) {
+            Ok(c) => c,
+            Err(e) => {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Format,
+                    ("cannot convert {} to RGB: {}", caps, e)
+                );
+                return false;
+            }
+        };
+        let mut state = lock(&self.state);
+        let Some(state) = state.as_mut() else {
+            return false;
+        };
         state.converter = Some(converter);
         // A carried result's regions are in the old frame's pixels: analyse the next frame.
-        state.last = None;
+        state.need_fresh = true;
+        true
+    }
+
+    /// Queues `item` for the source pad task; false when flushing.
+    fn enqueue(&self, item: Item) -> bool {
+        let mut queue = lock(&self.shared.queue);
+        if queue.flushing {
+            return false;
+        }
+        queue.items.push_back(item);
+        self.shared.changed.notify_all();
+        true
+    }
+
+    fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        use gst::EventView;
+        match event.view() {
+            EventView::FlushStart(_) => {
+                let forwarded = self.srcpad.push_event(event);
+                {
+                    let mut queue = lock(&self.shared.queue);
+                    queue.flushing = true;
+                    self.shared.changed.notify_all();
+                }
+                let _ = self.srcpad.pause_task();
+                forwarded
+            }
+            EventView::FlushStop(_) => {
+                {
+                    let mut queue = lock(&self.shared.queue);
+                    queue.items.clear();
+                    queue.in_flight = 0;
+                    queue.generation += 1;
+                    queue.flow = Ok(gst::FlowSuccess::Ok);
+                    // The carried result describes a frame from before the seek.
+                    queue.last = None;
+                    queue.flushing = false;
+                }
+                if let Some(state) = lock(&self.state).as_mut() {
+                    state.need_fresh = true;
+                }
+                *lock(&self.qos_earliest) = None;
+                let forwarded = self.srcpad.push_event(event);
+                if self.srcpad.is_active() {
+                    self.start_task();
+                }
+                forwarded
+            }
+            EventView::Caps(c) => {
+                let caps = c.caps_owned();
+                self.set_caps(&caps) && self.enqueue(Item::Event(event))
+            }
+            EventView::Segment(s) => {
+                if let Some(state) = lock(&self.state).as_mut() {
+                    if let Ok(segment) = s.segment().clone().downcast::<gst::ClockTime>() {
+                        state.segment = segment;
+                    }
+                }
+                self.enqueue(Item::Event(event))
+            }
+            _ if event.is_serialized() => self.enqueue(Item::Event(event)),
+            _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
+        }
+    }
+
+    fn sink_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        if query.is_serialized() {
+            // Answered once the frames before it are out (an allocation or drain query must
+            // see the stream as downstream will).
+            let mut queue = lock(&self.shared.queue);
+            while !queue.items.is_empty() && !queue.flushing {
+                queue = self
+                    .shared
+                    .changed
+                    .wait(queue)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            if queue.flushing {
+                return false;
+            }
+        }
+        gst::Pad::query_default(pad, Some(&*self.obj()), query)
+    }
+
+    fn src_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        if let gst::EventView::Qos(qos) = event.view() {
+            let (_, _, diff, timestamp) = qos.get();
+            if let Some(timestamp) = timestamp {
+                // Frames before this running time would arrive late: not worth analysing.
+                let earliest = if diff > 0 {
+                    timestamp.saturating_add(gst::ClockTime::from_nseconds(diff as u64))
+                } else {
+                    timestamp.saturating_sub(gst::ClockTime::from_nseconds(diff.unsigned_abs()))
+                };
+                *lock(&self.qos_earliest) = Some(earliest);
+            }
+        }
+        gst::Pad::event_default(pad, Some(&*self.obj()), event)
+    }
+
+    fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            let mut upstream = gst::query::Latency::new();
+            if !self.sinkpad.peer_query(&mut upstream) {
+                return false;
+            }
+            let (live, min, max) = upstream.result();
+            let ours = self.latency();
+            lock(&self.shared.queue).reported_latency = ours;
+            gst::debug!(CAT, imp = self, "adding {ours} of latency to upstream's {min}");
+            q.set(live, min + ours, max.map(|m| m + ours));
+            return true;
+        }
+        gst::Pad::query_default(pad, Some(&*self.obj()), query)
+    }
+
+    /// The latency this element adds: `max-in-flight` analysis times.
+    fn latency(&self) -> gst::ClockTime {
+        let in_flight = lock(&self.settings).max_in_flight.max(1);
+        let analysis = lock(&self.shared.queue).analysis_time.unwrap_or_default();
+        gst::ClockTime::from_nseconds((analysis * in_flight).as_nanos() as u64)
+    }
+
+    fn src_activatemode(
+        &self,
+        _pad: &gst::Pad,
+        mode: gst::PadMode,
+        active: bool,
+    ) -> Result<(), gst::LoggableError> {
+        if mode != gst::PadMode::Push {
+            return Err(gst::loggable_error!(CAT, "only push mode is supported"));
+        }
+        if active {
+            {
+                let mut queue = lock(&self.shared.queue);
+                queue.flushing = false;
+                queue.flow = Ok(gst::FlowSuccess::Ok);
+            }
+            self.start_task();
+        } else {
+            {
+                let mut queue = lock(&self.shared.queue);
+                queue.flushing = true;
+                self.shared.changed.notify_all();
+            }
+            self.srcpad
+                .stop_task()
+                .map_err(|e| gst::loggable_error!(CAT, "cannot stop the task: {e}"))?;
+        }
         Ok(())
     }
 
-    fn sink_event(&self, event: gst::Event) -> bool {
-        // After a flush (a seek) the carried result describes a frame from before the seek.
-        if let gst::EventView::FlushStop(_) = event.view() {
-            if let Some(state) = self.state.lock().unwrap().as_mut() {
-                state.last = None;
+    fn start_task(&self) {
+        let element = self.obj().downgrade();
+        let pad = self.srcpad.downgrade();
+        let started = self.srcpad.start_task(move || match element.upgrade() {
+            Some(element) => element.imp().push_next(),
+            None => {
+                if let Some(pad) = pad.upgrade() {
+                    let _ = pad.pause_task();
+                }
             }
+        });
+        if let Err(e) = started {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Thread,
+                ("cannot start the output task: {}", e)
+            );
         }
-        self.parent_sink_event(event)
     }
 
-    fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let (interval, threshold, region_options) = {
-            let s = self.settings.lock().unwrap();
-            let region_options = RegionOptions {
-                peak_fraction: s.region_peak_fraction as f32,
-                peak_scope: s.region_peak_scope.into(),
-                merge_overlapping: s.merge_regions,
-                min_area: s.min_region_area as usize,
-            };
-            (s.interval.max(1) as u64, s.threshold, region_options)
-        };
-        let mut guard = self.state.lock().unwrap();
-        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
-        let frame = state.frames;
-        state.frames += 1;
-
-        let carried = match &state.last {
-            Some(last) if frame % interval != 0 => Some(last.clone()),
-            _ => None,
-        };
-        let (result, fresh) = match carried {
-            Some(mut result) => {
-                result.stale = true;
-                (result, false)
-            }
-            None => {
-                let judging = JudgeOptions {
-                    threshold: (threshold >= 0.0).then_some(threshold),
-                    regions: Some(region_options),
-                };
-                let result = self.analyse(state, buf, frame, &judging)?;
-                state.last = Some(result.clone());
-                (result, true)
+    /// The source pad task: pushes the next item once it is ready, in stream order.
+    fn push_next(&self) {
+        let item = {
+            let mut queue = lock(&self.shared.queue);
+            loop {
+                if queue.flushing {
+                    drop(queue);
+                    let _ = self.srcpad.pause_task();
+                    return;
+                }
+                if queue.items.front().is_some_and(Item::ready) {
+                    break queue.items.pop_front().expect("a front item");
+                }
+                queue = self
+                    .shared
+                    .changed
+                    .wait(queue)
+                    .unwrap_or_else(|e| e.into_inner());
             }
         };
-        let frame_size = state
-            .converter
-            .as_ref()
-            .map(|c| (c.in_info.width(), c.in_info.height()))
-            .unwrap_or_default();
-        // Posted without the lock: a synchronous bus handler may read our properties.
-        drop(guard);
-        if fresh && result.anomalous {
-            self.post_anomaly(buf, &result);
+        let flow = match item {
+            Item::Event(event) => {
+                let eos = matches!(event.view(), gst::EventView::Eos(_));
+                if matches!(event.view(), gst::EventView::Caps(_)) {
+                    lock(&self.shared.queue).last = None;
+                }
+                self.srcpad.push_event(event);
+                // Serialized queries wait for the queue to empty.
+                self.shared.changed.notify_all();
+                if eos {
+                    Err(gst::FlowError::Eos)
+                } else {
+                    Ok(gst::FlowSuccess::Ok)
+                }
+            }
+            Item::Frame(frame) => self.finish_frame(*frame),
+        };
+        if let Err(err) = flow {
+            let mut queue = lock(&self.shared.queue);
+            if err != gst::FlowError::Eos {
+                queue.flow = Err(err);
+            }
+            let flushing = queue.flushing;
+            drop(queue);
+            self.shared.changed.notify_all();
+            match err {
+                gst::FlowError::Eos | gst::FlowError::Flushing => {}
+                _ if flushing => {}
+                gst::FlowError::NotLinked | gst::FlowError::NotNegotiated | gst::FlowError::Error => {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Failed,
+                        ("Internal data flow error."),
+                        ["streaming task paused, reason {:?}", err]
+                    );
+                }
+                _ => {}
+            }
+            if err != gst::FlowError::Eos {
+                let _ = self.srcpad.pause_task();
+            }
         }
+    }
 
+    /// Judges `frame` (or gives it the last result), attaches the meta and pushes it.
+    fn finish_frame(&self, frame: Frame) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let Frame {
+            mut buffer,
+            index,
+            frame_size,
+            work,
+        } = frame;
+        let result = match work {
+            Work::Skip(reason) => {
+                let mut queue = lock(&self.shared.queue);
+                match &queue.last {
+                    Some(last) => last.carried(reason),
+                    None => {
+                        let threshold = self.threshold_now();
+                        let placeholder = AnomalyResult::placeholder(index, threshold, reason);
+                        queue.last = None;
+                        placeholder
+                    }
+                }
+            }
+            Work::Analyse {
+                image,
+                deinterlaced,
+                inspector,
+                judging,
+                submitted,
+                features,
+            } => {
+                let judged = features
+                    .expect("a ready frame has its features")
+                    .and_then(|features| {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            inspector.judge_features(&features, &image, &judging)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(InspectError::Image("the detectors panicked".into()))
+                        })
+                    });
+                let done = self.frame_done(submitted);
+                let judged = judged.map_err(|e| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::LibraryError::Failed,
+                        ("analysis of frame {} failed: {}", index, e)
+                    );
+                    gst::FlowError::Error
+                })?;
+                let result = AnomalyResult::from_frame(&judged, index, deinterlaced);
+                lock(&self.shared.queue).last = Some(result.clone());
+                if let Some(grown) = done {
+                    gst::debug!(CAT, imp = self, "analysis takes {grown:?}: latency changed");
+                    let _ = self.obj().post_message(
+                        gst::message::Latency::builder().src(&*self.obj()).build(),
+                    );
+                }
+                if result.anomalous {
+                    self.post_anomaly(&buffer, &result);
+                }
+                result
+            }
+        };
+        let buf = buffer.make_mut();
         result.attach_with_rois(buf, frame_size).map_err(|e| {
             gst::element_imp_error!(
                 self,
@@ -544,27 +1212,140 @@ impl BaseTransformImpl for Logsad {
             );
             gst::FlowError::Error
         })?;
-        Ok(gst::FlowSuccess::Ok)
+        self.srcpad.push(buffer)
     }
-}
 
-impl Logsad {
-    fn analyse(
+    /// Counts a judged frame out of flight and updates the analysis time; returns the new
+    /// time when the latency to report grew enough to ask the pipeline to ask again.
+    fn frame_done(&self, submitted: Instant) -> Option<Duration> {
+        let mut queue = lock(&self.shared.queue);
+        queue.in_flight = queue.in_flight.saturating_sub(1);
+        self.shared.changed.notify_all();
+        // From submission, with the queueing behind earlier frames: what a frame waits.
+        let in_flight = lock(&self.settings).max_in_flight.max(1) as usize;
+        let took = submitted.elapsed() / in_flight as u32;
+        let smoothed = match queue.analysis_time {
+            Some(t) => t.mul_f64(0.9) + took.mul_f64(0.1),
+            None => took,
+        };
+        queue.analysis_time = Some(smoothed);
+        let now = smoothed * in_flight as u32;
+        let reported = Duration::from_nanos(queue.reported_latency.nseconds());
+        (reported > Duration::ZERO && now.as_secs_f64() > reported.as_secs_f64() * LATENCY_GROWTH)
+            .then_some(smoothed)
+    }
+
+    fn threshold_now(&self) -> f64 {
+        let threshold = lock(&self.settings).threshold;
+        if threshold >= 0.0 {
+            return threshold;
+        }
+        lock(&self.state)
+            .as_ref()
+            .map(|s| s.inspector.profile.header.threshold)
+            .unwrap_or(0.5)
+    }
+
+    fn sink_chain(
         &self,
-        state: &mut State,
-        buf: &gst::BufferRef,
-        frame: u64,
-        judging: &JudgeOptions,
-    ) -> Result<AnomalyResult, gst::FlowError> {
+        _pad: &gst::Pad,
+        buffer: gst::Buffer,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        lock(&self.shared.queue).flow?;
+        let settings = lock(&self.settings).clone();
+        let mut guard = lock(&self.state);
+        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        let index = state.frames;
+        state.frames += 1;
         let converter = state.converter.as_mut().ok_or_else(|| {
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ("no caps negotiated"));
             gst::FlowError::NotNegotiated
         })?;
-        let (image, field) = converter.convert(buf).map_err(|e| {
+        let frame_size = (converter.in_info.width(), converter.in_info.height());
+
+        let late = settings.qos && {
+            let running = state.segment.to_running_time(buffer.pts());
+            let earliest = *lock(&self.qos_earliest);
+            matches!((running, earliest), (Some(r), Some(e)) if r < e)
+        };
+        let interval = settings.interval.max(1) as u64;
+        let mut skip = if late {
+            Some(SkipReason::Late)
+        } else if !state.need_fresh && index % interval != 0 {
+            Some(SkipReason::Interval)
+        } else {
+            None
+        };
+        if skip.is_none() {
+            let policy = match settings.drop_policy {
+                LogsadDropPolicy::Auto => {
+                    let live = *state.live.get_or_insert_with(|| {
+                        let mut q = gst::query::Latency::new();
+                        self.sinkpad.peer_query(&mut q) && q.result().0
+                    });
+                    if live {
+                        LogsadDropPolicy::Skip
+                    } else {
+                        LogsadDropPolicy::Wait
+                    }
+                }
+                other => other,
+            };
+            let max = settings.max_in_flight.max(1) as usize;
+            let mut queue = lock(&self.shared.queue);
+            if policy == LogsadDropPolicy::Skip {
+                if queue.in_flight >= max {
+                    skip = Some(SkipReason::Busy);
+                }
+            } else {
+                // The streaming thread waits here, not holding the state lock, for room.
+                drop(guard);
+                while queue.in_flight >= max && !queue.flushing {
+                    queue = self
+                        .shared
+                        .changed
+                        .wait(queue)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                if queue.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                guard = lock(&self.state);
+            }
+        }
+        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+
+        let Some(reason) = skip else {
+            return self.submit(state, buffer, index, frame_size, &settings);
+        };
+        drop(guard);
+        let frame = Frame {
+            buffer,
+            index,
+            frame_size,
+            work: Work::Skip(reason),
+        };
+        if !self.enqueue(Item::Frame(Box::new(frame))) {
+            return Err(gst::FlowError::Flushing);
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Converts the frame, queues it and sends it to the worker.
+    fn submit(
+        &self,
+        state: &mut State,
+        buffer: gst::Buffer,
+        index: u64,
+        frame_size: (u32, u32),
+        settings: &Settings,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let converter = state.converter.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
+        let (image, field) = converter.convert(&buffer).map_err(|e| {
             gst::element_imp_error!(
                 self,
                 gst::StreamError::Format,
-                ("cannot read frame {}: {}", frame, e)
+                ("cannot read frame {}: {}", index, e)
             );
             gst::FlowError::Error
         })?;
@@ -581,27 +1362,57 @@ impl Logsad {
                 }
             );
         }
-        let (inspector, extractor) = (&state.inspector, &mut state.extractor);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            inspector.inspect(extractor, &image, judging)
-        }))
-        .map_err(|_| {
-            gst::element_imp_error!(
-                self,
-                gst::LibraryError::Failed,
-                ("analysis of frame {} panicked", frame)
-            );
-            gst::FlowError::Error
-        })?
-        .map_err(|e| {
-            gst::element_imp_error!(
-                self,
-                gst::LibraryError::Failed,
-                ("analysis of frame {} failed: {}", frame, e)
-            );
-            gst::FlowError::Error
-        })?;
-        Ok(AnomalyResult::from_frame(&result, frame, field.is_some()))
+        state.need_fresh = false;
+        let image = Arc::new(image);
+        let inspector = state.inspector.clone();
+        let tilings: Arc<[_]> = inspector.tilings().into();
+        let worker = state.worker.clone();
+        let frame = Frame {
+            buffer,
+            index,
+            frame_size,
+            work: Work::Analyse {
+                image: image.clone(),
+                deinterlaced: field.is_some(),
+                inspector,
+                judging: settings.judging(),
+                submitted: Instant::now(),
+                features: None,
+            },
+        };
+        let generation = {
+            let mut queue = lock(&self.shared.queue);
+            if queue.flushing {
+                return Err(gst::FlowError::Flushing);
+            }
+            queue.items.push_back(Item::Frame(Box::new(frame)));
+            queue.in_flight += 1;
+            queue.generation
+        };
+        // Sent after queueing, outside the lock: the reply may come at once.
+        let shared = self.shared.clone();
+        worker.submit(
+            image,
+            tilings,
+            Box::new(move |answer| {
+                let mut queue = lock(&shared.queue);
+                if queue.generation != generation {
+                    return;
+                }
+                let waiting = queue.items.iter_mut().find_map(|item| match item {
+                    Item::Frame(frame) if frame.index == index => match &mut frame.work {
+                        Work::Analyse { features, .. } => Some(features),
+                        Work::Skip(_) => None,
+                    },
+                    _ => None,
+                });
+                if let Some(features) = waiting {
+                    *features = Some(answer);
+                    shared.changed.notify_all();
+                }
+            }),
+        );
+        Ok(gst::FlowSuccess::Ok)
     }
 
     /// Posts the `logsad-anomaly` element message: `frame` (guint64), `timestamp` (guint64 PTS

@@ -3,10 +3,11 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod convert;
 mod imp;
 
 glib::wrapper! {
-    pub struct Logsad(ObjectSubclass<imp::Logsad>) @extends gst_base::BaseTransform, gst::Element, gst::Object;
+    pub struct Logsad(ObjectSubclass<imp::Logsad>) @extends gst::Element, gst::Object;
 }
 
 /// Where inference runs; mirrors [`crate::engine::Device`] as a GStreamer enum.
@@ -34,6 +35,29 @@ impl From<LogsadDevice> for crate::engine::Device {
             LogsadDevice::Tensorrt => crate::engine::Device::Tensorrt,
         }
     }
+}
+
+/// What to do with a frame that arrives while `max-in-flight` frames are being analysed.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstLogsadDropPolicy")]
+pub enum LogsadDropPolicy {
+    #[default]
+    #[enum_value(
+        name = "skip with a live source, wait with any other (such as a file)",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(
+        name = "Pass it on unanalysed, marked skipped=busy: latency stays bounded",
+        nick = "skip"
+    )]
+    Skip = 1,
+    #[enum_value(
+        name = "Block upstream until there is room: every frame analysed",
+        nick = "wait"
+    )]
+    Wait = 2,
 }
 
 /// Whose peak the `region-peak-fraction` refers to; mirrors
