@@ -51,7 +51,13 @@ pub enum Verdict {
 
 impl Verdict {
     fn anomalous(&self) -> bool {
-        matches!(self, Verdict::Analysed { anomalous: true, .. })
+        matches!(
+            self,
+            Verdict::Analysed {
+                anomalous: true,
+                ..
+            }
+        )
     }
 }
 
@@ -535,14 +541,17 @@ mod tests {
         }
     }
 
-    /// Clips as (pictures, summary) from running `n` pictures then finish().
+    /// A clip seen by the tests: its pictures and, once closed, its summary.
+    type Clips = Vec<(Vec<u64>, Option<ClipSummary>)>;
+
+    /// The clips and the other actions from pushing `units`, then finish().
     fn run(
         planner: &mut Planner<u64>,
         units: impl IntoIterator<Item = Unit<u64>>,
-    ) -> (Vec<(Vec<u64>, Option<ClipSummary>)>, Vec<Action<u64>>) {
-        let mut clips: Vec<(Vec<u64>, Option<ClipSummary>)> = Vec::new();
+    ) -> (Clips, Vec<Action<u64>>) {
+        let mut clips: Clips = Vec::new();
         let mut other = Vec::new();
-        let mut take = |a: Action<u64>, clips: &mut Vec<(Vec<u64>, Option<ClipSummary>)>| match a {
+        let mut take = |a: Action<u64>, clips: &mut Clips| match a {
             Action::Open { units, .. } => clips.push((units, None)),
             Action::Append(u) => clips.last_mut().unwrap().0.push(u),
             Action::Close(s) => {
@@ -792,7 +801,10 @@ mod tests {
         assert_eq!(format_utc(t), "2026-11-29T23:05:12.345Z");
         assert_eq!(format_utc_basic(t), "20261129T230512.345Z");
         // Leap day, and before 1970.
-        assert_eq!(format_utc(951_782_400 * 1_000_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            format_utc(951_782_400 * 1_000_000_000),
+            "2000-02-29T00:00:00.000Z"
+        );
         assert_eq!(format_utc(-1_000_000), "1969-12-31T23:59:59.999Z");
         assert_eq!(
             clip_file_name("cam1", t, "mp4"),
@@ -802,7 +814,10 @@ mod tests {
             clip_file_name("../line 3/cam", t, "mkv"),
             ".._line_3_cam-20261129T230512.345Z.mkv"
         );
-        assert_eq!(clip_file_name("..", 0, "mp4"), "stream-19700101T000000.000Z.mp4");
+        assert_eq!(
+            clip_file_name("..", 0, "mp4"),
+            "stream-19700101T000000.000Z.mp4"
+        );
     }
 
     #[test]

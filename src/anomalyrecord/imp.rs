@@ -45,7 +45,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Container;
 use crate::meta::AnomalyResult;
-use crate::record::{clip_file_name, Action, ClipRecord, ClipSummary, Config, Planner, Unit, Verdict};
+use crate::record::{
+    clip_file_name, Action, ClipRecord, ClipSummary, Config, Planner, Unit, Verdict,
+};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -335,7 +337,8 @@ impl Finish {
                     .field("frames", record.frames)
                     .field("events", record.events)
                     .build();
-                let _ = element.post_message(gst::message::Element::builder(s).src(&element).build());
+                let _ =
+                    element.post_message(gst::message::Element::builder(s).src(&element).build());
             }
             Err((path, cause)) => {
                 let _ = std::fs::remove_file(&path);
@@ -410,7 +413,11 @@ impl AnomalyRecord {
             gst::warning!(CAT, imp = self, "The clip's first picture has no timestamp");
             return;
         };
-        let name = clip_file_name(&state.stream, state.wall(start), state.container.extension());
+        let name = clip_file_name(
+            &state.stream,
+            state.wall(start),
+            state.container.extension(),
+        );
         let path = state.folder.join(name);
         gst::info!(CAT, imp = self, "Opening clip {}", path.display());
         let writer = std::fs::create_dir_all(&state.folder)
@@ -623,11 +630,17 @@ impl ElementImpl for AnomalyRecord {
             // avc/hvc1 first: a parser then hands over its headers in codec_data, so a clip
             // starting mid-stream always has them.
             let caps = gst::Caps::builder("video/x-h264")
-                .field("stream-format", gst::List::new(["avc", "avc3", "byte-stream"]))
+                .field(
+                    "stream-format",
+                    gst::List::new(["avc", "avc3", "byte-stream"]),
+                )
                 .field("alignment", "au")
                 .build();
             let h265 = gst::Caps::builder("video/x-h265")
-                .field("stream-format", gst::List::new(["hvc1", "hev1", "byte-stream"]))
+                .field(
+                    "stream-format",
+                    gst::List::new(["hvc1", "hev1", "byte-stream"]),
+                )
                 .field("alignment", "au")
                 .build();
             let mut caps = caps;
