@@ -1,24 +1,22 @@
 #!/usr/bin/env bash
-# record-defects.sh: records the annotated video of an input (a video file, a folder of images or
-# a live source) into rolling mp4 segments, plus one JSON line per frame.
+# record-defects.sh: keeps only the defects of an input (a video file, a folder of images or a
+# live source): one annotated clip per anomalous event, plus one JSON line per frame.
 #
 #   INPUT ! videoconvert ! RGB ! logsad ! tee
 #     tee -> queue ! anomalypublish (JSON lines) ! fakesink
-#     tee -> queue ! anomalyoverlay ! videoconvert ! x264enc ! splitmuxsink (segment_%05d.mp4)
+#     tee -> queue ! anomalyoverlay ! videoconvert ! x264enc ! h264parse ! anomalyrecord
 #
 # logsad gets RGB, the overlay's format: in GStreamer 1.22 a conversion between logsad and the
 # overlay keeps the region boxes but drops their scores, and the boxes would lose their labels.
 #
-# Every segment is annotated (heat map, verdict badge, region boxes on every frame): the segments
-# are the whole recording, not only the anomalous parts. Which segments hold anomalies is in the
-# JSON lines: each line has the frame's timestamp and verdict, and at the end this script writes
-# segments.jsonl, one line per segment file with its time span and how many of its frames were
-# anomalous (from splitmuxsink's fragment messages), and prints the segments that hold anomalies.
-# KEEP=anomalous deletes the other segment files at the end.
+# anomalyrecord keeps the last PRE_SECONDS of encoded video (whole GOPs) and writes a clip from
+# PRE_SECONDS before the first anomalous frame to POST_SECONDS after the last one; anomalies
+# closer together than that share one clip. Clips are named STREAM_NAME-<UTC time>.mp4 (or .mkv)
+# in OUT, listed in OUT/clips.jsonl (path, start, end, peak score, ...). The verdicts reach it
+# through x264enc and h264parse as the LogsadAnomalyMeta of each picture.
 #
-# splitmuxsink cuts only at key frames: a segment ends at the first key frame after
-# SEGMENT_SECONDS, so the encoder makes one every KEY_INT_MAX frames (about a second by default).
-# (splitmuxsink's send-keyframe-requests had no effect on x264enc in GStreamer 1.22 here.)
+# A clip starts on a key frame: the encoder makes one every KEY_INT_MAX frames (about a second
+# by default), so a clip has between PRE_SECONDS and PRE_SECONDS + 1 s before the event.
 
 set -euo pipefail
 
@@ -26,8 +24,8 @@ usage() {
     cat <<'EOF'
 Usage: pipelines/record-defects.sh [--help] [INPUT]
 
-Records annotated video in mp4 segments of SEGMENT_SECONDS, with one JSON line per frame and a
-per-segment index (segments.jsonl) saying which segments hold anomalous frames.
+Keeps one annotated clip per anomalous event (PRE_SECONDS before it to POST_SECONDS after it,
+overlapping events merged), with one JSON line per frame and an index of the clips (clips.jsonl).
 
 Settings (environment variables, defaults in brackets):
   PROFILE            profile written by `logsad enroll` [required]
@@ -36,13 +34,14 @@ Settings (environment variables, defaults in brackets):
   SOURCE             a source pipeline fragment instead of INPUT, e.g. "v4l2src" or
                      "videotestsrc is-live=true num-buffers=300" []
   FPS                frame rate of a folder of images [2]
-  SEGMENT_SECONDS    length of each segment [60]
-  KEY_INT_MAX        frames between key frames, i.e. cut points [FPS for a folder, else 30]
-  MAX_FILES          keep at most this many segment files, oldest deleted (0 = all) [0]
-  KEEP               all, or anomalous: delete segments without anomalous frames at the end [all]
-  OUT                output folder [out/record]
+  PRE_SECONDS        video kept before an event [5]
+  POST_SECONDS       video kept after an event; an anomaly within it extends the clip [5]
+  CONTAINER          mp4 or matroska [mp4]
+  KEY_INT_MAX        frames between key frames, where clips can start [FPS for a folder, else 30]
+  THRESHOLD          verdict threshold on the calibrated score, negative = the profile's [-1]
+  OUT                clip folder, with the index clips.jsonl [out/record]
   JSONL              JSON lines file [$OUT/record.jsonl]
-  STREAM_NAME        "stream" field of the JSON lines [record]
+  STREAM_NAME        name of the stream in clip names and JSON lines [record]
   INTERVAL           analyse every Nth frame [1]
   MODEL              model manifest, if the profile was not built with the default model []
   LOGSAD_PLUGIN_DIR  folder holding libgstlogsad.so [$REPO/target/release]
@@ -51,7 +50,7 @@ Settings (environment variables, defaults in brackets):
   QUANTIZER          x264 constant quantizer (lower = better quality) [20]
 
 Example:
-  PROFILE=out/demo.logsad SEGMENT_SECONDS=10 pipelines/record-defects.sh line3.mp4
+  PROFILE=out/demo.logsad PRE_SECONDS=2 POST_SECONDS=3 pipelines/record-defects.sh line3.mp4
 EOF
 }
 
@@ -71,9 +70,10 @@ PROFILE=${PROFILE:-}
 INPUT=${1:-${INPUT:-}}
 SOURCE=${SOURCE:-}
 FPS=${FPS:-2}
-SEGMENT_SECONDS=${SEGMENT_SECONDS:-60}
-MAX_FILES=${MAX_FILES:-0}
-KEEP=${KEEP:-all}
+PRE_SECONDS=${PRE_SECONDS:-5}
+POST_SECONDS=${POST_SECONDS:-5}
+CONTAINER=${CONTAINER:-mp4}
+THRESHOLD=${THRESHOLD:--1}
 OUT=${OUT:-out/record}
 JSONL=${JSONL:-$OUT/record.jsonl}
 STREAM_NAME=${STREAM_NAME:-record}
@@ -94,10 +94,9 @@ die() {
 
 [[ -n $PROFILE ]] || die "no profile: set PROFILE (make one with: logsad enroll ... --out P.logsad)"
 [[ -f $PROFILE ]] || die "profile $PROFILE does not exist"
-[[ $KEEP == all || $KEEP == anomalous ]] || die "KEEP must be all or anomalous"
+[[ $CONTAINER == mp4 || $CONTAINER == matroska ]] || die "CONTAINER must be mp4 or matroska"
 gst-inspect-1.0 logsad >/dev/null 2>&1 ||
     die "GStreamer cannot load the logsad plugin from $LOGSAD_PLUGIN_DIR (run: cargo build --release)"
-command -v python3 >/dev/null || die "python3 is needed for the segment index"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/logsad-record.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
@@ -128,81 +127,34 @@ fi
 
 KEY_INT_MAX=${KEY_INT_MAX:-30}
 mkdir -p "$OUT" "$(dirname "$JSONL")"
-rm -f "$OUT"/segment_*.mp4 "$OUT/segments.jsonl"
 log=$tmp/gst.log
 
 # The JSON-lines branch's queue is unbounded: x264enc holds frames (lookahead) before its first
-# output, and while the splitmuxsink branch waits for it, the prerolled fakesink would block a
+# output, and while the encoding branch waits for it, the prerolled fakesink would block a
 # bounded queue and then the tee: the pipeline would hang before PLAYING. JSON lines are small.
-# splitmuxsink async-handling=true: in GStreamer 1.22, when the whole input has gone through
-# before the pipeline reached PLAYING (short or fast input: splitmuxsink does not block while
-# prerolling), the end-of-stream got lost about one run in three and gst-launch waited forever.
-# With the bin handling its own state changes the pipeline is PLAYING before data flows.
-# -m prints the bus messages, among them splitmuxsink's fragment-opened/closed, which give each
-# segment's file and running-time span for the index.
+# -e: on Ctrl-C the pipeline gets EOS, so the open clip is finished and indexed.
 # shellcheck disable=SC2086
 gst-launch-1.0 -e -m \
     $source ! videoconvert ! video/x-raw,format=RGB ! \
     logsad profile="$PROFILE" ${MODEL:+model="$MODEL"} interval="$INTERVAL" \
-    device="$DEVICE" threads="$THREADS" ! \
+    threshold="$THRESHOLD" device="$DEVICE" threads="$THREADS" ! \
     tee name=t \
     t. ! queue max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! \
     anomalypublish location="$JSONL" stream-name="$STREAM_NAME" ! fakesink sync=false \
     t. ! queue ! anomalyoverlay ! videoconvert ! video/x-raw,format=I420 ! \
     x264enc speed-preset=veryfast pass=qual quantizer="$QUANTIZER" key-int-max="$KEY_INT_MAX" ! h264parse ! \
-    splitmuxsink name=mux async-handling=true location="$OUT/segment_%05d.mp4" muxer=mp4mux \
-    max-size-time=$((SEGMENT_SECONDS * 1000000000)) max-size-bytes=0 \
-    max-files="$MAX_FILES" \
+    anomalyrecord location="$OUT" stream-name="$STREAM_NAME" container="$CONTAINER" \
+    pre-seconds="$PRE_SECONDS" post-seconds="$POST_SECONDS" \
     >"$log" 2>&1 || {
     tail -n 30 "$log" >&2
     die "the pipeline failed"
 }
 
-python3 - "$log" "$JSONL" "$OUT/segments.jsonl" "$KEEP" <<'EOF'
-import json
-import os
-import re
-import sys
-
-log, jsonl, index, keep = sys.argv[1:5]
-# Bus messages as gst-launch -m prints them, e.g.
-#   ... (element): splitmuxsink-fragment-closed, location=(string)out/segment_00000.mp4,
-#   running-time=(guint64)2000000000, ...
-pattern = re.compile(r"splitmuxsink-fragment-(opened|closed), location=\(string\)\"?([^,\"]+)\"?,"
-                     r" running-time=\(guint64\)(\d+)")
-segments = {}
-for line in open(log, errors="replace"):
-    m = pattern.search(line)
-    if m:
-        kind, location, t = m.group(1), m.group(2), int(m.group(3))
-        seg = segments.setdefault(location, {"segment": location, "start": None, "end": None})
-        seg["start" if kind == "opened" else "end"] = t
-
-frames = [json.loads(line) for line in open(jsonl) if line.strip()]
-ordered = sorted(segments.values(), key=lambda s: s["start"] or 0)
-for n, seg in enumerate(ordered):
-    # The last segment runs to the end: its closing running time is the last frame's start.
-    end = ordered[n + 1]["start"] if n + 1 < len(ordered) else None
-    inside = [f for f in frames if f.get("timestamp") is not None and f.get("analysed")
-              and f["timestamp"] >= seg["start"] and (end is None or f["timestamp"] < end)]
-    seg["frames"] = len(inside)
-    seg["anomalous_frames"] = sum(1 for f in inside if f["anomalous"])
-    seg["max_calibrated"] = max((f["calibrated"] for f in inside), default=None)
-    seg["exists"] = os.path.exists(seg["segment"])
-
-with open(index, "w") as out:
-    for seg in ordered:
-        out.write(json.dumps(seg) + "\n")
-
-flagged = [s for s in ordered if s["anomalous_frames"]]
-print(f"{len(ordered)} segments, {len(frames)} frames, "
-      f"{sum(s['anomalous_frames'] for s in ordered)} anomalous frames; index in {index}")
-for s in ordered:
-    mark = "ANOMALY" if s["anomalous_frames"] else "ok     "
-    print(f"  {mark} {s['segment']}  {s['start'] / 1e9:8.2f}s .. "
-          f"{(s['end'] or 0) / 1e9:8.2f}s  {s['anomalous_frames']}/{s['frames']} frames anomalous")
-    if keep == "anomalous" and not s["anomalous_frames"] and s["exists"]:
-        os.remove(s["segment"])
-if keep == "anomalous":
-    print(f"kept the {len(flagged)} segments with anomalies (KEEP=anomalous)")
-EOF
+# The clips of this run, from anomalyrecord's logsad-clip messages (clips.jsonl also lists the
+# clips of earlier runs into the same folder).
+clips=$(grep -c 'logsad-clip, path=' "$log" || true)
+if grep -q 'WARNING' "$log"; then grep -A2 'WARNING' "$log" >&2; fi
+frames=$(grep -c . "$JSONL" || true)
+anomalous=$(grep -c '"anomalous":true' "$JSONL" || true)
+echo "$frames frames, $anomalous anomalous; $clips clip(s) in $OUT (index: $OUT/clips.jsonl)"
+grep -o 'logsad-clip, path=(string)[^,]*' "$log" | sed 's/.*(string)/  /' || true

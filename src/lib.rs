@@ -15,11 +15,13 @@ pub mod imageio;
 pub mod inspector;
 pub mod meta;
 pub mod profile;
+pub mod record;
 pub mod synth;
 pub mod worker;
 
 mod anomalyoverlay;
 mod anomalypublish;
+mod anomalyrecord;
 mod logsad;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
@@ -27,6 +29,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     logsad::register(plugin)?;
     anomalyoverlay::register(plugin)?;
     anomalypublish::register(plugin)?;
+    anomalyrecord::register(plugin)?;
     Ok(())
 }
 
