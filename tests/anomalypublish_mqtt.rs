@@ -133,7 +133,11 @@ impl Broker {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -281,8 +285,7 @@ fn collect_until(
     let deadline = Instant::now() + timeout;
     let mut messages = Vec::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
-        else {
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
             break;
         };
         let done = stop(&msg);
@@ -336,7 +339,12 @@ fn infos(messages: &[gst::Message]) -> Vec<String> {
 
 /// Runs `videotestsrc num-buffers=N ! anomalypublish ... ! fakesink` (a result on every third
 /// frame), calling `during` once the pipeline plays, and returns the bus messages up to EOS.
-fn run_videotestsrc(props: &str, num_buffers: u32, live: bool, during: impl FnOnce()) -> Vec<gst::Message> {
+fn run_videotestsrc(
+    props: &str,
+    num_buffers: u32,
+    live: bool,
+    during: impl FnOnce(),
+) -> Vec<gst::Message> {
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc name=src num-buffers={num_buffers} is-live={live} ! \
          video/x-raw,width=64,height=48,framerate=30/1 ! anomalypublish name=pub {props} ! \
@@ -411,7 +419,11 @@ fn mqtt_alone_writes_nothing_locally_and_keeps_every_line() {
     pipeline.set_state(gst::State::Playing).unwrap();
     push(&src, 0..50);
     let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
-    let messages = collect_until(&pipeline.bus().unwrap(), Duration::from_secs(20), is_eos_or_error);
+    let messages = collect_until(
+        &pipeline.bus().unwrap(),
+        Duration::from_secs(20),
+        is_eos_or_error,
+    );
     assert!(errors(&messages).is_empty());
     let received = sub.wait_for(50);
     assert_eq!(
@@ -503,15 +515,21 @@ fn outage_longer_than_the_backlog_drops_the_oldest_lines_with_a_count() {
     std::thread::sleep(Duration::from_millis(300));
 
     broker.stop();
-    let lost = collect_until(&bus, Duration::from_secs(10), |m| {
-        matches!(m.view(), gst::MessageView::Warning(w) if w.error().to_string().starts_with("Lost the connection"))
-    });
+    let lost = collect_until(
+        &bus,
+        Duration::from_secs(10),
+        |m| matches!(m.view(), gst::MessageView::Warning(w) if w.error().to_string().starts_with("Lost the connection")),
+    );
     let mut messages = lost;
     assert!(!warnings(&messages).is_empty(), "the loss was not reported");
     push(&src, 3..23);
     broker.run();
     let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
-    messages.extend(collect_until(&bus, Duration::from_secs(20), is_eos_or_error));
+    messages.extend(collect_until(
+        &bus,
+        Duration::from_secs(20),
+        is_eos_or_error,
+    ));
     assert!(errors(&messages).is_empty(), "{:?}", errors(&messages));
 
     assert_eq!(publish.property::<u64>("mqtt-dropped"), 15);
@@ -529,8 +547,9 @@ fn outage_longer_than_the_backlog_drops_the_oldest_lines_with_a_count() {
     assert_eq!(drops.last().unwrap().get::<u64>("total").unwrap(), 15);
     let texts: Vec<String> = warnings(&messages).into_iter().map(|w| w.0).collect();
     assert!(
-        texts.iter().any(|t| t.contains("backlog of 5 lines is full")
-            && t.ends_with("(15 in total)")),
+        texts
+            .iter()
+            .any(|t| t.contains("backlog of 5 lines is full") && t.ends_with("(15 in total)")),
         "{texts:?}"
     );
     pipeline.set_state(gst::State::Null).unwrap();
@@ -565,11 +584,18 @@ fn broker_down_at_start_warns_once_and_delivers_later() {
         texts[0].starts_with(&format!("Cannot connect to MQTT broker {url} (")),
         "{texts:?}"
     );
-    assert!(texts[0].contains("retrying, keeping up to 10000 lines"), "{texts:?}");
+    assert!(
+        texts[0].contains("retrying, keeping up to 10000 lines"),
+        "{texts:?}"
+    );
 
     broker.run();
     let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
-    messages.extend(collect_until(&bus, Duration::from_secs(20), is_eos_or_error));
+    messages.extend(collect_until(
+        &bus,
+        Duration::from_secs(20),
+        is_eos_or_error,
+    ));
     assert!(errors(&messages).is_empty());
     let received: Vec<u64> = sub.wait_for(10).iter().map(|l| frame_of(l)).collect();
     assert_eq!(received, (0..10).collect::<Vec<_>>());
@@ -594,7 +620,11 @@ fn refused_credentials_are_an_error_naming_the_broker_and_the_reason() {
     pipeline.set_state(gst::State::Playing).unwrap();
     push(&src, 0..5);
     let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
-    let messages = collect_until(&pipeline.bus().unwrap(), Duration::from_secs(20), is_eos_or_error);
+    let messages = collect_until(
+        &pipeline.bus().unwrap(),
+        Duration::from_secs(20),
+        is_eos_or_error,
+    );
     assert!(errors(&messages).is_empty(), "{:?}", errors(&messages));
     assert_eq!(sub.wait_for(5).len(), 5);
     pipeline.set_state(gst::State::Null).unwrap();
@@ -605,7 +635,11 @@ fn refused_credentials_are_an_error_naming_the_broker_and_the_reason() {
     ));
     pipeline.set_state(gst::State::Playing).unwrap();
     push(&src, 0..1);
-    let messages = collect_until(&pipeline.bus().unwrap(), Duration::from_secs(10), is_eos_or_error);
+    let messages = collect_until(
+        &pipeline.bus().unwrap(),
+        Duration::from_secs(10),
+        is_eos_or_error,
+    );
     let errs = errors(&messages);
     assert_eq!(errs.len(), 1, "{messages:?}");
     let text = errs[0].to_string();
@@ -627,11 +661,17 @@ fn bad_mqtt_settings_fail_start_with_the_cause() {
     std::fs::write(&not_pem, "hello\n").unwrap();
     let cases = [
         (
-            format!("mqtt-url=mqtts://127.0.0.1:1 mqtt-ca-file={}", missing.display()),
+            format!(
+                "mqtt-url=mqtts://127.0.0.1:1 mqtt-ca-file={}",
+                missing.display()
+            ),
             format!("cannot read '{}'", missing.display()),
         ),
         (
-            format!("mqtt-url=mqtts://127.0.0.1:1 mqtt-ca-file={}", not_pem.display()),
+            format!(
+                "mqtt-url=mqtts://127.0.0.1:1 mqtt-ca-file={}",
+                not_pem.display()
+            ),
             format!("'{}' holds no PEM certificate", not_pem.display()),
         ),
         (
@@ -639,7 +679,10 @@ fn bad_mqtt_settings_fail_start_with_the_cause() {
             "mqtt-ca-file is not set".to_string(),
         ),
         (
-            format!("mqtt-url=mqtt://127.0.0.1:1 mqtt-ca-file={}", not_pem.display()),
+            format!(
+                "mqtt-url=mqtt://127.0.0.1:1 mqtt-ca-file={}",
+                not_pem.display()
+            ),
             "is plain TCP: use mqtts://".to_string(),
         ),
         (
@@ -658,10 +701,15 @@ fn bad_mqtt_settings_fail_start_with_the_cause() {
     for (props, expected) in cases {
         let (pipeline, _, _) = appsrc_pipeline(&format!("location=- {props}"));
         assert!(pipeline.set_state(gst::State::Playing).is_err(), "{props}");
-        let messages = collect_until(&pipeline.bus().unwrap(), Duration::from_secs(5), is_eos_or_error);
+        let messages = collect_until(
+            &pipeline.bus().unwrap(),
+            Duration::from_secs(5),
+            is_eos_or_error,
+        );
         let errs = errors(&messages);
         assert!(
-            errs.first().is_some_and(|e| e.to_string().contains(&expected)),
+            errs.first()
+                .is_some_and(|e| e.to_string().contains(&expected)),
             "{props}: expected {expected:?} in {errs:?}"
         );
         pipeline.set_state(gst::State::Null).unwrap();

@@ -387,9 +387,7 @@ mod tests {
     #[test]
     fn long_outage_keeps_the_newest_capacity_lines() {
         let mut b = Backlog::new(5);
-        let drops = (0..23)
-            .filter(|i| b.push(line(&i.to_string())).1)
-            .count();
+        let drops = (0..23).filter(|i| b.push(line(&i.to_string())).1).count();
         assert_eq!(drops, 18);
         assert_eq!(b.dropped(), 18);
         let kept: Vec<String> = send_all(&mut b).into_iter().map(|(_, l)| l).collect();
@@ -420,14 +418,20 @@ mod tests {
 
     #[test]
     fn topic_template_expands_stream() {
-        assert_eq!(expand_topic("logsad/{stream}", "cam0").unwrap(), "logsad/cam0");
+        assert_eq!(
+            expand_topic("logsad/{stream}", "cam0").unwrap(),
+            "logsad/cam0"
+        );
         assert_eq!(
             expand_topic("site/{stream}/x/{stream}", "a").unwrap(),
             "site/a/x/a"
         );
         assert_eq!(expand_topic("fixed/topic", "a").unwrap(), "fixed/topic");
         // A slash in the stream name adds a topic level, as MQTT means it to.
-        assert_eq!(expand_topic("l/{stream}", "hall/cam").unwrap(), "l/hall/cam");
+        assert_eq!(
+            expand_topic("l/{stream}", "hall/cam").unwrap(),
+            "l/hall/cam"
+        );
     }
 
     #[test]

@@ -65,6 +65,20 @@
  * EOS and stop stop waiting, with a warning giving the number of lines not written yet, so that
  * the pipeline can still be shut down.
  *
+ * ## Publishing to an MQTT broker
+ *
+ * With `mqtt-url` set, every line written (byte for byte the same, the same lines) is also
+ * published to `mqtt-topic` (`{stream}` becomes the stream name) at `mqtt-qos` 0 or 1, over TCP
+ * or TLS (`mqtts://` with `mqtt-ca-file`), with `mqtt-username`/`mqtt-password`. A publisher
+ * thread owns the connection; the streaming thread only appends to a backlog of at most
+ * `mqtt-backlog` lines. A line leaves the backlog when the broker acknowledged it (QoS 1) or once
+ * it is written to the socket (QoS 0); after a lost connection the unconfirmed lines are sent
+ * again, in order (at least once: a line whose PUBACK was lost can arrive twice). A full backlog
+ * drops its oldest line, counted in `mqtt-dropped` and warned about. EOS waits up to
+ * `mqtt-drain-timeout` ms for the backlog to drain. A broker that is down warns once and is
+ * retried; one that refuses the credentials is an element error (`GST_RESOURCE_ERROR_NOT_AUTHORIZED`).
+ * With `mqtt-url` set and `location` unset, nothing is written locally.
+ *
  * ## Example launch line
  *
  * |[
@@ -614,7 +628,11 @@ impl AnomalyPublish {
 
     /// Checks the `mqtt-*` properties (URL, topic, TLS file, credentials) and makes the
     /// publisher's configuration; errors name the property and the cause.
-    fn mqtt_config(&self, settings: &Settings, url: &str) -> Result<mqtt::Config, gst::ErrorMessage> {
+    fn mqtt_config(
+        &self,
+        settings: &Settings,
+        url: &str,
+    ) -> Result<mqtt::Config, gst::ErrorMessage> {
         let url = BrokerUrl::parse(url).map_err(|e| {
             gst::error_msg!(gst::ResourceError::Settings, ("Invalid mqtt-url: {}", e))
         })?;
@@ -622,7 +640,12 @@ impl AnomalyPublish {
         let topic = expand_topic(&settings.mqtt_topic, &stream).map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::Settings,
-                ("Invalid mqtt-topic '{}' for stream '{}': {}", settings.mqtt_topic, stream, e)
+                (
+                    "Invalid mqtt-topic '{}' for stream '{}': {}",
+                    settings.mqtt_topic,
+                    stream,
+                    e
+                )
             )
         })?;
         let tls = match (url.tls, settings.mqtt_ca_file.as_deref()) {
@@ -722,7 +745,11 @@ impl AnomalyPublish {
                     );
                 }
                 Report::Retrying { error } => {
-                    gst::debug!(CAT, obj = element, "MQTT broker {name} still unreachable: {error}");
+                    gst::debug!(
+                        CAT,
+                        obj = element,
+                        "MQTT broker {name} still unreachable: {error}"
+                    );
                 }
                 Report::Connected {
                     after_outage,
@@ -761,7 +788,11 @@ impl AnomalyPublish {
         let publisher = Publisher::start(config, Box::new(report)).map_err(|err| {
             gst::error_msg!(
                 gst::CoreError::Failed,
-                ("Could not start the MQTT publisher thread for {}: {}", broker, err)
+                (
+                    "Could not start the MQTT publisher thread for {}: {}",
+                    broker,
+                    err
+                )
             )
         })?;
         let drain_timeout =
@@ -1373,7 +1404,7 @@ impl ElementImpl for AnomalyPublish {
                 "Anomaly result publisher",
                 "Filter/Metadata",
                 "Writes the LogSAD anomaly result of every buffer as one JSON line to a file \
-                 or standard output",
+                 or standard output, and optionally publishes it to an MQTT broker",
                 "gst-logsad authors",
             )
         });
@@ -1424,13 +1455,14 @@ impl BaseTransformImpl for AnomalyPublish {
             .map(|url| self.mqtt_config(&settings, url))
             .transpose()?;
 
-        let output = Output::open(location, settings.append, mqtt_url.is_some()).map_err(|err| {
-            gst::error_msg!(
-                gst::ResourceError::OpenWrite,
-                ("Could not open {} for writing: {}", target, err),
-                ["{:?}", err]
-            )
-        })?;
+        let output =
+            Output::open(location, settings.append, mqtt_url.is_some()).map_err(|err| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenWrite,
+                    ("Could not open {} for writing: {}", target, err),
+                    ["{:?}", err]
+                )
+            })?;
 
         let shared = Arc::new(Shared::default());
         let (sender, receiver) = mpsc::sync_channel(settings.max_queue.max(1) as usize);
@@ -1470,7 +1502,9 @@ impl BaseTransformImpl for AnomalyPublish {
             imp = self,
             "Started, writing to {}{}",
             describe(location, mqtt_url.is_some()),
-            mqtt_url.map(|u| format!(" and MQTT broker {u}")).unwrap_or_default()
+            mqtt_url
+                .map(|u| format!(" and MQTT broker {u}"))
+                .unwrap_or_default()
         );
         Ok(())
     }

@@ -138,10 +138,7 @@ impl Publisher {
     /// Starts the publisher thread, which connects in the background (this never blocks on the
     /// network). `report` is called from that thread. Fails only when the thread cannot be
     /// started.
-    pub fn start(
-        config: Config,
-        report: Box<dyn Fn(Report) + Send>,
-    ) -> std::io::Result<Publisher> {
+    pub fn start(config: Config, report: Box<dyn Fn(Report) + Send>) -> std::io::Result<Publisher> {
         let shared = Arc::new(Shared {
             backlog: Mutex::new(Backlog::new(config.backlog)),
             changed: Condvar::new(),
@@ -240,7 +237,10 @@ impl Drop for Publisher {
 enum Ended {
     Quit,
     /// Lost or never made; `connected` when a CONNACK had been received.
-    Lost { error: String, connected: bool },
+    Lost {
+        error: String,
+        connected: bool,
+    },
     /// The broker refused the connection for a reason that retrying does not fix.
     Refused(String),
 }
@@ -249,13 +249,16 @@ enum Ended {
 fn refusal(code: ConnectReturnCode) -> (&'static str, bool) {
     match code {
         ConnectReturnCode::Success => ("accepted", true),
-        ConnectReturnCode::RefusedProtocolVersion => {
-            ("the broker does not speak MQTT 3.1.1 (protocol version refused)", false)
-        }
+        ConnectReturnCode::RefusedProtocolVersion => (
+            "the broker does not speak MQTT 3.1.1 (protocol version refused)",
+            false,
+        ),
         ConnectReturnCode::BadClientId => ("the client id was refused", false),
         ConnectReturnCode::ServiceUnavailable => ("the broker is unavailable", true),
         ConnectReturnCode::BadUserNamePassword => ("bad user name or password", false),
-        ConnectReturnCode::NotAuthorized => ("not authorised (user name or password refused)", false),
+        ConnectReturnCode::NotAuthorized => {
+            ("not authorised (user name or password refused)", false)
+        }
     }
 }
 
