@@ -65,6 +65,20 @@
  * EOS and stop stop waiting, with a warning giving the number of lines not written yet, so that
  * the pipeline can still be shut down.
  *
+ * ## Publishing to an MQTT broker
+ *
+ * With `mqtt-url` set, every line written (byte for byte the same, the same lines) is also
+ * published to `mqtt-topic` (`{stream}` becomes the stream name) at `mqtt-qos` 0 or 1, over TCP
+ * or TLS (`mqtts://` with `mqtt-ca-file`), with `mqtt-username`/`mqtt-password`. A publisher
+ * thread owns the connection; the streaming thread only appends to a backlog of at most
+ * `mqtt-backlog` lines. A line leaves the backlog when the broker acknowledged it (QoS 1) or once
+ * it is written to the socket (QoS 0); after a lost connection the unconfirmed lines are sent
+ * again, in order (at least once: a line whose PUBACK was lost can arrive twice). A full backlog
+ * drops its oldest line, counted in `mqtt-dropped` and warned about. EOS waits up to
+ * `mqtt-drain-timeout` ms for the backlog to drain. A broker that is down warns once and is
+ * retried; one that refuses the credentials is an element error (`GST_RESOURCE_ERROR_NOT_AUTHORIZED`).
+ * With `mqtt-url` set and `location` unset, nothing is written locally.
+ *
  * ## Example launch line
  *
  * |[
@@ -90,12 +104,15 @@ use serde::Serialize;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::backlog::{expand_topic, BrokerUrl};
+use super::mqtt::{self, Publisher, Report};
 use crate::meta::{AnomalyResult, DetectorScore};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -113,6 +130,10 @@ const DEFAULT_ONLY_ANOMALOUS: bool = false;
 const DEFAULT_SKIP_UNANALYSED: bool = false;
 const DEFAULT_INCLUDE_MAP: bool = false;
 const DEFAULT_APPEND: bool = false;
+const DEFAULT_MQTT_TOPIC: &str = "logsad/{stream}";
+const DEFAULT_MQTT_QOS: u32 = 1;
+const DEFAULT_MQTT_BACKLOG: u32 = 10_000;
+const DEFAULT_MQTT_DRAIN_TIMEOUT: u32 = 5000;
 
 /// ROI type (and parameter structure name) of the regions this element reports.
 use crate::meta::ROI_TYPE;
@@ -140,6 +161,15 @@ struct Settings {
     skip_unanalysed: bool,
     include_map: bool,
     append: bool,
+    mqtt_url: Option<String>,
+    mqtt_topic: String,
+    mqtt_qos: u32,
+    mqtt_username: Option<String>,
+    mqtt_password: Option<String>,
+    mqtt_ca_file: Option<String>,
+    mqtt_client_id: Option<String>,
+    mqtt_backlog: u32,
+    mqtt_drain_timeout: u32,
 }
 
 impl Default for Settings {
@@ -154,6 +184,15 @@ impl Default for Settings {
             skip_unanalysed: DEFAULT_SKIP_UNANALYSED,
             include_map: DEFAULT_INCLUDE_MAP,
             append: DEFAULT_APPEND,
+            mqtt_url: None,
+            mqtt_topic: DEFAULT_MQTT_TOPIC.to_string(),
+            mqtt_qos: DEFAULT_MQTT_QOS,
+            mqtt_username: None,
+            mqtt_password: None,
+            mqtt_ca_file: None,
+            mqtt_client_id: None,
+            mqtt_backlog: DEFAULT_MQTT_BACKLOG,
+            mqtt_drain_timeout: DEFAULT_MQTT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -205,6 +244,8 @@ enum Wait {
 }
 
 enum Output {
+    /// No local output: `location` unset while `mqtt-url` is set.
+    Discard,
     Stdout,
     File {
         writer: BufWriter<File>,
@@ -214,8 +255,9 @@ enum Output {
 }
 
 impl Output {
-    fn open(location: Option<&str>, append: bool) -> io::Result<Output> {
+    fn open(location: Option<&str>, append: bool, mqtt: bool) -> io::Result<Output> {
         match location {
+            None if mqtt => Ok(Output::Discard),
             None | Some("-") => Ok(Output::Stdout),
             Some(path) => {
                 let mut options = OpenOptions::new();
@@ -237,6 +279,7 @@ impl Output {
 
     fn write_line(&mut self, line: &str) -> io::Result<()> {
         match self {
+            Output::Discard => Ok(()),
             Output::Stdout => {
                 let mut out = io::stdout().lock();
                 out.write_all(line.as_bytes())?;
@@ -251,6 +294,7 @@ impl Output {
 
     fn flush(&mut self, sync: bool) -> io::Result<()> {
         match self {
+            Output::Discard => Ok(()),
             Output::Stdout => io::stdout().lock().flush(),
             Output::File { writer, regular } => {
                 writer.flush()?;
@@ -264,8 +308,9 @@ impl Output {
 }
 
 /// Human readable name of the output, for messages.
-fn describe(location: Option<&str>) -> String {
+fn describe(location: Option<&str>, mqtt: bool) -> String {
     match location {
+        None if mqtt => "no local output".to_string(),
         None | Some("-") => "standard output".to_string(),
         Some(path) => format!("'{path}'"),
     }
@@ -344,6 +389,20 @@ enum DropReport {
     AtEnd,
 }
 
+/// The MQTT output of a started element.
+struct MqttOutput {
+    publisher: Arc<Publisher>,
+    /// The broker's URL, for messages.
+    broker: String,
+    /// `mqtt-backlog`.
+    capacity: usize,
+    /// `mqtt-drain-timeout`.
+    drain_timeout: Duration,
+    /// Lines dropped from the backlog since the last warning about it.
+    unreported: u64,
+    last_warning: Option<Instant>,
+}
+
 struct State {
     sender: Option<SyncSender<Msg>>,
     thread: Option<JoinHandle<()>>,
@@ -357,6 +416,7 @@ struct State {
     /// Lines dropped since the last line that got through.
     pending_dropped: u64,
     last_warning: Option<Instant>,
+    mqtt: Option<MqttOutput>,
 }
 
 #[derive(Default)]
@@ -368,6 +428,8 @@ pub struct AnomalyPublish {
     frame_size: Mutex<Option<(u32, u32)>>,
     /// Lines dropped since start (the `dropped` property).
     dropped: AtomicU64,
+    /// Lines the MQTT output dropped since start (the `mqtt-dropped` property).
+    mqtt_dropped: AtomicU64,
     /// Set from a flush start or the PAUSED->READY change until the flush stop or the next start:
     /// waits for the writer give up.
     unblock: AtomicBool,
@@ -554,6 +616,317 @@ impl AnomalyPublish {
             );
         }
         gst::FlowError::Error
+    }
+
+    /// The stream name: `stream-name`, else the element name.
+    fn stream_name(&self, settings: &Settings) -> String {
+        match &settings.stream_name {
+            Some(s) => s.clone(),
+            None => self.obj().name().to_string(),
+        }
+    }
+
+    /// Checks the `mqtt-*` properties (URL, topic, TLS file, credentials) and makes the
+    /// publisher's configuration; errors name the property and the cause.
+    fn mqtt_config(
+        &self,
+        settings: &Settings,
+        url: &str,
+    ) -> Result<mqtt::Config, gst::ErrorMessage> {
+        let url = BrokerUrl::parse(url).map_err(|e| {
+            gst::error_msg!(gst::ResourceError::Settings, ("Invalid mqtt-url: {}", e))
+        })?;
+        let stream = self.stream_name(settings);
+        let topic = expand_topic(&settings.mqtt_topic, &stream).map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                (
+                    "Invalid mqtt-topic '{}' for stream '{}': {}",
+                    settings.mqtt_topic,
+                    stream,
+                    e
+                )
+            )
+        })?;
+        let tls = match (url.tls, settings.mqtt_ca_file.as_deref()) {
+            (true, Some(path)) => Some(mqtt::tls_config(Path::new(path)).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    ("Could not load the CA certificates of mqtt-ca-file: {}", e)
+                )
+            })?),
+            (true, None) => {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    (
+                        "mqtt-url {} asks for TLS (mqtts://) but mqtt-ca-file is not set: name \
+                         the PEM file of the CA that signed the broker's certificate",
+                        url
+                    )
+                ))
+            }
+            (false, Some(path)) => {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    (
+                        "mqtt-ca-file '{}' is set but mqtt-url {} is plain TCP: use mqtts:// \
+                         for TLS",
+                        path,
+                        url
+                    )
+                ))
+            }
+            (false, None) => None,
+        };
+        let credentials = match (&settings.mqtt_username, &settings.mqtt_password) {
+            (Some(user), password) => Some((user.clone(), password.clone().unwrap_or_default())),
+            (None, Some(_)) => {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("mqtt-password is set without mqtt-username (MQTT 3.1.1 needs both)")
+                ))
+            }
+            (None, None) => None,
+        };
+        let client_id = settings
+            .mqtt_client_id
+            .clone()
+            .unwrap_or_else(|| format!("logsad-{stream}-{}", std::process::id()));
+        Ok(mqtt::Config {
+            url,
+            topic,
+            at_least_once: settings.mqtt_qos >= 1,
+            credentials,
+            tls,
+            client_id,
+            backlog: settings.mqtt_backlog.max(1) as usize,
+        })
+    }
+
+    /// Starts the MQTT publisher; its reports become bus messages.
+    fn start_mqtt(&self, config: mqtt::Config) -> Result<MqttOutput, gst::ErrorMessage> {
+        let broker = config.url.to_string();
+        let capacity = config.backlog;
+        let element = self.obj().downgrade();
+        let name = broker.clone();
+        let report = move |report: Report| {
+            let Some(element) = element.upgrade() else {
+                return;
+            };
+            match report {
+                Report::Unreachable {
+                    error,
+                    connected_before,
+                    waiting,
+                } => {
+                    let details = gst::Structure::builder("logsad/mqtt-unreachable")
+                        .field("broker", &name)
+                        .field("error", &error)
+                        .field("waiting", waiting as u64)
+                        .build();
+                    let what = if connected_before {
+                        "Lost the connection to"
+                    } else {
+                        "Cannot connect to"
+                    };
+                    gst::element_warning!(
+                        element,
+                        gst::ResourceError::Write,
+                        (
+                            "{} MQTT broker {} ({}); retrying, keeping up to {} lines ({} \
+                             waiting)",
+                            what,
+                            name,
+                            error,
+                            capacity,
+                            waiting
+                        ),
+                        details: details
+                    );
+                }
+                Report::Retrying { error } => {
+                    gst::debug!(
+                        CAT,
+                        obj = element,
+                        "MQTT broker {name} still unreachable: {error}"
+                    );
+                }
+                Report::Connected {
+                    after_outage,
+                    waiting,
+                } => {
+                    if after_outage {
+                        gst::element_info!(
+                            element,
+                            gst::ResourceError::Write,
+                            (
+                                "Connected to MQTT broker {} again; sending {} waiting line(s)",
+                                name,
+                                waiting
+                            )
+                        );
+                    } else {
+                        gst::info!(CAT, obj = element, "Connected to MQTT broker {name}");
+                    }
+                }
+                Report::Refused { reason } => {
+                    gst::element_error!(
+                        element,
+                        gst::ResourceError::NotAuthorized,
+                        ("MQTT broker {} refused the connection: {}", name, reason)
+                    );
+                }
+                Report::Failed { reason } => {
+                    gst::element_error!(
+                        element,
+                        gst::ResourceError::Failed,
+                        ("Cannot publish to MQTT broker {}: {}", name, reason)
+                    );
+                }
+            }
+        };
+        let publisher = Publisher::start(config, Box::new(report)).map_err(|err| {
+            gst::error_msg!(
+                gst::CoreError::Failed,
+                (
+                    "Could not start the MQTT publisher thread for {}: {}",
+                    broker,
+                    err
+                )
+            )
+        })?;
+        let drain_timeout =
+            Duration::from_millis(u64::from(lock(&self.settings).mqtt_drain_timeout));
+        Ok(MqttOutput {
+            publisher: Arc::new(publisher),
+            broker,
+            capacity,
+            drain_timeout,
+            unreported: 0,
+            last_warning: None,
+        })
+    }
+
+    /// Posts a warning about lines the MQTT backlog dropped. Never called with the state locked.
+    fn warn_mqtt_dropped(&self, broker: &str, capacity: usize, dropped: u64) {
+        let total = self.mqtt_dropped.load(Ordering::SeqCst);
+        let details = gst::Structure::builder("logsad/mqtt-dropped")
+            .field("dropped", dropped)
+            .field("total", total)
+            .field("broker", broker)
+            .build();
+        gst::element_imp_warning!(
+            self,
+            gst::ResourceError::Write,
+            (
+                "MQTT broker {} is unreachable or too slow and the backlog of {} lines is full: \
+                 dropped the oldest {} line(s) ({} in total)",
+                broker,
+                capacity,
+                dropped,
+                total
+            ),
+            details: details
+        );
+    }
+
+    /// Hands `line` to the MQTT publisher and warns (at most once per `WARNING_INTERVAL` while
+    /// it goes on) when the backlog drops its oldest line.
+    fn publish_mqtt(&self, line: &str) -> Result<(), gst::FlowError> {
+        let report = {
+            let mut state = lock(&self.state);
+            let Some(out) = state.as_mut().and_then(|s| s.mqtt.as_mut()) else {
+                return Ok(());
+            };
+            if out.publisher.failed() {
+                // The publisher posted the error.
+                return Err(gst::FlowError::Error);
+            }
+            if !out.publisher.push(line) {
+                return Ok(());
+            }
+            self.mqtt_dropped.fetch_add(1, Ordering::SeqCst);
+            out.unreported += 1;
+            let due = out
+                .last_warning
+                .is_none_or(|t| t.elapsed() >= WARNING_INTERVAL);
+            if !due {
+                return Ok(());
+            }
+            out.last_warning = Some(Instant::now());
+            (
+                out.broker.clone(),
+                out.capacity,
+                std::mem::take(&mut out.unreported),
+            )
+        };
+        self.warn_mqtt_dropped(&report.0, report.1, report.2);
+        Ok(())
+    }
+
+    /// At EOS: reports the dropped lines not warned about yet, then waits (at most
+    /// `mqtt-drain-timeout`, less if a flush or shutdown starts) for the broker to confirm every
+    /// line, and warns about those it did not.
+    fn drain_mqtt(&self) {
+        let (publisher, broker, capacity, timeout, unreported) = {
+            let mut state = lock(&self.state);
+            let Some(out) = state.as_mut().and_then(|s| s.mqtt.as_mut()) else {
+                return;
+            };
+            (
+                out.publisher.clone(),
+                out.broker.clone(),
+                out.capacity,
+                out.drain_timeout,
+                std::mem::take(&mut out.unreported),
+            )
+        };
+        if unreported > 0 {
+            self.warn_mqtt_dropped(&broker, capacity, unreported);
+        }
+        let left = publisher.wait_drained(timeout, || self.unblock.load(Ordering::SeqCst));
+        if left > 0 && !publisher.failed() {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Write,
+                (
+                    "EOS: {} JSON line(s) not confirmed by MQTT broker {} after {} ms; still \
+                     trying until the element stops, then they count in mqtt-dropped",
+                    left,
+                    broker,
+                    timeout.as_millis()
+                )
+            );
+        } else {
+            gst::debug!(CAT, imp = self, "MQTT backlog drained ({left} left)");
+        }
+    }
+
+    /// On stop: waits for the broker to confirm the waiting lines (at most
+    /// `mqtt-drain-timeout`, only while connected), stops the publisher, and counts and warns
+    /// about what is left.
+    fn stop_mqtt(&self, out: MqttOutput) {
+        if out.publisher.connected() {
+            out.publisher.wait_drained(out.drain_timeout, || false);
+        }
+        let (left, _) = out.publisher.stop();
+        if out.unreported > 0 {
+            self.warn_mqtt_dropped(&out.broker, out.capacity, out.unreported);
+        }
+        if left > 0 {
+            let total = self.mqtt_dropped.fetch_add(left as u64, Ordering::SeqCst) + left as u64;
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Write,
+                (
+                    "Stopped with {} JSON line(s) not confirmed by MQTT broker {}: they are lost \
+                     ({} dropped in total)",
+                    left,
+                    out.broker,
+                    total
+                )
+            );
+        }
     }
 
     fn build_line(
@@ -859,6 +1232,84 @@ impl ObjectImpl for AnomalyPublish {
                     .blurb("Number of lines dropped since start because the writer was too slow")
                     .read_only()
                     .build(),
+                glib::ParamSpecString::builder("mqtt-url")
+                    .nick("MQTT URL")
+                    .blurb(
+                        "Also publish every line to this MQTT broker: mqtt://host[:port] (TCP, \
+                         port 1883 by default) or mqtts://host[:port] (TLS, 8883, needs \
+                         mqtt-ca-file). Unset: no MQTT. With mqtt-url set and location unset, \
+                         nothing is written locally",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("mqtt-topic")
+                    .nick("MQTT topic")
+                    .blurb("Topic to publish to; {stream} becomes the stream name (fixed at start)")
+                    .default_value(Some(DEFAULT_MQTT_TOPIC))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("mqtt-qos")
+                    .nick("MQTT QoS")
+                    .blurb(
+                        "0: at most once (a line leaves the backlog once written to the \
+                         socket); 1: at least once (once the broker acknowledged it)",
+                    )
+                    .maximum(1)
+                    .default_value(DEFAULT_MQTT_QOS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("mqtt-username")
+                    .nick("MQTT user name")
+                    .blurb("User name to connect with (unset: anonymous)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("mqtt-password")
+                    .nick("MQTT password")
+                    .blurb("Password to connect with (write-only; needs mqtt-username)")
+                    .write_only()
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("mqtt-ca-file")
+                    .nick("MQTT CA file")
+                    .blurb(
+                        "PEM file of the CA certificate(s) that the broker's certificate must \
+                         chain to; required by mqtts://, read at start",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("mqtt-client-id")
+                    .nick("MQTT client id")
+                    .blurb("Client id (unset: logsad-<stream name>-<process id>)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("mqtt-backlog")
+                    .nick("MQTT backlog")
+                    .blurb(
+                        "Most lines kept while the broker is unreachable or slow; when full the \
+                         oldest line is dropped, counted in mqtt-dropped and warned about",
+                    )
+                    .minimum(1)
+                    .maximum(i32::MAX as u32)
+                    .default_value(DEFAULT_MQTT_BACKLOG)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("mqtt-drain-timeout")
+                    .nick("MQTT drain timeout")
+                    .blurb(
+                        "Milliseconds EOS (and stop, while connected) waits for the broker to \
+                         confirm the waiting lines",
+                    )
+                    .default_value(DEFAULT_MQTT_DRAIN_TIMEOUT)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt64::builder("mqtt-dropped")
+                    .nick("MQTT dropped")
+                    .blurb(
+                        "Number of lines the MQTT output lost since start: dropped from a full \
+                         backlog, or not confirmed when the element stopped",
+                    )
+                    .read_only()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -884,6 +1335,29 @@ impl ObjectImpl for AnomalyPublish {
                 settings.skip_unanalysed = value.get().unwrap_or(DEFAULT_SKIP_UNANALYSED)
             }
             "include-map" => settings.include_map = value.get().unwrap_or(DEFAULT_INCLUDE_MAP),
+            "mqtt-url" => settings.mqtt_url = value.get::<Option<String>>().ok().flatten(),
+            "mqtt-topic" => {
+                settings.mqtt_topic = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| DEFAULT_MQTT_TOPIC.to_string())
+            }
+            "mqtt-qos" => settings.mqtt_qos = value.get().unwrap_or(DEFAULT_MQTT_QOS),
+            "mqtt-username" => {
+                settings.mqtt_username = value.get::<Option<String>>().ok().flatten()
+            }
+            "mqtt-password" => {
+                settings.mqtt_password = value.get::<Option<String>>().ok().flatten()
+            }
+            "mqtt-ca-file" => settings.mqtt_ca_file = value.get::<Option<String>>().ok().flatten(),
+            "mqtt-client-id" => {
+                settings.mqtt_client_id = value.get::<Option<String>>().ok().flatten()
+            }
+            "mqtt-backlog" => settings.mqtt_backlog = value.get().unwrap_or(DEFAULT_MQTT_BACKLOG),
+            "mqtt-drain-timeout" => {
+                settings.mqtt_drain_timeout = value.get().unwrap_or(DEFAULT_MQTT_DRAIN_TIMEOUT)
+            }
             other => gst::warning!(CAT, imp = self, "Unknown property {other}"),
         }
     }
@@ -901,6 +1375,15 @@ impl ObjectImpl for AnomalyPublish {
             "skip-unanalysed" => settings.skip_unanalysed.to_value(),
             "include-map" => settings.include_map.to_value(),
             "dropped" => self.dropped.load(Ordering::SeqCst).to_value(),
+            "mqtt-url" => settings.mqtt_url.to_value(),
+            "mqtt-topic" => settings.mqtt_topic.to_value(),
+            "mqtt-qos" => settings.mqtt_qos.to_value(),
+            "mqtt-username" => settings.mqtt_username.to_value(),
+            "mqtt-ca-file" => settings.mqtt_ca_file.to_value(),
+            "mqtt-client-id" => settings.mqtt_client_id.to_value(),
+            "mqtt-backlog" => settings.mqtt_backlog.to_value(),
+            "mqtt-drain-timeout" => settings.mqtt_drain_timeout.to_value(),
+            "mqtt-dropped" => self.mqtt_dropped.load(Ordering::SeqCst).to_value(),
             // GObject only asks for the properties listed above.
             _ => pspec.default_value().clone(),
         }
@@ -921,7 +1404,7 @@ impl ElementImpl for AnomalyPublish {
                 "Anomaly result publisher",
                 "Filter/Metadata",
                 "Writes the LogSAD anomaly result of every buffer as one JSON line to a file \
-                 or standard output",
+                 or standard output, and optionally publishes it to an MQTT broker",
                 "gst-logsad authors",
             )
         });
@@ -965,15 +1448,21 @@ impl BaseTransformImpl for AnomalyPublish {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = lock(&self.settings).clone();
         let location = settings.location.as_deref();
-        let target = describe(location);
+        let mqtt_url = settings.mqtt_url.as_deref();
+        let target = describe(location, mqtt_url.is_some());
+        // Check the MQTT settings before creating the file.
+        let mqtt_config = mqtt_url
+            .map(|url| self.mqtt_config(&settings, url))
+            .transpose()?;
 
-        let output = Output::open(location, settings.append).map_err(|err| {
-            gst::error_msg!(
-                gst::ResourceError::OpenWrite,
-                ("Could not open {} for writing: {}", target, err),
-                ["{:?}", err]
-            )
-        })?;
+        let output =
+            Output::open(location, settings.append, mqtt_url.is_some()).map_err(|err| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenWrite,
+                    ("Could not open {} for writing: {}", target, err),
+                    ["{:?}", err]
+                )
+            })?;
 
         let shared = Arc::new(Shared::default());
         let (sender, receiver) = mpsc::sync_channel(settings.max_queue.max(1) as usize);
@@ -992,7 +1481,9 @@ impl BaseTransformImpl for AnomalyPublish {
                 })?
         };
 
+        let mqtt = mqtt_config.map(|c| self.start_mqtt(c)).transpose()?;
         self.dropped.store(0, Ordering::SeqCst);
+        self.mqtt_dropped.store(0, Ordering::SeqCst);
         self.unblock.store(false, Ordering::SeqCst);
         *lock(&self.frame_size) = None;
         *lock(&self.state) = Some(State {
@@ -1004,12 +1495,16 @@ impl BaseTransformImpl for AnomalyPublish {
             queued: 0,
             pending_dropped: 0,
             last_warning: None,
+            mqtt,
         });
         gst::info!(
             CAT,
             imp = self,
-            "Started, writing to {}",
-            describe(location)
+            "Started, writing to {}{}",
+            describe(location, mqtt_url.is_some()),
+            mqtt_url
+                .map(|u| format!(" and MQTT broker {u}"))
+                .unwrap_or_default()
         );
         Ok(())
     }
@@ -1018,6 +1513,9 @@ impl BaseTransformImpl for AnomalyPublish {
         let Some(mut state) = lock(&self.state).take() else {
             return Ok(());
         };
+        if let Some(out) = state.mqtt.take() {
+            self.stop_mqtt(out);
+        }
         if state.pending_dropped > 0 {
             self.warn_dropped(&state.target, state.pending_dropped, DropReport::AtEnd);
         }
@@ -1072,6 +1570,7 @@ impl BaseTransformImpl for AnomalyPublish {
             gst::EventView::Eos(_) => {
                 let sync = lock(&self.settings).sync_on_eos;
                 self.drain(sync);
+                self.drain_mqtt();
             }
             gst::EventView::FlushStart(_) => self.unblock.store(true, Ordering::SeqCst),
             gst::EventView::FlushStop(_) => self.unblock.store(false, Ordering::SeqCst),
@@ -1112,6 +1611,8 @@ impl BaseTransformImpl for AnomalyPublish {
             return Ok(gst::FlowSuccess::Ok);
         };
 
+        // The MQTT output gets exactly the lines that the file gets.
+        let mqtt_line = settings.mqtt_url.is_some().then(|| line.clone());
         let deadline = Instant::now() + Duration::from_millis(u64::from(settings.max_block));
         let mut msg = Some(Msg::Line(line));
         let mut gone = false;
@@ -1169,6 +1670,9 @@ impl BaseTransformImpl for AnomalyPublish {
         };
         if let Some((dropped, kind)) = report {
             self.warn_dropped(&target, dropped, kind);
+        }
+        if let (true, Some(line)) = (accepted, mqtt_line) {
+            self.publish_mqtt(&line)?;
         }
         Ok(gst::FlowSuccess::Ok)
     }

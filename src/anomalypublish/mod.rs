@@ -5,7 +5,9 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod backlog;
 mod imp;
+mod mqtt;
 
 glib::wrapper! {
     /// Passthrough element writing the anomaly metadata of every buffer as JSON lines.
