@@ -35,6 +35,7 @@ fn result(frame: u64) -> AnomalyResult {
         anomalous,
         threshold: 0.5,
         stale: false,
+        skipped: None,
         frame,
         detectors: vec![DetectorScore {
             name: "patch".into(),
