@@ -172,6 +172,15 @@ impl InferenceWorker {
         Ok((worker, warnings))
     }
 
+    /// The live worker registered as `id`, if any user still holds it.
+    pub fn registered(id: &str) -> Option<Arc<Self>> {
+        REGISTRY
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .and_then(Weak::upgrade)
+    }
+
     /// Whether `manifest_path` names this worker's model: the same manifest file, or a
     /// manifest of the same weights.
     fn check_same_model(&self, id: &str, manifest_path: &Path) -> Result<(), WorkerError> {

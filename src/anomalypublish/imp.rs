@@ -30,6 +30,7 @@
  * - `score`, `calibrated`, `anomalous`, `threshold`, `stale`, `analysed_frame`, `detectors`:
  *   straight from the anomaly meta (`analysed_frame` is the frame the result was computed on;
  *   `stale` is true when the result was carried over from it);
+ * - `skipped`: only on frames `logsad` did not analyse: why (`interval`, `busy` or `late`);
  * - `regions`: the regions of the anomaly meta's `regions` field, strongest first, as pixel
  *   boxes of the current frame (the meta's relative boxes scaled to the negotiated video size,
  *   so they follow `videoscale`) with their `score`. When the meta has no `regions` field (an
@@ -510,6 +511,8 @@ struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     stale: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     analysed_frame: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detectors: Option<Detectors<'a>>,
@@ -983,6 +986,7 @@ impl AnomalyPublish {
             anomalous: r.map(|r| r.anomalous),
             threshold: r.map(|r| r.threshold),
             stale: r.map(|r| r.stale),
+            skipped: r.and_then(|r| r.skipped).map(|reason| reason.as_str()),
             analysed_frame: r.map(|r| r.frame),
             detectors: r.map(|r| Detectors(&r.detectors)),
             regions: regions(buffer, r, *lock(&self.frame_size)),
