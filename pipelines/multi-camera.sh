@@ -52,6 +52,7 @@ global defects; FRAMES images each, at FPS. With no PROFILE it enrolls one as de
 
 Settings (environment variables, defaults in brackets):
   PROFILE            profile written by `logsad enroll` [required with CAMERA arguments]
+  PROFILE1, PROFILE2, ...  camera N's own profile (another product, the same model) [PROFILE]
   HEADLESS           1: no compositor and no window, only clips and JSON lines [0]
                      (pipelines/multi-camera-headless.sh is this script with HEADLESS=1)
   SINK               sink of the tiled picture [autovideosink sync=false when DISPLAY or
@@ -196,10 +197,17 @@ if ((${#cameras[@]} == 0)); then
     echo "== textile demo: $FRAMES frames per camera at $FPS fps; camera 2 with local defects, camera 4 with global defects (frames 3, 11, 19, ...)"
 fi
 
-[[ -n $PROFILE ]] || die "no profile: set PROFILE (make one with: logsad enroll ... --out P.logsad)"
-[[ -f $PROFILE ]] || die "profile $PROFILE does not exist"
-
 n=${#cameras[@]}
+# Each camera's profile: PROFILEn, else PROFILE. Cameras on different products share the model.
+profiles=()
+for ((c = 1; c <= n; c++)); do
+    var=PROFILE$c
+    profile=${!var:-$PROFILE}
+    [[ -n $profile ]] || die "no profile for camera $c: set PROFILE or $var (make one with: logsad enroll ... --out P.logsad)"
+    [[ -f $profile ]] || die "profile $profile (camera $c) does not exist"
+    profiles+=("$profile")
+done
+
 BATCH_SIZE=${BATCH_SIZE:-$n}
 
 # source_for N SPEC: sets $source (a gst-launch fragment) and $key_int for camera N.
@@ -289,7 +297,7 @@ for ((c = 0; c < n; c++)); do
     source_for "$cam" "${cameras[$c]}"
     rm -f "$OUT/$name.jsonl"
     pipeline+=" $source ! videoconvert ! video/x-raw,format=RGB !"
-    pipeline+=" logsad name=logsad_$name profile=\"$PROFILE\" ${MODEL:+model=\"$MODEL\"}"
+    pipeline+=" logsad name=logsad_$name profile=\"${profiles[$c]}\" ${MODEL:+model=\"$MODEL\"}"
     pipeline+=" model-instance-id=\"$INSTANCE_ID\" batch-size=$BATCH_SIZE batch-timeout=$BATCH_TIMEOUT"
     pipeline+=" max-in-flight=$MAX_IN_FLIGHT drop-policy=$DROP_POLICY interval=$INTERVAL"
     pipeline+=" threshold=$THRESHOLD device=$DEVICE threads=$THREADS !"
