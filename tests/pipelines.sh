@@ -6,6 +6,10 @@
 #   live-camera.sh    videotestsrc + fakesink, 5 buffers, tiny model; then 30 buffers at 30 fps
 #                     with the default model, where the leaky queue must drop frames
 #   record-defects.sh 5 textile images at 2 fps, tiny model, every frame anomalous: one clip
+#   multi-camera.sh   the textile demo, 4 cameras x 4 frames, demo profile, no display: JSON lines,
+#                     a clip of camera 2's local defect, the 2x2 mosaic written to mosaic.mp4
+#   multi-camera-headless.sh  the same headless, publishing to a Mosquitto started on loopback;
+#                     then 4 live test cameras x 30 frames at 30 fps, frames skipped, none lost
 #   read-meta.py      videotestsrc with the tiny model; a local defect with the default model
 #   read-meta.c       compiled with gcc, the same two runs
 #
@@ -260,6 +264,167 @@ PY
     pass "record.jsonl and clips.jsonl valid, the clip covers the 5 frames"
 else
     fail "record-defects.sh JSON lines" "$msg"
+fi
+
+# --- multi-camera.sh, multi-camera-headless.sh --------------------------------------------------
+# check_cameras OUT FRAMES MODE: OUT/cam1..4.jsonl hold FRAMES lines each, frames 0..FRAMES-1 in
+# order with their camera's stream name. MODE files: every frame analysed (drop-policy waits for
+# files); live: at least one analysed per camera, every other frame carries the last result
+# marked skipped (the analysis of 4 cameras at 30 fps cannot keep up on a CPU), none lost.
+check_cameras() {
+    python3 - "$@" <<'EOF'
+import json, sys
+out, frames, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+report = []
+for cam in range(1, 5):
+    path = f"{out}/cam{cam}.jsonl"
+    lines = [json.loads(l) for l in open(path) if l.strip()]
+    if [d["frame"] for d in lines] != list(range(frames)):
+        sys.exit(f"{path}: frames {[d['frame'] for d in lines]}, expected 0..{frames - 1}")
+    if any(d["stream"] != f"cam{cam}" for d in lines):
+        sys.exit(f"{path}: a line of another stream")
+    fresh = [d for d in lines if d["analysed"] and not d["stale"]]
+    skipped = [d for d in lines if d not in fresh]
+    if mode == "files" and skipped:
+        sys.exit(f"{path}: {len(skipped)} frames not analysed, expected all with files")
+    if mode == "live":
+        if not fresh:
+            sys.exit(f"{path}: no frame analysed")
+        if not skipped or any(d.get("skipped") not in ("busy", "late") for d in skipped):
+            sys.exit(f"{path}: expected frames skipped as busy or late, got "
+                     f"{sorted({str(d.get('skipped')) for d in skipped})}")
+    report.append(f"cam{cam} {len(fresh)}/{frames}")
+print("analysed: " + ", ".join(report))
+EOF
+}
+
+# check_defect_clip OUT: camera 2's frame 3 (local/textile_0001, which the demo profile flags,
+# as the read-meta check below also relies on) is anomalous, and clips/cam2/clips.jsonl lists a
+# playable clip of camera 2 whose event covers it (1.5 s at 2 fps).
+check_defect_clip() {
+    python3 - "$1" <<'EOF'
+import json, os, sys
+out = sys.argv[1]
+frame3 = [json.loads(l) for l in open(f"{out}/cam2.jsonl")][3]
+if not frame3["anomalous"]:
+    sys.exit(f"camera 2's local defect (frame 3) not flagged: calibrated {frame3['calibrated']}")
+clips = [json.loads(l) for l in open(f"{out}/clips/cam2/clips.jsonl")]
+hits = [c for c in clips if c["stream"] == "cam2" and c["event_start"] <= 1_500_000_000 <= c["event_end"]]
+if not hits:
+    sys.exit(f"no clip of cam2 covers the defect at 1.5 s: {clips}")
+if not os.path.isfile(hits[0]["path"]):
+    sys.exit(f"the clip {hits[0]['path']} is listed but missing")
+print(hits[0]["path"])
+EOF
+}
+
+multicam=$work/multi-camera
+if [[ ! -f $demo/demo.logsad ]]; then
+    fail "multi-camera.sh runs" "no profile from demo.sh"
+elif run multi-camera.sh 300 "$work/multicam.log" env -u DISPLAY -u WAYLAND_DISPLAY OUT="$multicam" \
+    PROFILE="$demo/demo.logsad" FRAMES=4 "$P/multi-camera.sh"; then
+    pass "multi-camera.sh runs"
+else
+    fail "multi-camera.sh runs"
+fi
+if msg=$(check_cameras "$multicam" 4 files 2>&1); then
+    pass "multi-camera.sh: 4 JSON-lines files of 4 frames ($msg)"
+else
+    fail "multi-camera.sh JSON lines" "$msg"
+fi
+if clip=$(check_defect_clip "$multicam" 2>&1) && check_mp4 "$clip"; then
+    pass "multi-camera.sh: a playable clip of camera 2's defect, in clips/cam2/clips.jsonl"
+else
+    fail "multi-camera.sh clip" "$clip"
+fi
+# The 2x2 mosaic of 480x360 tiles, one picture per frame time of the 4 cameras.
+mosaic=$multicam/mosaic.mp4
+pictures=$(gst-launch-1.0 filesrc location="$mosaic" ! qtdemux ! fakesink silent=false -v 2>&1 |
+    grep -c 'last-message = chain')
+size=$(gst-launch-1.0 filesrc location="$mosaic" ! qtdemux ! h264parse ! fakesink -v 2>&1 |
+    grep -o 'width=(int)[0-9]*, height=(int)[0-9]*' | head -n 1)
+if check_mp4 "$mosaic" && [[ $pictures == 4 && $size == 'width=(int)960, height=(int)720' ]]; then
+    pass "multi-camera.sh: the compositor wrote 4 pictures of 960x720 to mosaic.mp4"
+else
+    fail "multi-camera.sh mosaic" "$pictures pictures, $size"
+fi
+
+# Headless, publishing to a Mosquitto of our own on a free loopback port (not the system one).
+headless=$work/multi-camera-headless
+broker=
+if command -v mosquitto >/dev/null && command -v mosquitto_sub >/dev/null; then
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\nlog_dest file %s\nlog_type all\n' \
+        "$port" "$work/mosquitto.log" >"$work/mosquitto.conf"
+    mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
+    broker=$!
+    for _ in $(seq 50); do
+        grep -q "Opening ipv4 listen socket on port $port" "$work/mosquitto.log" 2>/dev/null && break
+        sleep 0.1
+    done
+    mosquitto_sub -h 127.0.0.1 -p "$port" -t 'logsad/#' -q 1 -v -C 16 -W 300 >"$work/mqtt.out" 2>&1 &
+    subscriber=$!
+    for _ in $(seq 50); do
+        grep -q "Received SUBSCRIBE" "$work/mosquitto.log" 2>/dev/null && break
+        sleep 0.1
+    done
+fi
+if [[ -z $broker ]]; then
+    fail "multi-camera-headless.sh runs" "no mosquitto, mosquitto_sub (scripts/setup-deps.sh installs them)"
+elif [[ ! -f $demo/demo.logsad ]]; then
+    fail "multi-camera-headless.sh runs" "no profile from demo.sh"
+elif run multi-camera-headless.sh 300 "$work/multicam-headless.log" env OUT="$headless" \
+    PROFILE="$demo/demo.logsad" FRAMES=4 MQTT_URL="mqtt://127.0.0.1:$port" \
+    "$P/multi-camera-headless.sh"; then
+    pass "multi-camera-headless.sh runs (MQTT_URL set)"
+else
+    fail "multi-camera-headless.sh runs"
+fi
+if msg=$(check_cameras "$headless" 4 files 2>&1) && [[ ! -e $headless/mosaic.mp4 ]]; then
+    pass "multi-camera-headless.sh: 4 JSON-lines files of 4 frames, no mosaic ($msg)"
+else
+    fail "multi-camera-headless.sh JSON lines" "$msg"
+fi
+if clip=$(check_defect_clip "$headless" 2>&1) && check_mp4 "$clip"; then
+    pass "multi-camera-headless.sh: a playable clip of camera 2's defect"
+else
+    fail "multi-camera-headless.sh clip" "$clip"
+fi
+if [[ -n $broker ]]; then
+    # The lines are confirmed before EOS goes on; give the subscriber a moment to print them.
+    for _ in $(seq 100); do
+        kill -0 "$subscriber" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill "$subscriber" "$broker" 2>/dev/null
+    wait "$subscriber" "$broker" 2>/dev/null
+fi
+# Every JSON line of every camera reached the broker on topic logsad/camN, byte for byte, in order.
+if msg=$(python3 - "$headless" "$work/mqtt.out" 2>&1 <<'EOF'
+import sys
+out, received = sys.argv[1], [l.rstrip("\n") for l in open(sys.argv[2])]
+for cam in range(1, 5):
+    lines = [l.rstrip("\n") for l in open(f"{out}/cam{cam}.jsonl")]
+    topic = f"logsad/cam{cam}"
+    got = [l[len(topic) + 1:] for l in received if l.startswith(topic + " ")]
+    if got != lines:
+        sys.exit(f"{topic}: {len(got)} messages, not the {len(lines)} lines of cam{cam}.jsonl")
+EOF
+); then
+    pass "multi-camera-headless.sh: the 16 JSON lines on MQTT, one topic per camera, as in the files"
+else
+    fail "multi-camera-headless.sh MQTT" "$msg"
+fi
+
+# 4 live cameras faster than the analysis: frames are skipped (drop-policy auto), none lost.
+live4=$work/multi-camera-live
+if [[ -f $demo/demo.logsad ]] &&
+    run "multi-camera-headless.sh (4 live cameras)" 300 "$work/multicam-live.log" env OUT="$live4" \
+        PROFILE="$demo/demo.logsad" NUM_BUFFERS=30 "$P/multi-camera-headless.sh" test test test test &&
+    msg=$(check_cameras "$live4" 30 live 2>&1); then
+    pass "multi-camera-headless.sh, 4 live cameras x 30 frames, none lost ($msg)"
+else
+    fail "multi-camera-headless.sh, 4 live cameras" "${msg:-}"
 fi
 
 # --- read-meta.py ------------------------------------------------------------------------------
