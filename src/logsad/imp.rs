@@ -819,7 +819,7 @@ impl Logsad {
             gst::element_imp_warning!(
                 self,
                 gst::CoreError::Thread,
-                ("cannot start loading profile {}: {}", "", e)
+                ("cannot start loading a profile: {}", e)
             );
         }
     }
@@ -975,14 +975,15 @@ impl Logsad {
             // Answered once the frames before it are out (an allocation or drain query must
             // see the stream as downstream will).
             let mut queue = lock(&self.shared.queue);
-            while !queue.items.is_empty() && !queue.flushing {
+            // A failed push pauses the task: the queue would never empty.
+            while !queue.items.is_empty() && !queue.flushing && queue.flow.is_ok() {
                 queue = self
                     .shared
                     .changed
                     .wait(queue)
                     .unwrap_or_else(|e| e.into_inner());
             }
-            if queue.flushing {
+            if queue.flushing || queue.flow.is_err() {
                 return false;
             }
         }
@@ -1151,15 +1152,10 @@ impl Logsad {
         } = frame;
         let result = match work {
             Work::Skip(reason) => {
-                let mut queue = lock(&self.shared.queue);
-                match &queue.last {
+                let last = lock(&self.shared.queue).last.clone();
+                match last {
                     Some(last) => last.carried(reason),
-                    None => {
-                        let threshold = self.threshold_now();
-                        let placeholder = AnomalyResult::placeholder(index, threshold, reason);
-                        queue.last = None;
-                        placeholder
-                    }
+                    None => AnomalyResult::placeholder(index, self.threshold_now(), reason),
                 }
             }
             Work::Analyse {
@@ -1218,11 +1214,11 @@ impl Logsad {
     /// Counts a judged frame out of flight and updates the analysis time; returns the new
     /// time when the latency to report grew enough to ask the pipeline to ask again.
     fn frame_done(&self, submitted: Instant) -> Option<Duration> {
+        let in_flight = lock(&self.settings).max_in_flight.max(1) as usize;
         let mut queue = lock(&self.shared.queue);
         queue.in_flight = queue.in_flight.saturating_sub(1);
         self.shared.changed.notify_all();
         // From submission, with the queueing behind earlier frames: what a frame waits.
-        let in_flight = lock(&self.settings).max_in_flight.max(1) as usize;
         let took = submitted.elapsed() / in_flight as u32;
         let smoothed = match queue.analysis_time {
             Some(t) => t.mul_f64(0.9) + took.mul_f64(0.1),
@@ -1300,7 +1296,7 @@ impl Logsad {
             } else {
                 // The streaming thread waits here, not holding the state lock, for room.
                 drop(guard);
-                while queue.in_flight >= max && !queue.flushing {
+                while queue.in_flight >= max && !queue.flushing && queue.flow.is_ok() {
                     queue = self
                         .shared
                         .changed
@@ -1310,6 +1306,7 @@ impl Logsad {
                 if queue.flushing {
                     return Err(gst::FlowError::Flushing);
                 }
+                queue.flow?;
                 guard = lock(&self.state);
             }
         }
