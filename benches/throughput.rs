@@ -553,10 +553,11 @@ fn main() {
     // 1. Profile: 4 references + 4 validation images, whole-frame tiling.
     let t = Instant::now();
     let references: Vec<_> = (1..=REFERENCES).map(common::textile).collect();
+    // `_profile_dir` holds the profile file until the end.
     let common::BenchProfile {
         profile,
         path: profile_path,
-        ..
+        dir: _profile_dir,
     } = common::enroll_profile(&manifest_path, &cfg.engine.options());
     let bank_rows = profile.banks[0].len();
     let Profile { header, mut banks } = profile;

@@ -97,12 +97,12 @@ pub fn frames(range: std::ops::Range<usize>) -> Vec<RgbImage> {
         .collect()
 }
 
-/// A profile of the default model, enrolled with the library and saved to a temporary file
-/// (removed when this is dropped).
+/// A profile of the default model, enrolled with the library and saved to a temporary file.
 pub struct BenchProfile {
     pub profile: Profile,
     pub path: PathBuf,
-    _dir: tempfile::TempDir,
+    /// The folder of `path`, removed with it when dropped.
+    pub dir: tempfile::TempDir,
 }
 
 /// Enrolls the faithful preset (whole frame) on textile references 1..=4, validation 5..=8.
@@ -132,7 +132,7 @@ pub fn enroll_profile(manifest: &Path, options: &EngineOptions) -> BenchProfile 
     BenchProfile {
         profile,
         path,
-        _dir: dir,
+        dir,
     }
 }
 
