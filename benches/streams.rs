@@ -20,8 +20,9 @@
 //! 3. **memory**: resident memory (VmRSS of this process) sampled every second while 4 streams
 //!    run through one instance (batch-size 4, drop-policy wait, appsrc blocking with at most 2
 //!    frames queued) for `BENCH_MEMORY_FRAMES` frames in total; the slope (least squares, MB per
-//!    1000 frames) after a warm-up of the first fifth of the frames, and the RSS before the
-//!    pipelines, at the end of the warm-up, at the end and at the peak.
+//!    1000 frames) after a warm-up of the first fifth of the frames, the largest rise between
+//!    two samples after it (a step, such as an allocator's new arena, against steady growth),
+//!    and the RSS before the pipelines, at the end of the warm-up, at the end and at the peak.
 //!
 //! Prints one table and writes `out/bench-streams.json`.
 //!
@@ -388,7 +389,10 @@ fn analysis_time(cfg: &Config, inputs: &Inputs) -> f64 {
 
 fn measure_latency(cfg: &Config, inputs: &Inputs) -> Latency {
     let analysis_ms = analysis_time(cfg, inputs);
-    eprintln!("latency: analysis time {analysis_ms:.1} ms; live run of {} s", cfg.latency_seconds);
+    eprintln!(
+        "latency: analysis time {analysis_ms:.1} ms; live run of {} s",
+        cfg.latency_seconds
+    );
     let samples = Arc::new(Mutex::new(Vec::new()));
     let unstamped = Arc::new(Mutex::new(0usize));
     let mut live = {
@@ -413,12 +417,10 @@ fn measure_latency(cfg: &Config, inputs: &Inputs) -> Latency {
                         return gst::PadProbeReturn::Ok;
                     };
                     let now = pipeline.upgrade().and_then(|p| p.current_running_time());
-                    let captured = pad
-                        .sticky_event::<gst::event::Segment>(0)
-                        .and_then(|e| {
-                            let segment = e.segment().downcast_ref::<gst::ClockTime>()?.clone();
-                            buffer.pts().and_then(|pts| segment.to_running_time(pts))
-                        });
+                    let captured = pad.sticky_event::<gst::event::Segment>(0).and_then(|e| {
+                        let segment = e.segment().downcast_ref::<gst::ClockTime>()?.clone();
+                        buffer.pts().and_then(|pts| segment.to_running_time(pts))
+                    });
                     match (now, captured) {
                         (Some(now), Some(captured)) => {
                             let analysed = matches!(
@@ -482,7 +484,11 @@ fn measure_latency(cfg: &Config, inputs: &Inputs) -> Latency {
     let unstamped = *unstamped.lock().unwrap();
     assert_eq!(unstamped, 0, "frames without a running time after logsad");
     let samples = std::mem::take(&mut *samples.lock().unwrap());
-    assert_eq!(samples.len(), arrived.count, "frames seen by the latency probe");
+    assert_eq!(
+        samples.len(),
+        arrived.count,
+        "frames seen by the latency probe"
+    );
     Latency {
         analysis_ms,
         samples,
@@ -546,8 +552,18 @@ impl Memory {
         self.samples.last().map_or(f64::NAN, |s| s.rss_mb)
     }
 
+    /// The largest rise between two samples after the warm-up, MB: tells steps (an allocator
+    /// taking a new arena) from steady growth.
+    fn largest_step_mb(&self) -> f64 {
+        let rss: Vec<f64> = self.after_warmup().map(|s| s.rss_mb).collect();
+        rss.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+    }
+
     fn peak_mb(&self) -> f64 {
-        self.samples.iter().map(|s| s.rss_mb).fold(f64::NAN, f64::max)
+        self.samples
+            .iter()
+            .map(|s| s.rss_mb)
+            .fold(f64::NAN, f64::max)
     }
 
     fn json(&self) -> serde_json::Value {
@@ -560,6 +576,7 @@ impl Memory {
             "rss_end_mb": self.end_mb(),
             "rss_peak_mb": self.peak_mb(),
             "slope_mb_per_1000_frames": self.slope(),
+            "largest_step_mb": self.largest_step_mb(),
             "samples_after_warmup": self.after_warmup().count(),
             "frames_per_second": self.frames as f64 / self.seconds,
             "samples": self.samples.iter()
@@ -600,7 +617,8 @@ fn measure_memory(cfg: &Config, inputs: &Inputs) -> Memory {
         .iter()
         .enumerate()
         .map(|(s, p)| {
-            let (src, info, first, pool) = (p.src.clone(), p.info().clone(), p.pushed, pool.clone());
+            let (src, info, first, pool) =
+                (p.src.clone(), p.info().clone(), p.pushed, pool.clone());
             std::thread::spawn(move || {
                 for i in 0..per {
                     let image = &pool[(s * per + i) % pool.len()];
@@ -821,6 +839,10 @@ fn main() {
                 m.after_warmup().count()
             ),
             format!("{:+.3} MB per 1000 frames", m.slope()),
+        );
+        row(
+            "largest rise between two samples after warm-up",
+            format!("{:.1} MB", m.largest_step_mb()),
         );
         row(
             "frames/s during the run",

@@ -129,11 +129,7 @@ pub fn enroll_profile(manifest: &Path, options: &EngineOptions) -> BenchProfile 
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("bench.logsad");
     profile.save(&path).expect("saving the profile");
-    BenchProfile {
-        profile,
-        path,
-        dir,
-    }
+    BenchProfile { profile, path, dir }
 }
 
 /// `frame` as a GStreamer RGB buffer (rows padded to the stride GStreamer expects), stamped as
