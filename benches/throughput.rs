@@ -30,87 +30,53 @@
 //! `BENCH_DEVICE` (cpu, cuda, tensorrt; default cpu), `BENCH_SKIP` (comma list of `pipeline`,
 //! `nn` to skip parts). `MATMUL_NUM_THREADS` sets matrixmultiply's threads as usual.
 
+// Each bench uses part of the shared helpers.
+#[allow(dead_code)]
+mod common;
+
+use common::{AppPipeline, EngineChoice, REFERENCES, VALIDATION};
 use gst::prelude::*;
 use gstlogsad::detect::features::{patch_features, Grid, PatchFeatures};
 use gstlogsad::detect::patch::{anomaly_map, dense_max_similarity, max_similarity, MemoryBank};
 use gstlogsad::detect::preprocess::{Preprocessor, RgbImage};
 use gstlogsad::detect::score::{reduce, Reduction};
 use gstlogsad::detect::tiling::{Stitcher, Tiling};
-use gstlogsad::engine::{self, Backbone, Device, EngineOptions, Manifest};
-use gstlogsad::enroll::{enroll, EnrollOptions};
+use gstlogsad::engine::{self, Backbone, EngineOptions, Manifest};
 use gstlogsad::imageio::load_rgb;
 use gstlogsad::inspector::{self, Extractor, Inspector, JudgeOptions};
 use gstlogsad::profile::Profile;
 use serde_json::json;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const WARMUP_FRAMES: usize = 2;
-const REFERENCES: usize = 4;
-const VALIDATION: usize = 4;
 /// Frames of the per-step breakdown of the detector (per round).
 const BREAKDOWN_FRAMES: usize = 10;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        _ => default,
-    }
-}
 
 struct Config {
     frames: usize,
     rounds: usize,
     chunk: usize,
     nn_reps: usize,
-    threads: usize,
-    device: Device,
-    device_nick: String,
+    engine: EngineChoice,
     skip_pipeline: bool,
     skip_nn: bool,
 }
 
 impl Config {
     fn from_env() -> Self {
-        let device_nick = std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
-        let device: Device = device_nick.parse().expect("BENCH_DEVICE");
-        let skip = std::env::var("BENCH_SKIP").unwrap_or_default();
-        let skips: Vec<&str> = skip.split(',').map(str::trim).collect();
+        use common::env_usize;
         Config {
             frames: env_usize("BENCH_FRAMES", 40).max(1),
             rounds: env_usize("BENCH_ROUNDS", 2).max(1),
             chunk: env_usize("BENCH_CHUNK", 5).max(1),
             nn_reps: env_usize("BENCH_NN_REPS", 10).max(1),
-            threads: env_usize("BENCH_THREADS", 0),
-            device,
-            device_nick,
-            skip_pipeline: skips.contains(&"pipeline"),
-            skip_nn: skips.contains(&"nn"),
+            engine: EngineChoice::from_env(),
+            skip_pipeline: common::skipped("pipeline"),
+            skip_nn: common::skipped("nn"),
         }
     }
-
-    fn engine(&self) -> EngineOptions {
-        EngineOptions {
-            device: self.device,
-            threads: self.threads,
-            ..EngineOptions::default()
-        }
-    }
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-fn textile(index: usize) -> PathBuf {
-    engine::data_dir().join(format!("data/textile/nominal/textile_{index:04}.jpg"))
 }
 
 /// The best (highest) frames/s over rounds, with every round kept for the report.
@@ -294,165 +260,30 @@ fn breakdown_chunk(
 // ---------------------------------------------------------------------------------------------
 // Pipeline
 
-/// Frames as GStreamer RGB buffers (rows padded to the stride GStreamer expects).
-fn to_buffer(image: &RgbImage, info: &gst_video::VideoInfo, index: usize) -> gst::Buffer {
-    let stride = info.stride()[0] as usize;
-    let row = image.width as usize * 3;
-    let mut data = vec![0u8; info.size()];
-    for (y, src) in image.pixels.chunks_exact(row).enumerate() {
-        data[y * stride..y * stride + row].copy_from_slice(src);
-    }
-    let mut buffer = gst::Buffer::from_mut_slice(data);
-    {
-        let b = buffer.get_mut().unwrap();
-        let frame = gst::ClockTime::from_nseconds(1_000_000_000 / 30);
-        b.set_pts(frame * index as u64);
-        b.set_duration(frame);
-    }
-    buffer
-}
-
-fn video_info(frames: &[RgbImage]) -> gst_video::VideoInfo {
-    let (w, h) = (frames[0].width, frames[0].height);
-    assert!(
-        frames.iter().all(|f| f.width == w && f.height == h),
-        "all frames must have the same size"
-    );
-    gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w, h)
-        .fps(gst::Fraction::new(30, 1))
-        .build()
-        .expect("video info")
-}
-
 /// `appsrc ! logsad [! anomalyoverlay] ! fakesink`, started once (model loaded, warmed up) and
 /// fed chunk by chunk: a chunk's time runs from its first push until its last buffer has reached
-/// the sink. `finish` ends the stream with EOS and checks every buffer arrived.
-struct PipelineRunner {
-    pipeline: gst::Pipeline,
-    src: gst::Element,
-    bus: gst::Bus,
-    info: gst_video::VideoInfo,
-    arrived: Arc<(Mutex<usize>, Condvar)>,
-    pushed: usize,
-}
-
-impl PipelineRunner {
-    fn new(
-        cfg: &Config,
-        profile: &Path,
-        manifest: &Path,
-        overlay: bool,
-        frames: &[RgbImage],
-        warmup: &[RgbImage],
-    ) -> Self {
-        let info = video_info(frames);
-        let description = format!(
-            "appsrc name=src format=time is-live=false block=false max-bytes=0 ! logsad name=det \
-             {} ! fakesink name=sink sync=false async=false",
-            if overlay { "! anomalyoverlay" } else { "" }
-        );
-        let pipeline = gst::parse::launch(&description)
-            .expect("pipeline")
-            .downcast::<gst::Pipeline>()
-            .expect("a pipeline");
-        let src = pipeline.by_name("src").unwrap();
-        src.set_property("caps", info.to_caps().unwrap());
-        let det = pipeline.by_name("det").unwrap();
+/// the sink.
+fn pipeline_runner(
+    cfg: &Config,
+    profile: &Path,
+    manifest: &Path,
+    overlay: bool,
+    frames: &[RgbImage],
+    warmup: &[RgbImage],
+) -> AppPipeline {
+    let description = format!(
+        "appsrc name=src format=time is-live=false block=false max-bytes=0 ! logsad name=det \
+         {} ! fakesink name=sink sync=false async=false",
+        if overlay { "! anomalyoverlay" } else { "" }
+    );
+    let mut runner = AppPipeline::launch(&description, &common::video_info(frames), |p| {
+        let det = p.by_name("det").unwrap();
         det.set_property("profile", profile.display().to_string());
         det.set_property("model", manifest.display().to_string());
-        det.set_property("threads", cfg.threads as u32);
-        det.set_property_from_str("device", &cfg.device_nick);
-        let sink = pipeline.by_name("sink").unwrap();
-        let arrived = Arc::new((Mutex::new(0usize), Condvar::new()));
-        {
-            let arrived = arrived.clone();
-            sink.static_pad("sink")
-                .unwrap()
-                .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                    let (count, cond) = &*arrived;
-                    *count.lock().unwrap() += 1;
-                    cond.notify_all();
-                    gst::PadProbeReturn::Ok
-                });
-        }
-        let bus = pipeline.bus().unwrap();
-        pipeline
-            .set_state(gst::State::Playing)
-            .expect("pipeline to PLAYING");
-        let mut runner = PipelineRunner {
-            pipeline,
-            src,
-            bus,
-            info,
-            arrived,
-            pushed: 0,
-        };
-        runner.chunk(warmup);
-        runner
-    }
-
-    fn check_errors(&self) {
-        if let Some(msg) = self
-            .bus
-            .timed_pop_filtered(gst::ClockTime::ZERO, &[gst::MessageType::Error])
-        {
-            if let gst::MessageView::Error(e) = msg.view() {
-                panic!("pipeline error: {} ({:?})", e.error(), e.debug());
-            }
-        }
-    }
-
-    fn chunk(&mut self, frames: &[RgbImage]) -> Duration {
-        // Buffers are made before the clock starts; each is handed over with its only reference
-        // so that the in-place element does not have to copy it.
-        let buffers: Vec<gst::Buffer> = frames
-            .iter()
-            .enumerate()
-            .map(|(i, f)| to_buffer(f, &self.info, self.pushed + i))
-            .collect();
-        let target = self.pushed + buffers.len();
-        let start = Instant::now();
-        for buffer in buffers {
-            let ret = self
-                .src
-                .emit_by_name::<gst::FlowReturn>("push-buffer", &[&buffer]);
-            assert_eq!(ret, gst::FlowReturn::Ok, "push-buffer");
-        }
-        let (count, cond) = &*self.arrived;
-        let mut n = count.lock().unwrap();
-        while *n < target {
-            n = cond.wait_timeout(n, Duration::from_millis(200)).unwrap().0;
-            if *n < target {
-                self.check_errors();
-            }
-        }
-        let elapsed = start.elapsed();
-        drop(n);
-        self.pushed = target;
-        elapsed
-    }
-
-    fn finish(self) {
-        let _ = self
-            .src
-            .emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
-        let msg = self
-            .bus
-            .timed_pop_filtered(
-                gst::ClockTime::from_seconds(60),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            )
-            .expect("EOS");
-        if let gst::MessageView::Error(e) = msg.view() {
-            panic!("pipeline error: {} ({:?})", e.error(), e.debug());
-        }
-        assert_eq!(
-            *self.arrived.0.lock().unwrap(),
-            self.pushed,
-            "frames reaching the sink"
-        );
-        self.pipeline.set_state(gst::State::Null).unwrap();
-    }
+        cfg.engine.configure(&det);
+    });
+    runner.chunk(warmup);
+    runner
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -713,41 +544,22 @@ fn main() {
     println!(
         "gst-logsad throughput: model {} on {}, {} CPUs, ORT threads {}, MATMUL_NUM_THREADS {}",
         manifest.name,
-        cfg.device_nick,
+        cfg.engine.device_nick,
         cpus,
-        if cfg.threads == 0 {
-            "default".to_string()
-        } else {
-            cfg.threads.to_string()
-        },
+        cfg.engine.threads_label(),
         matmul_threads
     );
 
     // 1. Profile: 4 references + 4 validation images, whole-frame tiling.
     let t = Instant::now();
-    let references: Vec<PathBuf> = (1..=REFERENCES).map(textile).collect();
-    let validation: Vec<PathBuf> = (REFERENCES + 1..=REFERENCES + VALIDATION)
-        .map(textile)
-        .collect();
-    let options = EnrollOptions {
-        engine: cfg.engine(),
-        ..EnrollOptions::default()
-    };
-    let (profile, warnings) = enroll(
-        &manifest_path,
-        &references,
-        &validation,
-        &options,
-        &mut |_, _, _| {},
-    )
-    .expect("enrollment");
-    for w in warnings {
-        eprintln!("warning (enroll): {w}");
-    }
+    let references: Vec<_> = (1..=REFERENCES).map(common::textile).collect();
+    // `_profile_dir` holds the profile file until the end.
+    let common::BenchProfile {
+        profile,
+        path: profile_path,
+        dir: _profile_dir,
+    } = common::enroll_profile(&manifest_path, &cfg.engine.options());
     let bank_rows = profile.banks[0].len();
-    let profile_dir = tempfile::tempdir().expect("temporary directory");
-    let profile_path = profile_dir.path().join("bench.logsad");
-    profile.save(&profile_path).expect("saving the profile");
     let Profile { header, mut banks } = profile;
     let bank = banks.remove(0);
     println!(
@@ -756,14 +568,8 @@ fn main() {
     );
 
     // 2. Frames: nominal textile images not used for enrollment.
-    let first = REFERENCES + VALIDATION + 1;
-    let decode = |range: std::ops::Range<usize>| -> Vec<RgbImage> {
-        range
-            .map(|i| load_rgb(&textile(first + i)).expect("frame"))
-            .collect()
-    };
-    let frames = decode(WARMUP_FRAMES..WARMUP_FRAMES + cfg.frames);
-    let warmup = decode(0..WARMUP_FRAMES);
+    let frames = common::frames(WARMUP_FRAMES..WARMUP_FRAMES + cfg.frames);
+    let warmup = common::frames(0..WARMUP_FRAMES);
     let (fw, fh) = (frames[0].width, frames[0].height);
     println!(
         "frames: {} timed (+{WARMUP_FRAMES} warm-up) {fw}x{fh} RGB, {} interleaved rounds, best kept",
@@ -773,7 +579,7 @@ fn main() {
     // 3./4. Backbone alone, detector, pipelines: separately loaded sessions of the same model,
     // all warmed up, then fed the same frames chunk by chunk in rotating order, so that a burst
     // of load on the machine hits every configuration alike.
-    let engine_options = cfg.engine();
+    let engine_options = cfg.engine.options();
     let mut bare = Bare::new(&manifest_path, &engine_options, &frames, &warmup);
     let (extractor, inspector, warnings) =
         inspector::load(&profile_path, &manifest_path, &engine_options).expect("detector");
@@ -787,7 +593,7 @@ fn main() {
         gst::init().expect("gst::init");
         gstlogsad::plugin_register_static().expect("registering the logsad plugin");
         for overlay in [false, true] {
-            pipelines.push(PipelineRunner::new(
+            pipelines.push(pipeline_runner(
                 &cfg,
                 &profile_path,
                 &manifest_path,
@@ -1086,16 +892,16 @@ fn main() {
     let total = started.elapsed().as_secs_f64();
     println!(
         "\nwhole run {total:.0} s; figures in {}",
-        target_dir().join("bench.json").display()
+        common::target_dir().join("bench.json").display()
     );
 
     let nn_json: Vec<serde_json::Value> = nn.iter().map(NnResult::json).collect();
     let report = json!({
         "command": "cargo bench --bench throughput",
         "model": manifest.name,
-        "device": cfg.device_nick,
+        "device": cfg.engine.device_nick,
         "cpus": cpus,
-        "ort_threads": cfg.threads,
+        "ort_threads": cfg.engine.threads,
         "matmul_num_threads": matmul_threads,
         "frames": cfg.frames,
         "frame_size": [fw, fh],
@@ -1120,7 +926,7 @@ fn main() {
         }),
         "seconds": total,
     });
-    let out = target_dir().join("bench.json");
-    std::fs::create_dir_all(target_dir()).ok();
+    let out = common::target_dir().join("bench.json");
+    std::fs::create_dir_all(common::target_dir()).ok();
     std::fs::write(&out, serde_json::to_vec_pretty(&report).unwrap()).expect("writing bench.json");
 }
