@@ -1151,16 +1151,15 @@ impl Logsad {
         } = frame;
         let result = match work {
             Work::Skip(reason) => {
-                let mut queue = lock(&self.shared.queue);
-                match &queue.last {
-                    Some(last) => last.carried(reason),
-                    None => {
-                        let threshold = self.threshold_now();
-                        let placeholder = AnomalyResult::placeholder(index, threshold, reason);
-                        queue.last = None;
-                        placeholder
-                    }
-                }
+                let carried = lock(&self.shared.queue)
+                    .last
+                    .as_ref()
+                    .map(|last| last.carried(reason));
+                // Not under the queue lock: `threshold_now` takes the state lock, and the
+                // streaming thread takes the queue lock while holding the state lock.
+                carried.unwrap_or_else(|| {
+                    AnomalyResult::placeholder(index, self.threshold_now(), reason)
+                })
             }
             Work::Analyse {
                 image,
