@@ -223,6 +223,9 @@ struct Queue {
     flushing: bool,
     /// Frames sent to the worker and not yet judged.
     in_flight: usize,
+    /// The source pad task took an item from `items` and is pushing it: a serialized query
+    /// waits for this too, so that it goes downstream after that item.
+    pushing: bool,
     /// Bumped by a flush, so that replies for frames flushed away are ignored.
     generation: u64,
     /// The last flow return of a push downstream, returned to upstream.
@@ -241,6 +244,7 @@ impl Default for Queue {
             items: VecDeque::new(),
             flushing: true,
             in_flight: 0,
+            pushing: false,
             generation: 0,
             flow: Ok(gst::FlowSuccess::Ok),
             last: None,
@@ -975,7 +979,7 @@ impl Logsad {
             // Answered once the frames before it are out (an allocation or drain query must
             // see the stream as downstream will).
             let mut queue = lock(&self.shared.queue);
-            while !queue.items.is_empty() && !queue.flushing {
+            while (!queue.items.is_empty() || queue.pushing) && !queue.flushing {
                 queue = self
                     .shared
                     .changed
@@ -1088,6 +1092,7 @@ impl Logsad {
                     return;
                 }
                 if queue.items.front().is_some_and(Item::ready) {
+                    queue.pushing = true;
                     break queue.items.pop_front().expect("a front item");
                 }
                 queue = self
@@ -1104,8 +1109,6 @@ impl Logsad {
                     lock(&self.shared.queue).last = None;
                 }
                 self.srcpad.push_event(event);
-                // Serialized queries wait for the queue to empty.
-                self.shared.changed.notify_all();
                 if eos {
                     Err(gst::FlowError::Eos)
                 } else {
@@ -1114,6 +1117,9 @@ impl Logsad {
             }
             Item::Frame(frame) => self.finish_frame(*frame),
         };
+        // Serialized queries wait for the queue to empty and the last item to be pushed.
+        lock(&self.shared.queue).pushing = false;
+        self.shared.changed.notify_all();
         if let Err(err) = flow {
             let mut queue = lock(&self.shared.queue);
             if err != gst::FlowError::Eos {
