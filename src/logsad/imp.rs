@@ -939,7 +939,15 @@ impl Logsad {
             EventView::FlushStop(_) => {
                 {
                     let mut queue = lock(&self.shared.queue);
-                    queue.items.clear();
+                    // Frames and the segment go; sticky events not pushed yet (caps, tags,
+                    // stream-start) still hold after the flush and go downstream first.
+                    queue.items.retain(|item| match item {
+                        Item::Event(e) => {
+                            e.is_sticky()
+                                && !matches!(e.type_(), gst::EventType::Segment | gst::EventType::Eos)
+                        }
+                        Item::Frame(_) => false,
+                    });
                     queue.in_flight = 0;
                     queue.generation += 1;
                     queue.flow = Ok(gst::FlowSuccess::Ok);
