@@ -808,6 +808,7 @@ impl Logsad {
             *g
         };
         let element = self.obj().downgrade();
+        let path_shown = path.display().to_string();
         let spawned = std::thread::Builder::new()
             .name("logsad-profile".into())
             .spawn(move || {
@@ -823,7 +824,7 @@ impl Logsad {
             gst::element_imp_warning!(
                 self,
                 gst::CoreError::Thread,
-                ("cannot start loading profile {}: {}", "", e)
+                ("cannot start loading profile {}: {}", path_shown, e)
             );
         }
     }
