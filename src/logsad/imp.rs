@@ -945,7 +945,10 @@ impl Logsad {
                     queue.items.retain(|item| match item {
                         Item::Event(e) => {
                             e.is_sticky()
-                                && !matches!(e.type_(), gst::EventType::Segment | gst::EventType::Eos)
+                                && !matches!(
+                                    e.type_(),
+                                    gst::EventType::Segment | gst::EventType::Eos
+                                )
                         }
                         Item::Frame(_) => false,
                     });
