@@ -167,6 +167,8 @@ struct State {
     worker: Arc<InferenceWorker>,
     /// The profile frames are judged with now; replaced whole by a profile swap.
     inspector: Arc<Inspector>,
+    /// The file `inspector` was loaded from.
+    profile_path: PathBuf,
     converter: Option<Converter>,
     frames: u64,
     /// No frame was analysed since the start, new caps or a flush: analyse the next one.
@@ -223,6 +225,9 @@ struct Queue {
     flushing: bool,
     /// Frames sent to the worker and not yet judged.
     in_flight: usize,
+    /// The source pad task took an item from `items` and is pushing it: a serialized query
+    /// waits for this too, so that it goes downstream after that item.
+    pushing: bool,
     /// Bumped by a flush, so that replies for frames flushed away are ignored.
     generation: u64,
     /// The last flow return of a push downstream, returned to upstream.
@@ -241,6 +246,7 @@ impl Default for Queue {
             items: VecDeque::new(),
             flushing: true,
             in_flight: 0,
+            pushing: false,
             generation: 0,
             flow: Ok(gst::FlowSuccess::Ok),
             last: None,
@@ -734,6 +740,7 @@ impl Logsad {
         *lock(&self.state) = Some(State {
             worker,
             inspector,
+            profile_path: profile,
             converter: None,
             frames: 0,
             need_fresh: true,
@@ -804,6 +811,7 @@ impl Logsad {
             *g
         };
         let element = self.obj().downgrade();
+        let path_shown = path.display().to_string();
         let spawned = std::thread::Builder::new()
             .name("logsad-profile".into())
             .spawn(move || {
@@ -819,7 +827,7 @@ impl Logsad {
             gst::element_imp_warning!(
                 self,
                 gst::CoreError::Thread,
-                ("cannot start loading a profile: {}", e)
+                ("cannot start loading profile {}: {}", path_shown, e)
             );
         }
     }
@@ -840,6 +848,7 @@ impl Logsad {
                 match state.as_mut().filter(|_| latest) {
                     Some(state) => {
                         state.inspector = Arc::new(inspector);
+                        state.profile_path = path.to_path_buf();
                         state.need_fresh = true;
                         gst::info!(CAT, imp = self, "profile {} swapped in", path.display());
                         Ok(())
@@ -853,6 +862,17 @@ impl Logsad {
                     gst::ResourceError::OpenRead,
                     ("profile {} not swapped in, the previous one stays: {}", path.display(), e)
                 );
+                // The property names the profile in use, so that `reload` or a restart does
+                // not pick up the file that failed.
+                let in_use = lock(&self.state).as_ref().map(|s| s.profile_path.clone());
+                if let Some(in_use) = in_use {
+                    let mut settings = lock(&self.settings);
+                    if settings.profile.as_deref() == Some(path) && in_use != path {
+                        settings.profile = Some(in_use);
+                        drop(settings);
+                        self.obj().notify("profile");
+                    }
+                }
                 Err(e.to_string())
             }
         };
@@ -935,7 +955,18 @@ impl Logsad {
             EventView::FlushStop(_) => {
                 {
                     let mut queue = lock(&self.shared.queue);
-                    queue.items.clear();
+                    // Frames and the segment go; sticky events not pushed yet (caps, tags,
+                    // stream-start) still hold after the flush and go downstream first.
+                    queue.items.retain(|item| match item {
+                        Item::Event(e) => {
+                            e.is_sticky()
+                                && !matches!(
+                                    e.type_(),
+                                    gst::EventType::Segment | gst::EventType::Eos
+                                )
+                        }
+                        Item::Frame(_) => false,
+                    });
                     queue.in_flight = 0;
                     queue.generation += 1;
                     queue.flow = Ok(gst::FlowSuccess::Ok);
@@ -976,7 +1007,7 @@ impl Logsad {
             // see the stream as downstream will).
             let mut queue = lock(&self.shared.queue);
             // A failed push pauses the task: the queue would never empty.
-            while !queue.items.is_empty() && !queue.flushing && queue.flow.is_ok() {
+            while (!queue.items.is_empty() || queue.pushing) && !queue.flushing && queue.flow.is_ok() {
                 queue = self
                     .shared
                     .changed
@@ -1000,7 +1031,10 @@ impl Logsad {
                 } else {
                     timestamp.saturating_sub(gst::ClockTime::from_nseconds(diff.unsigned_abs()))
                 };
-                *lock(&self.qos_earliest) = Some(earliest);
+                // Recorded only while QoS is on: a deadline from before must not apply later.
+                if lock(&self.settings).qos {
+                    *lock(&self.qos_earliest) = Some(earliest);
+                }
             }
         }
         gst::Pad::event_default(pad, Some(&*self.obj()), event)
@@ -1089,6 +1123,7 @@ impl Logsad {
                     return;
                 }
                 if queue.items.front().is_some_and(Item::ready) {
+                    queue.pushing = true;
                     break queue.items.pop_front().expect("a front item");
                 }
                 queue = self
@@ -1105,8 +1140,6 @@ impl Logsad {
                     lock(&self.shared.queue).last = None;
                 }
                 self.srcpad.push_event(event);
-                // Serialized queries wait for the queue to empty.
-                self.shared.changed.notify_all();
                 if eos {
                     Err(gst::FlowError::Eos)
                 } else {
@@ -1115,6 +1148,9 @@ impl Logsad {
             }
             Item::Frame(frame) => self.finish_frame(*frame),
         };
+        // Serialized queries wait for the queue to empty and the last item to be pushed.
+        lock(&self.shared.queue).pushing = false;
+        self.shared.changed.notify_all();
         if let Err(err) = flow {
             let mut queue = lock(&self.shared.queue);
             if err != gst::FlowError::Eos {
@@ -1152,11 +1188,15 @@ impl Logsad {
         } = frame;
         let result = match work {
             Work::Skip(reason) => {
-                let last = lock(&self.shared.queue).last.clone();
-                match last {
-                    Some(last) => last.carried(reason),
-                    None => AnomalyResult::placeholder(index, self.threshold_now(), reason),
-                }
+                let carried = lock(&self.shared.queue)
+                    .last
+                    .as_ref()
+                    .map(|last| last.carried(reason));
+                // Not under the queue lock: `threshold_now` takes the state lock, and the
+                // streaming thread takes the queue lock while holding the state lock.
+                carried.unwrap_or_else(|| {
+                    AnomalyResult::placeholder(index, self.threshold_now(), reason)
+                })
             }
             Work::Analyse {
                 image,
