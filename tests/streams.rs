@@ -957,6 +957,11 @@ fn profile_hot_swap_and_reload() {
             bad.display()
         );
         push_and_check(&mut s, &mut alone_h, "after a failed swap");
+        // The property names the profile still in use, not the file that failed.
+        assert_eq!(
+            s.logsad.property::<Option<String>>("profile").as_deref(),
+            Some(path_str(&f.horizontal))
+        );
     }
 
     let (m, _) = change(&mut s, Some(&swapped));
