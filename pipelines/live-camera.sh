@@ -2,23 +2,21 @@
 # live-camera.sh: anomaly detection on a live camera, shown on screen with the overlay, results
 # written as JSON lines.
 #
-#   SOURCE ! videoconvert ! RGB ! queue leaky=downstream max-size-buffers=1 ! logsad ! tee
+#   SOURCE ! videoconvert ! RGB ! logsad drop-policy=skip ! tee
 #     tee -> queue ! anomalypublish (JSON lines) ! fakesink
 #     tee -> queue ! anomalyoverlay ! videoconvert ! SINK
 #
-# Why the leaky queue: a camera delivers frames at its own pace (say 30 fps) whether or not
-# anyone keeps up, and logsad analyses in the streaming thread, one frame at a time (tens to
-# hundreds of milliseconds per frame on a CPU). An ordinary queue would fill up and latency would
-# grow until the queue blocks the camera; `leaky=downstream max-size-buffers=1` instead throws
-# away the oldest waiting frame, so logsad always gets the newest one and the delay on screen stays
-# at about one inference. The dropped frames are never shown; raise `INTERVAL` instead to keep
-# every frame on screen and analyse only every Nth (the others carry the last result, "held").
+# A camera delivers frames at its own pace (say 30 fps) whether or not anyone keeps up, and an
+# analysis takes tens to hundreds of milliseconds on a CPU. logsad runs it off the streaming
+# thread with at most `max-in-flight` frames at once; with `drop-policy=skip` a frame that
+# arrives while that many are being analysed goes on unanalysed (it carries the last result,
+# `"skipped": "busy"` in the JSON lines, badge "(held)"), so every frame reaches the screen and
+# the file, in order, and the delay stays bounded. logsad adds its analysis time to the latency
+# query, so the display sink can synchronise: every frame is shown, late by that latency.
+# Raise `INTERVAL` to analyse only every Nth frame.
 #
 # Frames are converted to RGB before logsad, not between logsad and the overlay: in GStreamer 1.22
 # a conversion keeps the region boxes but drops their scores, so the boxes would lose their labels.
-#
-# The display sink runs with sync=false: frames reach it late by the inference time, and a
-# synchronising sink would drop them as too late.
 
 set -euo pipefail
 
@@ -34,7 +32,7 @@ Settings (environment variables, defaults in brackets):
   CAMERA             V4L2 device of the default source [/dev/video0]
   SOURCE             source pipeline fragment [v4l2src device=$CAMERA]
                      e.g. SOURCE="videotestsrc is-live=true pattern=ball"
-  SINK               display sink [autovideosink sync=false]; headless: SINK=fakesink
+  SINK               display sink [autovideosink]; headless: SINK=fakesink
   NUM_BUFFERS        stop after this many source frames (sets num-buffers on the source) []
   INTERVAL           analyse every Nth frame [1]
   OUT                output folder [out]
@@ -67,7 +65,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROFILE=${1:-${PROFILE:-}}
 CAMERA=${CAMERA:-/dev/video0}
 SOURCE=${SOURCE:-v4l2src device=$CAMERA}
-SINK=${SINK:-autovideosink sync=false}
+SINK=${SINK:-autovideosink}
 NUM_BUFFERS=${NUM_BUFFERS:-}
 INTERVAL=${INTERVAL:-1}
 OUT=${OUT:-out}
@@ -106,9 +104,8 @@ fi
 # shellcheck disable=SC2086
 exec gst-launch-1.0 -e \
     $source ! videoconvert ! video/x-raw,format=RGB ! \
-    queue leaky=downstream max-size-buffers=1 max-size-bytes=0 max-size-time=0 ! \
     logsad profile="$PROFILE" ${MODEL:+model="$MODEL"} interval="$INTERVAL" \
-    device="$DEVICE" threads="$THREADS" ! \
+    device="$DEVICE" threads="$THREADS" drop-policy=skip ! \
     tee name=t \
     t. ! queue ! anomalypublish location="$JSONL" stream-name="$STREAM_NAME" ! fakesink sync=false \
     t. ! queue ! anomalyoverlay $OVERLAY_OPTIONS ! videoconvert ! $SINK
