@@ -31,7 +31,8 @@
 //! `BENCH_BATCH_TIMEOUT_US` (the `batch-timeout` of the shared instances, default 0: batch the
 //! frames already waiting), `BENCH_LATENCY_SECONDS` (length of the live run, default 60;
 //! `make bench` runs 600), `BENCH_LIVE_FPS` (default 30), `BENCH_LIVE_MAX_IN_FLIGHT` (the live
-//! element's `max-in-flight`; default: the element's, 2), `BENCH_MEMORY_FRAMES` (default 4000),
+//! element's `max-in-flight`; default: the element's, 0 = 1 for a live source),
+//! `BENCH_MEMORY_FRAMES` (default 4000),
 //! `BENCH_THREADS`, `BENCH_DEVICE` (as for the throughput bench), `BENCH_SKIP` (comma list of
 //! `streams`, `latency`, `memory` to leave parts out).
 

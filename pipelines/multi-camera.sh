@@ -71,7 +71,7 @@ Settings (environment variables, defaults in brackets):
   BATCH_SIZE         most frames of all cameras per inference call [number of cameras]
   BATCH_TIMEOUT      µs to wait for more frames after the first of a batch; 0: only frames
                      already waiting, -1: a full batch [0]
-  MAX_IN_FLIGHT      frames of one camera being analysed at once [2]
+  MAX_IN_FLIGHT      frames of one camera being analysed at once (0: 1 live, 2 otherwise) [0]
   DROP_POLICY        auto (skip when live, wait with files), skip or wait [auto]
   INTERVAL           analyse every Nth frame of each camera [1]
   THRESHOLD          verdict threshold on the calibrated score, negative = the profile's [-1]
@@ -120,7 +120,7 @@ DATA=${DATA:-${LOGSAD_DATA_DIR:-$REPO/.deps}/data/textile}
 RTSP_LATENCY=${RTSP_LATENCY:-200}
 INSTANCE_ID=${INSTANCE_ID:-multi-camera}
 BATCH_TIMEOUT=${BATCH_TIMEOUT:-0}
-MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-2}
+MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-0}
 DROP_POLICY=${DROP_POLICY:-auto}
 INTERVAL=${INTERVAL:-1}
 THRESHOLD=${THRESHOLD:--1}

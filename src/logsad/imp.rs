@@ -80,11 +80,24 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_INTERVAL: u32 = 1;
 /// A negative threshold means: use the profile's.
 const DEFAULT_THRESHOLD: f64 = -1.0;
-const DEFAULT_MAX_IN_FLIGHT: u32 = 2;
+/// 0: chosen by the source, see [`in_flight_limit`].
+const DEFAULT_MAX_IN_FLIGHT: u32 = 0;
 const DEFAULT_BATCH_SIZE: u32 = 1;
 const DEFAULT_BATCH_TIMEOUT_US: i64 = 0;
 /// The latency reported grows only when the measured one exceeds it by this factor.
 const LATENCY_GROWTH: f64 = 1.25;
+
+/// How many frames of a stream may be analysed at once: the `max-in-flight` setting, or for 0,
+/// 1 with a live source (the lowest latency: two frames in flight share the CPU, and a
+/// 99th-percentile latency of two analysis times needs one) and 2 otherwise (the matching of
+/// one frame overlaps the inference of the next: the most frames per second).
+fn in_flight_limit(setting: u32, live: bool) -> usize {
+    match setting {
+        0 if live => 1,
+        0 => 2,
+        n => n as usize,
+    }
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
@@ -173,7 +186,8 @@ struct State {
     frames: u64,
     /// No frame was analysed since the start, new caps or a flush: analyse the next one.
     need_fresh: bool,
-    /// Whether upstream is live (asked once, at the first frame), for `drop-policy=auto`.
+    /// Whether upstream is live (asked once, at the first frame), for `drop-policy=auto` and
+    /// `max-in-flight=0`.
     live: Option<bool>,
     segment: gst::FormattedSegment<gst::ClockTime>,
     /// Whether the INFO line about deinterlacing was logged.
@@ -225,6 +239,8 @@ struct Queue {
     flushing: bool,
     /// Frames sent to the worker and not yet judged.
     in_flight: usize,
+    /// The most frames in flight ([`in_flight_limit`]), once the source's liveness is known.
+    limit: usize,
     /// The source pad task took an item from `items` and is pushing it: a serialized query
     /// waits for this too, so that it goes downstream after that item.
     pushing: bool,
@@ -246,6 +262,7 @@ impl Default for Queue {
             items: VecDeque::new(),
             flushing: true,
             in_flight: 0,
+            limit: in_flight_limit(DEFAULT_MAX_IN_FLIGHT, false),
             pushing: false,
             generation: 0,
             flow: Ok(gst::FlowSuccess::Ok),
@@ -442,9 +459,11 @@ impl ObjectImpl for Logsad {
                     .nick("Maximum frames in flight")
                     .blurb(
                         "Frames of this stream being analysed at once (as DL Streamer's nireq); \
-                         2 overlaps the matching of one frame with the inference of the next",
+                         2 overlaps the matching of one frame with the inference of the next \
+                         (throughput), 1 keeps the latency lowest; 0: 1 with a live source, 2 \
+                         otherwise",
                     )
-                    .minimum(1)
+                    .minimum(0)
                     .maximum(64)
                     .default_value(DEFAULT_MAX_IN_FLIGHT)
                     .mutable_ready()
@@ -1047,6 +1066,8 @@ impl Logsad {
                 return false;
             }
             let (live, min, max) = upstream.result();
+            let setting = lock(&self.settings).max_in_flight;
+            lock(&self.shared.queue).limit = in_flight_limit(setting, live);
             let ours = self.latency();
             lock(&self.shared.queue).reported_latency = ours;
             gst::debug!(CAT, imp = self, "adding {ours} of latency to upstream's {min}");
@@ -1058,9 +1079,9 @@ impl Logsad {
 
     /// The latency this element adds: `max-in-flight` analysis times.
     fn latency(&self) -> gst::ClockTime {
-        let in_flight = lock(&self.settings).max_in_flight.max(1);
-        let analysis = lock(&self.shared.queue).analysis_time.unwrap_or_default();
-        gst::ClockTime::from_nseconds((analysis * in_flight).as_nanos() as u64)
+        let queue = lock(&self.shared.queue);
+        let analysis = queue.analysis_time.unwrap_or_default() * queue.limit as u32;
+        gst::ClockTime::from_nseconds(analysis.as_nanos() as u64)
     }
 
     fn src_activatemode(
@@ -1254,8 +1275,8 @@ impl Logsad {
     /// Counts a judged frame out of flight and updates the analysis time; returns the new
     /// time when the latency to report grew enough to ask the pipeline to ask again.
     fn frame_done(&self, submitted: Instant) -> Option<Duration> {
-        let in_flight = lock(&self.settings).max_in_flight.max(1) as usize;
         let mut queue = lock(&self.shared.queue);
+        let in_flight = queue.limit.max(1);
         queue.in_flight = queue.in_flight.saturating_sub(1);
         self.shared.changed.notify_all();
         // From submission, with the queueing behind earlier frames: what a frame waits.
@@ -1313,22 +1334,23 @@ impl Logsad {
             None
         };
         if skip.is_none() {
-            let policy = match settings.drop_policy {
-                LogsadDropPolicy::Auto => {
-                    let live = *state.live.get_or_insert_with(|| {
-                        let mut q = gst::query::Latency::new();
-                        self.sinkpad.peer_query(&mut q) && q.result().0
-                    });
-                    if live {
-                        LogsadDropPolicy::Skip
-                    } else {
-                        LogsadDropPolicy::Wait
-                    }
+            let live = match state.live {
+                Some(live) => live,
+                None => {
+                    let mut q = gst::query::Latency::new();
+                    let live = self.sinkpad.peer_query(&mut q) && q.result().0;
+                    state.live = Some(live);
+                    live
                 }
+            };
+            let policy = match settings.drop_policy {
+                LogsadDropPolicy::Auto if live => LogsadDropPolicy::Skip,
+                LogsadDropPolicy::Auto => LogsadDropPolicy::Wait,
                 other => other,
             };
-            let max = settings.max_in_flight.max(1) as usize;
+            let max = in_flight_limit(settings.max_in_flight, live);
             let mut queue = lock(&self.shared.queue);
+            queue.limit = max;
             if policy == LogsadDropPolicy::Skip {
                 if queue.in_flight >= max {
                     skip = Some(SkipReason::Busy);
