@@ -8,7 +8,7 @@
 //! slow where a test needs frames in flight by a `batch-timeout` the worker waits out.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
@@ -23,69 +23,8 @@ use gstlogsad::meta::{AnomalyResult, SkipReason};
 use gstlogsad::profile::PatchSpec;
 use gstlogsad::worker::InferenceWorker;
 
-static INIT: Once = Once::new();
-
-fn init() {
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstlogsad::plugin_register_static().expect("registering the logsad plugin");
-    });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Fixtures: models, images, profiles
-// ---------------------------------------------------------------------------------------------
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn deps() -> PathBuf {
-    std::env::var_os("LOGSAD_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".deps"))
-}
-
-/// The tiny test model (28x28 input, 2x2 token grid, 8 channels, 4 stages, seed 0).
-fn tiny_manifest() -> PathBuf {
-    let path = deps().join("models/tiny/manifest.json");
-    assert!(
-        path.is_file() && path.with_file_name("model.onnx").is_file(),
-        "{} is missing: run `make deps` (or models/make_test_model.py --out .deps/models/tiny)",
-        path.display()
-    );
-    path
-}
-
-/// Writes a tiny test model with `models/make_test_model.py` into `out`; returns its manifest.
-fn make_tiny_model(out: &Path, seed: u32) -> PathBuf {
-    let python = deps().join("venv/bin/python");
-    let status = std::process::Command::new(&python)
-        .arg(root().join("models/make_test_model.py"))
-        .arg("--out")
-        .arg(out)
-        .arg("--seed")
-        .arg(seed.to_string())
-        .arg("--no-verify")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    assert!(status.success(), "make_test_model.py failed: {status}");
-    out.join("manifest.json")
-}
-
-/// A small deterministic generator, so that the images are the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u32 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
-    }
-}
+mod common;
+use common::*;
 
 const W: u32 = 64;
 const H: u32 = 48;
