@@ -19,7 +19,8 @@
 //! judging of each frame run in this element's source pad task; the streaming thread only
 //! converts the frame and queues it. So the matching of frame N overlaps the inference of frame
 //! N+1, and buffers and serialized events leave in the order they came. At most
-//! `max-in-flight` frames are being analysed at once; a frame arriving when that many are
+//! `max-in-flight` frames are being analysed at once (by default 1 with a live source, for the
+//! lowest latency, and 2 otherwise, for throughput); a frame arriving when that many are
 //! (`drop-policy`) either waits for room (`wait`) or is passed on unanalysed, with the last
 //! result marked `stale` and `skipped=busy` (`skip`). No frame is ever dropped or reordered.
 //!
