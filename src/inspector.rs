@@ -713,12 +713,14 @@ impl Inspector {
                 ) => {
                     let fired = fired_rules(file, stats, &layout.view(&parts.names));
                     let frame = (image.width, image.height);
-                    rules.extend(fired.into_iter().map(|rule| RuleFinding {
-                        instances: instances_of(&rule, &layout.instances)
-                            .into_iter()
-                            .map(|i| layout.instance_box(i, frame))
-                            .collect(),
-                        rule,
+                    rules.extend(fired.into_iter().map(|rule| {
+                        RuleFinding {
+                            instances: instances_of(&rule, &layout.instances)
+                                .into_iter()
+                                .map(|i| layout.instance_box(i, frame))
+                                .collect(),
+                            rule,
+                        }
                     }));
                     timings.composition += start.elapsed();
                     rules.len() as f64

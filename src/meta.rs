@@ -538,10 +538,7 @@ impl AnomalyResult {
                 .map_err(|e| glib::bool_error!("anomaly meta field anomalous: {e}"))?,
             threshold: field("threshold")?,
             stale: s.get("stale").unwrap_or(false),
-            skipped: s
-                .get::<&str>("skipped")
-                .ok()
-                .and_then(SkipReason::parse),
+            skipped: s.get::<&str>("skipped").ok().and_then(SkipReason::parse),
             frame: s.get("frame").unwrap_or(0),
             detectors,
             map,

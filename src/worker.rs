@@ -301,7 +301,11 @@ impl Drop for InferenceWorker {
 
 fn describe(b: &Batching) -> String {
     match b.batch_timeout {
-        Some(t) => format!("batch-size {}, batch-timeout {} µs", b.batch_size, t.as_micros()),
+        Some(t) => format!(
+            "batch-size {}, batch-timeout {} µs",
+            b.batch_size,
+            t.as_micros()
+        ),
         None => format!("batch-size {}, batch-timeout -1", b.batch_size),
     }
 }

@@ -56,7 +56,10 @@ impl Converter {
     }
 
     /// The frame as packed RGB, and the field kept if it was deinterlaced.
-    pub(super) fn convert(&mut self, buffer: &gst::BufferRef) -> Result<(RgbImage, Option<Field>), String> {
+    pub(super) fn convert(
+        &mut self,
+        buffer: &gst::BufferRef,
+    ) -> Result<(RgbImage, Option<Field>), String> {
         let src = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &self.in_info)
             .map_err(|_| "cannot map the input frame".to_string())?;
         let rgb = self.rgb.make_mut();
@@ -81,4 +84,3 @@ impl Converter {
         Ok((RgbImage::new(w as u32, h as u32, pixels)?, field))
     }
 }
-

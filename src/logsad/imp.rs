@@ -311,36 +311,20 @@ impl ObjectSubclass for Logsad {
                 )
             })
             .event_function(|pad, parent, event| {
-                Logsad::catch_panic_pad_function(
-                    parent,
-                    || false,
-                    |imp| imp.sink_event(pad, event),
-                )
+                Logsad::catch_panic_pad_function(parent, || false, |imp| imp.sink_event(pad, event))
             })
             .query_function(|pad, parent, query| {
-                Logsad::catch_panic_pad_function(
-                    parent,
-                    || false,
-                    |imp| imp.sink_query(pad, query),
-                )
+                Logsad::catch_panic_pad_function(parent, || false, |imp| imp.sink_query(pad, query))
             })
             .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
             .build();
         let templ = klass.pad_template("src").unwrap();
         let srcpad = gst::Pad::builder_from_template(&templ)
             .event_function(|pad, parent, event| {
-                Logsad::catch_panic_pad_function(
-                    parent,
-                    || false,
-                    |imp| imp.src_event(pad, event),
-                )
+                Logsad::catch_panic_pad_function(parent, || false, |imp| imp.src_event(pad, event))
             })
             .query_function(|pad, parent, query| {
-                Logsad::catch_panic_pad_function(
-                    parent,
-                    || false,
-                    |imp| imp.src_query(pad, query),
-                )
+                Logsad::catch_panic_pad_function(parent, || false, |imp| imp.src_query(pad, query))
             })
             .activatemode_function(|pad, parent, mode, active| {
                 Logsad::catch_panic_pad_function(
@@ -559,7 +543,10 @@ impl ObjectImpl for Logsad {
             "engine-cache-dir" => s.engine_cache_dir = path(value),
             "threads" => s.threads = value.get().unwrap(),
             "model-instance-id" => {
-                s.model_instance_id = value.get::<Option<String>>().unwrap().filter(|id| !id.is_empty())
+                s.model_instance_id = value
+                    .get::<Option<String>>()
+                    .unwrap()
+                    .filter(|id| !id.is_empty())
             }
             "batch-size" => s.batch_size = value.get().unwrap(),
             "batch-timeout" => s.batch_timeout_us = value.get().unwrap(),
@@ -880,7 +867,11 @@ impl Logsad {
                 gst::element_imp_warning!(
                     self,
                     gst::ResourceError::OpenRead,
-                    ("profile {} not swapped in, the previous one stays: {}", path.display(), e)
+                    (
+                        "profile {} not swapped in, the previous one stays: {}",
+                        path.display(),
+                        e
+                    )
                 );
                 // The property names the profile in use, so that `reload` or a restart does
                 // not pick up the file that failed.
@@ -1027,7 +1018,10 @@ impl Logsad {
             // see the stream as downstream will).
             let mut queue = lock(&self.shared.queue);
             // A failed push pauses the task: the queue would never empty.
-            while (!queue.items.is_empty() || queue.pushing) && !queue.flushing && queue.flow.is_ok() {
+            while (!queue.items.is_empty() || queue.pushing)
+                && !queue.flushing
+                && queue.flow.is_ok()
+            {
                 queue = self
                     .shared
                     .changed
@@ -1071,7 +1065,11 @@ impl Logsad {
             lock(&self.shared.queue).limit = in_flight_limit(setting, live);
             let ours = self.latency();
             lock(&self.shared.queue).reported_latency = ours;
-            gst::debug!(CAT, imp = self, "adding {ours} of latency to upstream's {min}");
+            gst::debug!(
+                CAT,
+                imp = self,
+                "adding {ours} of latency to upstream's {min}"
+            );
             q.set(live, min + ours, max.map(|m| m + ours));
             return true;
         }
@@ -1184,7 +1182,9 @@ impl Logsad {
             match err {
                 gst::FlowError::Eos | gst::FlowError::Flushing => {}
                 _ if flushing => {}
-                gst::FlowError::NotLinked | gst::FlowError::NotNegotiated | gst::FlowError::Error => {
+                gst::FlowError::NotLinked
+                | gst::FlowError::NotNegotiated
+                | gst::FlowError::Error => {
                     gst::element_imp_error!(
                         self,
                         gst::StreamError::Failed,
@@ -1228,16 +1228,17 @@ impl Logsad {
                 submitted,
                 features,
             } => {
-                let judged = features
-                    .expect("a ready frame has its features")
-                    .and_then(|features| {
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            inspector.judge_features(&features, &image, &judging)
-                        }))
-                        .unwrap_or_else(|_| {
-                            Err(InspectError::Image("the detectors panicked".into()))
-                        })
-                    });
+                let judged =
+                    features
+                        .expect("a ready frame has its features")
+                        .and_then(|features| {
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                inspector.judge_features(&features, &image, &judging)
+                            }))
+                            .unwrap_or_else(|_| {
+                                Err(InspectError::Image("the detectors panicked".into()))
+                            })
+                        });
                 let done = self.frame_done(submitted);
                 let judged = judged.map_err(|e| {
                     gst::element_imp_error!(
@@ -1251,9 +1252,9 @@ impl Logsad {
                 lock(&self.shared.queue).last = Some(result.clone());
                 if let Some(grown) = done {
                     gst::debug!(CAT, imp = self, "analysis takes {grown:?}: latency changed");
-                    let _ = self.obj().post_message(
-                        gst::message::Latency::builder().src(&*self.obj()).build(),
-                    );
+                    let _ = self
+                        .obj()
+                        .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
                 }
                 if result.anomalous {
                     self.post_anomaly(&buffer, &result);
@@ -1400,7 +1401,10 @@ impl Logsad {
         frame_size: (u32, u32),
         settings: &Settings,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let converter = state.converter.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
+        let converter = state
+            .converter
+            .as_mut()
+            .ok_or(gst::FlowError::NotNegotiated)?;
         let (image, field) = converter.convert(&buffer).map_err(|e| {
             gst::element_imp_error!(
                 self,
