@@ -324,6 +324,11 @@ struct EvalArgs {
     /// good included. Not comparable with published numbers.
     #[arg(long, value_name = "N")]
     test_limit: Option<usize>,
+    /// Pass over the first N test images (by name) of each defect type, good included, before
+    /// --test-limit applies: `--test-skip 60 --test-limit 60` is a tuning split disjoint from
+    /// `--test-limit 60`.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    test_skip: usize,
     /// Reduce the memory banks with greedy k-center coreset, groups of 4 images (e.g. 0.25).
     #[arg(long, value_name = "R")]
     coreset_ratio: Option<f32>,
@@ -653,6 +658,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         draws: args.draws,
         validation_count: args.validation_count,
         test_limit: args.test_limit,
+        test_skip: args.test_skip,
         preset: args.detector.preset.clone(),
         detectors: Detectors::PerCategory(Box::new(move |first_reference| {
             detectors(&detector, &branch_manifest, first_reference).map_err(|e| format!("{e:#}"))

@@ -86,6 +86,10 @@ pub struct EvalOptions {
     pub validation_count: usize,
     /// Keep only the first `N` test images of each defect type (`good` included).
     pub test_limit: Option<usize>,
+    /// Pass over the first `N` test images of each defect type (by path) before
+    /// [`EvalOptions::test_limit`] applies: with a limit, a tuning split disjoint from the
+    /// protocol's test images (`--test-skip 60 --test-limit 60` beside `--test-limit 60`).
+    pub test_skip: usize,
     /// Preset name, recorded in the settings (the detectors are [`EvalOptions::detectors`]).
     pub preset: String,
     pub detectors: Detectors,
@@ -117,6 +121,7 @@ impl Default for EvalOptions {
             draws: 1,
             validation_count: DEFAULT_VALIDATION_COUNT,
             test_limit: None,
+            test_skip: 0,
             preset: "faithful".into(),
             detectors: Detectors::Fixed(preset("faithful", None).expect("known preset")),
             parts: Default::default(),
@@ -233,19 +238,16 @@ pub enum EvalProgress<'a> {
 
 /// The first `limit` test samples (by path) of each defect type, `good` included, in path
 /// order; all of them without a limit.
-pub fn limit_test(samples: &[Sample], limit: Option<usize>) -> Vec<Sample> {
+pub fn limit_test(samples: &[Sample], skip: usize, limit: Option<usize>) -> Vec<Sample> {
     let mut sorted: Vec<&Sample> = samples.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
-    let Some(limit) = limit else {
-        return sorted.into_iter().cloned().collect();
-    };
-    let mut taken: HashMap<&str, usize> = HashMap::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
     sorted
         .into_iter()
         .filter(|s| {
-            let n = taken.entry(s.defect.as_str()).or_default();
+            let n = seen.entry(s.defect.as_str()).or_default();
             *n += 1;
-            *n <= limit
+            *n > skip && limit.is_none_or(|limit| *n <= skip + limit)
         })
         .cloned()
         .collect()
@@ -286,7 +288,7 @@ pub fn evaluate(
     let tests: Vec<Vec<Sample>> = dataset
         .categories
         .iter()
-        .map(|c| limit_test(&c.test, options.test_limit))
+        .map(|c| limit_test(&c.test, options.test_skip, options.test_limit))
         .collect();
     let per_draw: usize = tests.iter().map(Vec::len).sum();
     progress(EvalProgress::Start {
@@ -381,6 +383,7 @@ pub fn evaluate(
                 "references": references.len(),
                 "validation_images": validation.len(),
                 "test_limit": options.test_limit,
+                "test_skip": options.test_skip,
                 "coreset_ratio": options.coreset_ratio,
                 "calibration": options.calibration,
                 "enroll_s": enroll_s,
@@ -713,6 +716,9 @@ pub struct EvalRecord {
     pub shots: Option<usize>,
     pub validation_count: usize,
     pub test_limit: Option<usize>,
+    /// Absent from reports written before it existed: 0.
+    #[serde(default)]
+    pub test_skip: usize,
     pub draws: Vec<DrawRecord>,
     pub summary: Vec<CategorySummary>,
 }
@@ -736,6 +742,7 @@ impl EvalRecord {
             shots: options.shots,
             validation_count: options.validation_count,
             test_limit: options.test_limit,
+            test_skip: options.test_skip,
             draws: options
                 .draw_seeds()
                 .into_iter()
@@ -835,11 +842,11 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            names(limit_test(&samples, Some(1))),
+            names(limit_test(&samples, 0, Some(1))),
             ["c/crack/000.png", "c/good/000.png", "c/hole/000.png"]
         );
         assert_eq!(
-            names(limit_test(&samples, Some(2))),
+            names(limit_test(&samples, 0, Some(2))),
             [
                 "c/crack/000.png",
                 "c/crack/001.png",
@@ -848,7 +855,16 @@ mod tests {
                 "c/hole/000.png"
             ]
         );
-        assert_eq!(limit_test(&samples, None).len(), 6);
+        assert_eq!(limit_test(&samples, 0, None).len(), 6);
+        // A tuning split: the images after the first one of each type, disjoint from it.
+        assert_eq!(
+            names(limit_test(&samples, 1, Some(1))),
+            ["c/crack/001.png", "c/good/001.png"]
+        );
+        assert_eq!(
+            names(limit_test(&samples, 1, None)),
+            ["c/crack/001.png", "c/good/001.png", "c/good/002.png"]
+        );
     }
 
     #[test]
