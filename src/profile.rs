@@ -187,6 +187,46 @@ impl Profile {
         })
     }
 
+    /// The model a profile file was built with, read from its header alone (the banks, often
+    /// megabytes, are not read or checked; [`Profile::load`] checks everything). Errors name
+    /// the file and what is wrong with its start.
+    pub fn recorded_model(path: &Path) -> Result<ModelIdentity, ProfileError> {
+        use std::io::Read;
+        let corrupt = |reason: String| ProfileError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let io = |source| ProfileError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut start = [0u8; 20];
+        file.read_exact(&mut start)
+            .map_err(|_| corrupt("truncated before the header".into()))?;
+        if &start[..8] != MAGIC {
+            return Err(corrupt("it does not start with the LOGSADPF signature".into()));
+        }
+        // Bytes 8..12 hold the format version; every version records the model the same way.
+        let header_len = u64::from_le_bytes(start[12..20].try_into().unwrap());
+        let file_len = file.metadata().map_err(io)?.len();
+        if header_len > file_len {
+            return Err(corrupt(format!(
+                "a header of {header_len} bytes does not fit in the file"
+            )));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header)
+            .map_err(|_| corrupt("truncated in the header".into()))?;
+        #[derive(Deserialize)]
+        struct ModelOnly {
+            model: ModelIdentity,
+        }
+        serde_json::from_slice::<ModelOnly>(&header)
+            .map(|h| h.model)
+            .map_err(|e| corrupt(format!("header: {e}")))
+    }
+
     fn parse(bytes: &[u8]) -> Result<Self, String> {
         let mut reader = Reader { bytes, at: 0 };
         if reader.take(8)? != MAGIC {

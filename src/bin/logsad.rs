@@ -137,7 +137,9 @@ struct InfoArgs {
 
 #[derive(Args)]
 struct EngineArgs {
-    /// Model manifest (JSON beside the ONNX file); default: the prepared DINOv2 ViT-S/14.
+    /// Model manifest (JSON beside the ONNX file); default: the prepared DINOv2 ViT-S/14 when
+    /// enrolling, and the model a profile names (in the data directory's models/) when
+    /// scoring with a profile.
     #[arg(long)]
     model: Option<PathBuf>,
     /// cpu, cuda or tensorrt (falls back to cpu with a warning when unavailable).
@@ -162,6 +164,16 @@ impl EngineArgs {
 
     fn manifest(&self) -> PathBuf {
         self.model.clone().unwrap_or_else(engine::default_model)
+    }
+
+    /// `--model`, else the model `profile` was built with (see [`engine::model_for_profile`]).
+    fn manifest_for(&self, profile: &Path) -> Result<PathBuf> {
+        match &self.model {
+            Some(model) => Ok(model.clone()),
+            None => Ok(engine::model_for_profile(
+                &gstlogsad::profile::Profile::recorded_model(profile)?.name,
+            )),
+        }
     }
 }
 
@@ -575,7 +587,7 @@ fn run_score(args: ScoreArgs) -> Result<()> {
     let images = expand(&args.images)?;
     let (mut extractor, inspector, warnings) = inspector::load(
         &args.profile,
-        &args.engine.manifest(),
+        &args.engine.manifest_for(&args.profile)?,
         &args.engine.options(),
     )?;
     let judging = JudgeOptions {
@@ -954,7 +966,7 @@ fn parts_summary(header: &gstlogsad::profile::ProfileHeader) -> String {
 fn draw_parts(args: &InfoArgs, image_path: &Path, out: &Path) -> Result<()> {
     let (mut extractor, inspector, warnings) = inspector::load(
         &args.profile,
-        &args.engine.manifest(),
+        &args.engine.manifest_for(&args.profile)?,
         &args.engine.options(),
     )?;
     for w in warnings {

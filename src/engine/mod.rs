@@ -56,6 +56,31 @@ pub fn default_model() -> PathBuf {
         .unwrap_or_else(|| data_dir().join(DEFAULT_MODEL))
 }
 
+/// The model to run a profile with when none is given: `LOGSAD_MODEL` if set, else the data
+/// directory's `models/<name>/manifest.json` for the model name the profile records (such as
+/// `dinov2-vits14-224-int8`) where that folder exists, else the default model. The caller still
+/// checks the model's identity against the profile.
+pub fn model_for_profile(recorded_name: &str) -> PathBuf {
+    if std::env::var_os("LOGSAD_MODEL").is_some() {
+        return default_model();
+    }
+    // A name is one folder name: anything that could leave `models/` falls back to the default.
+    let plain = !recorded_name.is_empty()
+        && recorded_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !recorded_name.starts_with('.');
+    let named = data_dir()
+        .join("models")
+        .join(recorded_name)
+        .join("manifest.json");
+    if plain && named.is_file() {
+        named
+    } else {
+        default_model()
+    }
+}
+
 /// The process-wide ONNX Runtime environment (ONNX Runtime allows only one per process).
 fn environment() -> Result<ort::environment::Environment, EngineError> {
     static ENV: OnceLock<Result<ort::environment::Environment, EngineError>> = OnceLock::new();

@@ -384,7 +384,7 @@ impl ObjectImpl for Logsad {
                     .build(),
                 glib::ParamSpecString::builder("model")
                     .nick("Model manifest")
-                    .blurb("Model manifest JSON overriding the default model; must be the model the profile was built with")
+                    .blurb("Model manifest JSON; must be the model the profile was built with. Unset: LOGSAD_MODEL, else the model the profile names in the data directory's models/ folder, else the default model")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("device", LogsadDevice::Cpu)
@@ -678,7 +678,6 @@ impl Logsad {
                 ("No profile set: set the `profile` property to a file written by `logsad enroll`")
             )
         })?;
-        let model = settings.model.clone().unwrap_or_else(engine::default_model);
         let options = EngineOptions {
             device: settings.device.into(),
             gpu_id: settings.gpu_id,
@@ -690,6 +689,10 @@ impl Logsad {
         let loaded = std::panic::catch_unwind(|| -> Result<_, WorkerError> {
             // The profile is read and checked against the manifest before the model loads.
             let read = Profile::load(&profile).map_err(InspectError::from)?;
+            let model = settings
+                .model
+                .clone()
+                .unwrap_or_else(|| engine::model_for_profile(&read.header.model.name));
             let manifest = Manifest::load(&model)
                 .map_err(EngineError::from)
                 .map_err(InspectError::from)?;
