@@ -3,6 +3,10 @@
 
 Usage: count_flops.py MANIFEST.json  ->  one JSON line on stdout:
   {"model": NAME, "input": [H, W], "flops": N, "by_op": {"MatMul": N, ...}, "nodes": N}
+       count_flops.py --ort-matmul N [--threads T]  ->  {"n": N, "gflops": G}
+  the second form measures ONNX Runtime's own MatMul of two N x N float matrices (CPU, T
+  intra-op threads, 0 = its choice; best of 5 runs after one warm-up), for the benchmarks'
+  GEMM peak.
 
 The graph's input is fixed to batch 1 at the manifest's input size (so a graph with an open input
 size is counted at the size the manifest runs it at), shapes are inferred with ONNX's shape
@@ -157,10 +161,55 @@ def count(manifest_path):
     }
 
 
+def ort_matmul(n, threads):
+    """GFLOP/s of ONNX Runtime's MatMul of two n x n matrices, best of 5."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(0)
+    feeds = {
+        "a": rng.standard_normal((n, n), dtype=np.float32),
+        "b": rng.standard_normal((n, n), dtype=np.float32),
+    }
+    session.run(None, feeds)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        best = min(best, time.perf_counter() - start)
+    return {"n": n, "gflops": 2.0 * n**3 / best / 1e9}
+
+
 def main():
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: count_flops.py MANIFEST.json")
-    print(json.dumps(count(sys.argv[1])))
+    args = sys.argv[1:]
+    if args[:1] == ["--ort-matmul"] and len(args) in (2, 4):
+        threads = int(args[3]) if len(args) == 4 and args[2] == "--threads" else 0
+        print(json.dumps(ort_matmul(int(args[1]), threads)))
+        return
+    if len(args) != 1:
+        raise SystemExit(
+            "usage: count_flops.py MANIFEST.json | count_flops.py --ort-matmul N [--threads T]"
+        )
+    print(json.dumps(count(args[0])))
 
 
 if __name__ == "__main__":
