@@ -28,6 +28,8 @@ test: build
 bench: build
 	$(CARGO) bench --locked --bench throughput
 	$(CARGO) bench --locked --bench resample
+	# Every preset: frames/s in-process and in a pipeline, time per stage, FLOPs, % of GEMM peak.
+	$(CARGO) bench --locked --bench presets
 	# Streams through one shared instance, live latency (10 minutes), memory over 4000 frames.
 	BENCH_LATENCY_SECONDS=$${BENCH_LATENCY_SECONDS:-600} $(CARGO) bench --locked --bench streams
 	# The logsad preset's time per stage on the synthetic logic scenes (last line of the eval).

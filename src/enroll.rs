@@ -242,7 +242,7 @@ pub fn enroll_with(
                 ));
             }
             reference_digests.push(digest);
-            let features = extractor.features_by_tiling(tilings(), &[&image])?;
+            let (features, _) = extractor.features_by_tiling(tilings(), &[&image])?;
             if needs_parts {
                 let whole = tiles_of(&features, &part_tiling, 0)[0].clone();
                 reference_colours.push(cell_colours(&image, whole.width(), whole.height()));
@@ -341,7 +341,7 @@ pub fn enroll_with(
         }
         validation_digests.push(digest);
         distinct.push(path.clone());
-        let features = extractor.features_by_tiling(tilings(), &[&image])?;
+        let (features, _) = extractor.features_by_tiling(tilings(), &[&image])?;
         // Near copy: every patch of every patch-matching detector found in the bank.
         let mut near_copy = None;
         for ((spec, &bank), detector_scores) in patch_specs.iter().zip(&bank_of).zip(&mut scores) {

@@ -45,13 +45,20 @@ pub enum InspectError {
     Parts(String),
 }
 
-/// Where the time of analysing one frame went (for a batch, each frame's share).
+/// Where the time of analysing one frame went (for a batch, each frame's share of the
+/// preprocessing and the inference).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimings {
-    /// Preprocessing and the backbone.
-    pub model: Duration,
-    /// The patch detectors: nearest-neighbour matching, stitching and scoring.
-    pub patch: Duration,
+    /// Cutting tiles, resizing and normalising them into the model's input.
+    pub preprocess: Duration,
+    /// The backbone's inference, with its outputs unpacked into patch features.
+    pub inference: Duration,
+    /// The patch detectors' pooling and nearest-neighbour search.
+    pub nearest_neighbour: Duration,
+    /// The patch detectors' tile maps put into one map each, and their smoothing.
+    pub stitching: Duration,
+    /// Map reductions, calibration, fusion (eq. 5) and region boxes.
+    pub scoring: Duration,
     /// The part stage: a part label per cell, and each part's instances.
     pub parts: Duration,
     /// The interest detector: instance embeddings and their assignment.
@@ -61,17 +68,61 @@ pub struct StageTimings {
 }
 
 impl StageTimings {
+    /// Preprocessing and the backbone.
+    pub fn model(&self) -> Duration {
+        self.preprocess + self.inference
+    }
+
+    /// The patch detectors: nearest-neighbour search, stitching, and scoring (with the
+    /// calibration, fusion and regions, which take microseconds).
+    pub fn patch(&self) -> Duration {
+        self.nearest_neighbour + self.stitching + self.scoring
+    }
+
     /// Everything after the backbone.
     pub fn matching(&self) -> Duration {
-        self.patch + self.parts + self.interest + self.composition
+        self.patch() + self.parts + self.interest + self.composition
+    }
+
+    /// The whole analysis: [`StageTimings::model`] + [`StageTimings::matching`].
+    pub fn total(&self) -> Duration {
+        self.model() + self.matching()
     }
 
     pub fn add(&mut self, other: &StageTimings) {
-        self.model += other.model;
-        self.patch += other.patch;
+        self.preprocess += other.preprocess;
+        self.inference += other.inference;
+        self.nearest_neighbour += other.nearest_neighbour;
+        self.stitching += other.stitching;
+        self.scoring += other.scoring;
         self.parts += other.parts;
         self.interest += other.interest;
         self.composition += other.composition;
+    }
+}
+
+/// The time the backbone side of an analysis took: preprocessing and inference.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ModelTime {
+    /// Cutting tiles, resizing and normalising them into the model's input.
+    pub preprocess: Duration,
+    /// The inference, with its outputs unpacked into patch features.
+    pub inference: Duration,
+}
+
+impl ModelTime {
+    pub fn add(&mut self, other: &ModelTime) {
+        self.preprocess += other.preprocess;
+        self.inference += other.inference;
+    }
+
+    /// Each of `n` frames' share (the whole for `n` = 0).
+    pub fn per_frame(&self, n: usize) -> ModelTime {
+        let n = n.max(1) as u32;
+        ModelTime {
+            preprocess: self.preprocess / n,
+            inference: self.inference / n,
+        }
     }
 }
 
@@ -206,15 +257,17 @@ impl Extractor {
         image: &RgbImage,
         tiling: &Tiling,
     ) -> Result<Vec<PatchFeatures>, InspectError> {
-        Ok(self.features_of_batch(&[image], tiling)?.remove(0))
+        Ok(self.features_of_batch(&[image], tiling)?.0.remove(0))
     }
 
-    /// Features of every tile of every image (`[image][tile]`), all in one inference.
+    /// Features of every tile of every image (`[image][tile]`), all in one inference, and the
+    /// time the whole batch took.
     pub fn features_of_batch(
         &mut self,
         images: &[&RgbImage],
         tiling: &Tiling,
-    ) -> Result<Vec<Vec<PatchFeatures>>, InspectError> {
+    ) -> Result<(Vec<Vec<PatchFeatures>>, ModelTime), InspectError> {
+        let start = Instant::now();
         let input = self.input_size();
         let plane = (input.0 * input.1) as usize;
         let mut tile_counts = Vec::with_capacity(images.len());
@@ -231,6 +284,7 @@ impl Extractor {
             tile_counts.push(tiles.len());
         }
         let total = tile_counts.iter().sum();
+        let preprocessed = Instant::now();
         let outputs = self.backbone.run(pixels, total)?;
         let grid = self.grid();
         let mut next = 0;
@@ -244,24 +298,30 @@ impl Extractor {
                     .collect()
             })
             .collect();
-        Ok(features)
+        let time = ModelTime {
+            preprocess: preprocessed - start,
+            inference: preprocessed.elapsed(),
+        };
+        Ok((features, time))
     }
 
     /// Features of a batch of images under each distinct tiling of `tilings`, so that
-    /// detectors sharing a tiling run the backbone once.
+    /// detectors sharing a tiling run the backbone once, and the time the whole batch took.
     pub fn features_by_tiling<'a>(
         &mut self,
         tilings: impl IntoIterator<Item = &'a Tiling>,
         images: &[&RgbImage],
-    ) -> Result<FeaturesByTiling, InspectError> {
+    ) -> Result<(FeaturesByTiling, ModelTime), InspectError> {
         let mut cache: FeaturesByTiling = Vec::new();
+        let mut time = ModelTime::default();
         for tiling in tilings {
             if !cache.iter().any(|(t, _)| t == tiling) {
-                let features = self.features_of_batch(images, tiling)?;
+                let (features, spent) = self.features_of_batch(images, tiling)?;
+                time.add(&spent);
                 cache.push((tiling.clone(), features));
             }
         }
-        Ok(cache)
+        Ok((cache, time))
     }
 }
 
@@ -279,7 +339,7 @@ pub struct FrameFeatures {
     /// The model's input width and height in pixels.
     pub input_size: (u32, u32),
     /// This frame's share of preprocessing and inference.
-    pub model_time: Duration,
+    pub model_time: ModelTime,
 }
 
 impl FrameFeatures {
@@ -289,7 +349,7 @@ impl FrameFeatures {
         features: FeaturesByTiling,
         images: usize,
         input_size: (u32, u32),
-        model_time: Duration,
+        model_time: ModelTime,
     ) -> Vec<Self> {
         let mut frames: Vec<FrameFeatures> = (0..images)
             .map(|_| FrameFeatures {
@@ -402,6 +462,9 @@ pub struct FrameResult {
     pub rules: Vec<RuleFinding>,
     /// Where this frame's time went.
     pub timings: StageTimings,
+    /// FLOPs of the matrix products of every patch detector's matching on this frame (see
+    /// [`crate::detect::cost::matching_flops`]).
+    pub matching_flops: u64,
 }
 
 impl FrameResult {
@@ -633,9 +696,8 @@ impl Inspector {
         images: &[&RgbImage],
         options: &JudgeOptions,
     ) -> Result<Vec<FrameResult>, InspectError> {
-        let start = Instant::now();
-        let features = extractor.features_by_tiling(&self.tilings(), images)?;
-        let model_time = start.elapsed() / images.len().max(1) as u32;
+        let (features, time) = extractor.features_by_tiling(&self.tilings(), images)?;
+        let model_time = time.per_frame(images.len());
         FrameFeatures::split(features, images.len(), extractor.input_size(), model_time)
             .iter()
             .zip(images)
@@ -668,7 +730,8 @@ impl Inspector {
         };
         let input = frame.input_size;
         let mut timings = StageTimings {
-            model: frame.model_time,
+            preprocess: frame.model_time.preprocess,
+            inference: frame.model_time.inference,
             ..StageTimings::default()
         };
         let layout = match &header.parts {
@@ -695,8 +758,10 @@ impl Inspector {
                     let result = patch::score(spec, bank, tiles(&spec.tiling)?, image, input)
                         .map_err(InspectError::Image)?;
                     let raw = result.raw;
+                    timings.nearest_neighbour += result.timings.nearest_neighbour;
+                    timings.stitching += result.timings.stitching;
+                    timings.scoring += result.timings.scoring;
                     maps.push(result);
-                    timings.patch += start.elapsed();
                     raw
                 }
                 (Learned::Interest { references, .. }, Some((_, whole, layout))) => {
@@ -732,6 +797,7 @@ impl Inspector {
                     )))
                 }
             };
+            let calibration = Instant::now();
             let (z, calibrated) = match (&detector.calibration, &detector.learned) {
                 (Some(c), _) => (Some(c.z(raw)), sigmoid(c.z(raw))),
                 (None, _) => (None, if raw > 0.0 { 1.0 } else { 0.0 }),
@@ -742,6 +808,7 @@ impl Inspector {
                 raw,
                 calibrated,
             });
+            timings.scoring += calibration.elapsed();
         }
         Ok(self.judge(scores, zs, maps, rules, image, timings, options))
     }
@@ -755,9 +822,10 @@ impl Inspector {
         mut maps: Vec<PatchResult>,
         rules: Vec<RuleFinding>,
         image: &RgbImage,
-        timings: StageTimings,
+        mut timings: StageTimings,
         options: &JudgeOptions,
     ) -> FrameResult {
+        let start = Instant::now();
         let header = &self.profile.header;
         let threshold = options.threshold.unwrap_or(header.threshold);
         let fused_z = detector_z
@@ -780,6 +848,7 @@ impl Inspector {
             .as_ref()
             .expect("patch detectors are calibrated")
             .raw_at(threshold);
+        let matching_flops = maps.iter().map(|m| m.matching_flops).sum();
         let map = maps.swap_remove(0);
         let frame_size = (image.width, image.height);
         let regions = options
@@ -791,6 +860,7 @@ impl Inspector {
             [one] => one.raw,
             _ => fused_z,
         };
+        timings.scoring += start.elapsed();
         FrameResult {
             score,
             fused_z,
@@ -805,6 +875,7 @@ impl Inspector {
             regions,
             rules,
             timings,
+            matching_flops,
         }
     }
 }

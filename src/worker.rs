@@ -15,7 +15,7 @@
 use crate::detect::preprocess::RgbImage;
 use crate::detect::tiling::Tiling;
 use crate::engine::{EngineError, EngineOptions, Manifest, ModelIdentity};
-use crate::inspector::{Extractor, FrameFeatures, InspectError, Inspector};
+use crate::inspector::{Extractor, FrameFeatures, InspectError, Inspector, ModelTime};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -333,7 +333,7 @@ fn serve(mut extractor: Extractor, jobs: Receiver<Job>, batching: Batching) {
 
 /// Runs one inference per distinct tiling over the frames that need it and replies to each.
 fn run_batch(extractor: &mut Extractor, batch: Vec<Job>) {
-    let start = Instant::now();
+    let mut time = ModelTime::default();
     let mut tilings: Vec<&Tiling> = Vec::new();
     for job in &batch {
         for tiling in job.tilings.iter() {
@@ -353,7 +353,10 @@ fn run_batch(extractor: &mut Extractor, batch: Vec<Job>) {
             extractor.features_of_batch(&images, tiling)
         }));
         let outcome = match outcome {
-            Ok(Ok(per_image)) => Ok(per_image),
+            Ok(Ok((per_image, spent))) => {
+                time.add(&spent);
+                Ok(per_image)
+            }
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("the backbone panicked".to_string()),
         };
@@ -372,7 +375,7 @@ fn run_batch(extractor: &mut Extractor, batch: Vec<Job>) {
             }
         }
     }
-    let model_time = start.elapsed() / batch.len() as u32;
+    let model_time = time.per_frame(batch.len());
     let input_size = extractor.input_size();
     for (job, features) in batch.into_iter().zip(features) {
         let answer = features

@@ -1,9 +1,10 @@
 //! GStreamer-free algorithms: deinterlacing, preprocessing, patch features, nearest-neighbour
 //! matching, interest matching, coreset, calibration, copies among enrollment inputs, tiling,
-//! regions and metrics.
+//! regions, metrics and the arithmetic cost of a frame.
 pub mod calibrate;
 pub mod copies;
 pub mod coreset;
+pub mod cost;
 pub mod deinterlace;
 pub mod features;
 pub mod interest;

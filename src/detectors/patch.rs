@@ -2,12 +2,14 @@
 //! reference patches; the anomaly map is one minus the best cosine similarity, averaged over
 //! stages, and the image score a reduction of it (the maximum in the reference).
 
+use crate::detect::cost::matching_flops;
 use crate::detect::features::PatchFeatures;
 use crate::detect::patch::{anomaly_map, MemoryBank};
 use crate::detect::preprocess::RgbImage;
 use crate::detect::score::{gaussian_blur, reduce, Reduction};
 use crate::detect::tiling::{Stitcher, Tiling};
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 
 /// What a patch detector matches against its bank.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +78,22 @@ pub struct PatchResult {
     pub map_height: usize,
     /// The tile grid (rows, cols) the map was stitched from.
     pub tiles: (usize, usize),
+    /// Where the time went.
+    pub timings: PatchTimings,
+    /// FLOPs of the matcher's matrix products for this image, all tiles and stages (see
+    /// [`crate::detect::cost::matching_flops`]).
+    pub matching_flops: u64,
+}
+
+/// Where a patch detector's time on one image went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PatchTimings {
+    /// Pooling (if any) and the nearest-neighbour search of every tile.
+    pub nearest_neighbour: Duration,
+    /// The tile maps put into one map, and its smoothing.
+    pub stitching: Duration,
+    /// The map's reduction to the raw image score.
+    pub scoring: Duration,
 }
 
 /// Scores the tile features of one image against the detector's bank; `input` is the model's
@@ -88,6 +106,7 @@ pub fn score(
     image: &RgbImage,
     input: (u32, u32),
 ) -> Result<PatchResult, String> {
+    let start = Instant::now();
     let pooled: Vec<PatchFeatures>;
     let tiles = match spec.pooling {
         Pooling::None => tiles,
@@ -98,16 +117,31 @@ pub fn score(
     };
     let grid = (tiles[0].width(), tiles[0].height());
     let mut stitcher = Stitcher::new(&spec.tiling, (image.width, image.height), grid, input)?;
+    let mut timings = PatchTimings::default();
+    let mut flops = 0;
+    let mut mark = start;
     for (i, tile) in tiles.iter().enumerate() {
-        stitcher.add(i, &anomaly_map(tile, bank));
+        let map = anomaly_map(tile, bank);
+        flops += matching_flops(tile, bank);
+        let matched = Instant::now();
+        timings.nearest_neighbour += matched - mark;
+        stitcher.add(i, &map);
+        mark = Instant::now();
+        timings.stitching += mark - matched;
     }
     let (map, map_width, map_height) = stitcher.finish();
     let map = gaussian_blur(&map, map_width, map_height, spec.smoothing);
+    let stitched = Instant::now();
+    timings.stitching += stitched - mark;
+    let raw = reduce(&map, spec.score);
+    timings.scoring = stitched.elapsed();
     Ok(PatchResult {
-        raw: reduce(&map, spec.score),
+        raw,
         map,
         map_width,
         map_height,
         tiles: (spec.tiling.rows as usize, spec.tiling.cols as usize),
+        timings,
+        matching_flops: flops,
     })
 }

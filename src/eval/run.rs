@@ -517,9 +517,9 @@ fn score_category(
     })?;
     let busy = start.elapsed();
     let timing = Timing {
-        model_s: timings.model.as_secs_f64(),
+        model_s: timings.model().as_secs_f64(),
         matching_s: timings.matching().as_secs_f64(),
-        patch_s: timings.patch.as_secs_f64(),
+        patch_s: timings.patch().as_secs_f64(),
         parts_s: timings.parts.as_secs_f64(),
         interest_s: timings.interest.as_secs_f64(),
         composition_s: timings.composition.as_secs_f64(),
