@@ -32,6 +32,7 @@
 #   ZSTD_LEVEL              [19]
 #   LOGSAD_DATA_DIR         where the model and images come from [.deps]
 set -euo pipefail
+shopt -s extglob # the chunk-name pattern in unpack
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ORT_GPU_VERSION=1.31.1 # the newest onnxruntime-gpu on PyPI; API level 31 = the ort crate's api-31
@@ -228,7 +229,6 @@ unpack() {
     echo "gpu-bundle: unpacked into $dest ($(du -sh "$dest" | cut -f1)); now: BUNDLE=$dest make bench-gpu"
 }
 
-shopt -s extglob
 case ${1:-} in
 pack) [[ $# == 2 ]] || usage; pack "$2" ;;
 unpack) [[ $# == 2 || $# == 3 ]] || usage; unpack "$2" "${3:-$2}" ;;
