@@ -8,7 +8,9 @@
 # The bundle (one tar stream, `zstd -19 -T0`, split into chunks of at most 64 MiB):
 #   bin/logsad, bin/bench        the release CLI and the prebuilt bench executable (debug info
 #                                stripped, symbols kept)
-#   gst/plugins/                 libgstlogsad.so and the GStreamer plugins the bench pipelines use
+#   gst/plugins/                 the GStreamer plugins the bench pipelines use
+#   gst/logsad/libgstlogsad.so   the plugin, for gst-launch-1.0 (GST_PLUGIN_PATH); kept out of
+#                                gst/plugins because the bench registers it statically
 #   gst/lib/                     the shared libraries those and bin/bench need beyond glibc and
 #                                libstdc++, copied from this machine (GStreamer 1.22, GLib, ...)
 #   onnxruntime-gpu/             libonnxruntime.so.VERSION (+ libonnxruntime.so), its CUDA,
@@ -20,7 +22,8 @@
 # (a zstd executable and the libraries it needs, for a GPU machine without zstd).
 #
 # Settings (the defaults pack the real thing; tests point them at small stand-ins):
-#   GPU_BUNDLE_RELEASE_DIR  folder with logsad and libgstlogsad.so [target/release]
+#   GPU_BUNDLE_RELEASE_DIR  folder with logsad and libgstlogsad.so [target/release, built first
+#                           with cargo build --release --locked]
 #   GPU_BUNDLE_BENCH_EXE    the bench executable [built by cargo: scripts/bench-gpu.sh --bench-exe]
 #   GPU_BUNDLE_ORT_DIR      folder with the onnxruntime-gpu libraries [extracted from the wheel,
 #                           downloaded with pip into .deps/wheels]
@@ -107,7 +110,11 @@ pack() {
     local out=$1 chunk release bench ort data start n
     chunk=$(chunk_bytes)
     start=$SECONDS
-    release=${GPU_BUNDLE_RELEASE_DIR:-$REPO/target/release}
+    release=${GPU_BUNDLE_RELEASE_DIR:-}
+    if [[ -z $release ]]; then
+        (cd "$REPO" && cargo build --release --locked) >&2 || die "cargo build --release failed"
+        release=$REPO/target/release
+    fi
     data=${LOGSAD_DATA_DIR:-$REPO/.deps}
     [[ -f $release/logsad && -f $release/libgstlogsad.so ]] ||
         die "$release lacks logsad or libgstlogsad.so: run \`cargo build --release --locked\`"
@@ -129,11 +136,11 @@ pack() {
     STAGE=$(mktemp -d "${TMPDIR:-/tmp}/gpu-bundle.XXXXXX")
     trap 'rm -rf "$STAGE"' EXIT
     local stage=$STAGE
-    mkdir -p "$stage"/{bin,gst/plugins,gst/lib,onnxruntime-gpu,data/models,data/data/textile/nominal}
+    mkdir -p "$stage"/{bin,gst/plugins,gst/logsad,gst/lib,onnxruntime-gpu,data/models,data/data/textile/nominal}
 
     copy_elf "$release/logsad" "$stage/bin/logsad"
     copy_elf "$bench" "$stage/bin/bench"
-    copy_elf "$release/libgstlogsad.so" "$stage/gst/plugins/libgstlogsad.so"
+    copy_elf "$release/libgstlogsad.so" "$stage/gst/logsad/libgstlogsad.so"
     local f
     for f in "$ort"/libonnxruntime.so.* "$ort"/libonnxruntime_providers_*.so; do
         cp "$f" "$stage/onnxruntime-gpu/"

@@ -60,7 +60,7 @@ impl Payload {
             ("release/logsad", "bin/logsad", noise(300_000, 1)),
             (
                 "release/libgstlogsad.so",
-                "gst/plugins/libgstlogsad.so",
+                "gst/logsad/libgstlogsad.so",
                 noise(40_000, 2),
             ),
             ("bench-exe", "bin/bench", noise(120_000, 3)),
