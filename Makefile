@@ -5,7 +5,7 @@ export LOGSAD_DATA_DIR ?= $(CURDIR)/.deps
 PLUGIN_DIR := $(CURDIR)/target/release
 export GST_PLUGIN_PATH := $(PLUGIN_DIR)$(if $(GST_PLUGIN_PATH),:$(GST_PLUGIN_PATH))
 
-.PHONY: all deps build demo test bench clean
+.PHONY: all deps build demo test bench bench-gpu clean
 
 all: build
 
@@ -36,6 +36,11 @@ bench: build
 	./target/release/logsad synth --loco --out out/bench-loco >/dev/null
 	./target/release/logsad eval --preset logsad --shots 4 --no-pixel --out out/bench-logsad \
 		out/bench-loco | tail -n 1
+
+# The presets bench with ONNX Runtime's CUDA and TensorRT providers (README "GPU"); says what is
+# missing and exits 0 where there is no GPU. BUNDLE=DIR runs an unpacked scripts/gpu-bundle.sh.
+bench-gpu:
+	./scripts/bench-gpu.sh
 
 clean:
 	$(CARGO) clean

@@ -36,11 +36,15 @@ pub fn skipped(part: &str) -> bool {
 }
 
 /// The device and threads every configuration of a bench runs with: `BENCH_DEVICE` (cpu, cuda,
-/// tensorrt; default cpu) and `BENCH_THREADS` (ONNX Runtime intra-op threads, 0 = its choice).
+/// tensorrt; default cpu), `BENCH_THREADS` (ONNX Runtime intra-op threads, 0 = its choice), and
+/// for TensorRT `BENCH_FP16` (1 or 0; default 1) and `BENCH_ENGINE_CACHE` (the engine cache
+/// folder; default none: engines are built at every start).
 pub struct EngineChoice {
     pub device: Device,
     pub device_nick: String,
     pub threads: usize,
+    pub fp16: bool,
+    pub engine_cache_dir: Option<PathBuf>,
 }
 
 impl EngineChoice {
@@ -51,6 +55,8 @@ impl EngineChoice {
             device,
             device_nick,
             threads: env_usize("BENCH_THREADS", 0),
+            fp16: env_usize("BENCH_FP16", 1) != 0,
+            engine_cache_dir: std::env::var_os("BENCH_ENGINE_CACHE").map(PathBuf::from),
         }
     }
 
@@ -58,14 +64,20 @@ impl EngineChoice {
         EngineOptions {
             device: self.device,
             threads: self.threads,
+            fp16: self.fp16,
+            engine_cache_dir: self.engine_cache_dir.clone(),
             ..EngineOptions::default()
         }
     }
 
-    /// Sets a `logsad` element's `device` and `threads` to these.
+    /// Sets a `logsad` element's `device`, `threads`, `fp16` and `engine-cache-dir` to these.
     pub fn configure(&self, logsad: &gst::Element) {
         logsad.set_property("threads", self.threads as u32);
         logsad.set_property_from_str("device", &self.device_nick);
+        logsad.set_property("fp16", self.fp16);
+        if let Some(dir) = &self.engine_cache_dir {
+            logsad.set_property("engine-cache-dir", dir.display().to_string());
+        }
     }
 
     /// "default" or the thread count, for reports.

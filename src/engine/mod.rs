@@ -137,7 +137,9 @@ pub struct EngineOptions {
     pub gpu_id: u32,
     /// TensorRT only: build fp16 engines.
     pub fp16: bool,
-    /// TensorRT only: where built engines are cached (they take minutes to build).
+    /// TensorRT only: the folder where built engines and the timing cache are kept (an engine
+    /// takes minutes to build; with a cache the next start loads it in seconds). Created when
+    /// missing; `None` builds engines at every start.
     pub engine_cache_dir: Option<PathBuf>,
     /// Threads inside one operator; 0 lets ONNX Runtime choose.
     pub threads: usize,
@@ -224,20 +226,26 @@ impl Backbone {
                 .with_intra_threads(options.threads)
                 .map_err(|e| model_error(e.to_string()))?;
         }
-        let mut provider = "cpu".to_string();
-        if let Some((name, dispatch)) = accelerator(options) {
+        // Accelerators in order of preference, each registered on its own so that one that is
+        // missing is reported and the next one tried; CPU always comes last.
+        let mut provider = None;
+        let mut failed = Vec::new();
+        for (name, dispatch) in accelerators(options, &mut warnings) {
             match builder.with_execution_providers([dispatch.error_on_failure()]) {
                 Ok(b) => {
                     builder = b;
-                    provider = name.to_string();
+                    provider.get_or_insert(name);
                 }
                 Err(e) => {
-                    warnings.push(format!(
-                        "execution provider {name} is not available ({e}); running on CPU"
-                    ));
+                    failed.push(format!("execution provider {name} is not available ({e})"));
                     builder = e.recover();
                 }
             }
+        }
+        let provider = provider.unwrap_or("cpu").to_string();
+        // One warning per provider that failed, saying where the model runs instead.
+        for message in failed {
+            warnings.push(format!("{message}; running on {}", provider.to_uppercase()));
         }
         builder = builder
             .with_execution_providers([CPU::default().build()])
@@ -345,23 +353,42 @@ impl Backbone {
     }
 }
 
-fn accelerator(options: &EngineOptions) -> Option<(&'static str, ExecutionProviderDispatch)> {
+/// The execution providers a device asks for, most preferred first (CPU, always last, is not
+/// listed). TensorRT is followed by CUDA, which takes the nodes TensorRT leaves out (and the
+/// whole model when TensorRT cannot be loaded), so they do not go back to the CPU. With `fp16`,
+/// TensorRT keeps layer normalisations in fp32 (a ViT's LayerNorm overflows in fp16). A cache
+/// folder that cannot be created is reported in `warnings`; TensorRT then builds its engines
+/// at every start.
+fn accelerators(
+    options: &EngineOptions,
+    warnings: &mut Vec<String>,
+) -> Vec<(&'static str, ExecutionProviderDispatch)> {
     let id = options.gpu_id as i32;
+    let cuda = ("cuda", CUDA::default().with_device_id(id).build());
     match options.device {
-        Device::Cpu => None,
-        Device::Cuda => Some(("cuda", CUDA::default().with_device_id(id).build())),
+        Device::Cpu => Vec::new(),
+        Device::Cuda => vec![cuda],
         Device::Tensorrt => {
             let mut trt = TensorRT::default()
                 .with_device_id(id)
-                .with_fp16(options.fp16);
+                .with_fp16(options.fp16)
+                .with_layer_norm_fp32_fallback(options.fp16);
             if let Some(dir) = &options.engine_cache_dir {
-                trt = trt
-                    .with_engine_cache(true)
-                    .with_engine_cache_path(dir.display())
-                    .with_timing_cache(true)
-                    .with_timing_cache_path(dir.display());
+                match std::fs::create_dir_all(dir) {
+                    Ok(()) => {
+                        trt = trt
+                            .with_engine_cache(true)
+                            .with_engine_cache_path(dir.display())
+                            .with_timing_cache(true)
+                            .with_timing_cache_path(dir.display());
+                    }
+                    Err(e) => warnings.push(format!(
+                        "cannot create the TensorRT engine cache {}: {e}; engines are not cached",
+                        dir.display()
+                    )),
+                }
             }
-            Some(("tensorrt", trt.build()))
+            vec![("tensorrt", trt.build()), cuda]
         }
     }
 }
@@ -391,4 +418,80 @@ fn check_shape(dtype: &ValueType, want: &[i64]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(options: &EngineOptions) -> (Vec<&'static str>, Vec<String>) {
+        let mut warnings = Vec::new();
+        let list = accelerators(options, &mut warnings);
+        (list.into_iter().map(|(name, _)| name).collect(), warnings)
+    }
+
+    #[test]
+    fn tensorrt_is_backed_by_cuda_and_cpu_needs_no_accelerator() {
+        let with = |device| EngineOptions {
+            device,
+            ..EngineOptions::default()
+        };
+        assert_eq!(names(&with(Device::Cpu)).0, Vec::<&str>::new());
+        assert_eq!(names(&with(Device::Cuda)).0, vec!["cuda"]);
+        assert_eq!(names(&with(Device::Tensorrt)).0, vec!["tensorrt", "cuda"]);
+    }
+
+    #[test]
+    fn an_engine_cache_that_cannot_be_created_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let (list, warnings) = names(&EngineOptions {
+            device: Device::Tensorrt,
+            engine_cache_dir: Some(file.join("engines")),
+            ..EngineOptions::default()
+        });
+        assert_eq!(list, vec!["tensorrt", "cuda"]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("a-file/engines") && warnings[0].contains("not cached"),
+            "{warnings:?}"
+        );
+    }
+
+    /// With the CPU build of ONNX Runtime (`make deps`) both GPU providers fail to register and
+    /// the model runs on CPU with one warning each; with the GPU build on a GPU machine
+    /// (`ORT_DYLIB_PATH`) TensorRT is taken without a warning. Either way the cache folder is
+    /// created.
+    #[test]
+    fn tensorrt_falls_back_through_cuda_to_cpu_with_a_warning_per_provider() {
+        let manifest = data_dir().join("models/tiny/manifest.json");
+        let manifest = Manifest::load(&manifest).expect("the tiny model: run `make deps`");
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache/engines");
+        let options = EngineOptions {
+            device: Device::Tensorrt,
+            fp16: true,
+            engine_cache_dir: Some(cache.clone()),
+            ..EngineOptions::default()
+        };
+        let (backbone, warnings) = Backbone::load(manifest, &options).expect("load");
+        assert!(cache.is_dir());
+        match backbone.provider() {
+            "cpu" => {
+                assert_eq!(warnings.len(), 2, "{warnings:?}");
+                for (warning, name) in warnings.iter().zip(["tensorrt", "cuda"]) {
+                    assert!(
+                        warning.starts_with(&format!("execution provider {name} is not available"))
+                            && warning.ends_with("; running on CPU"),
+                        "{warning}"
+                    );
+                }
+            }
+            other => {
+                assert_eq!(other, "tensorrt", "{warnings:?}");
+                assert!(warnings.is_empty(), "{warnings:?}");
+            }
+        }
+    }
 }
