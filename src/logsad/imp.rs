@@ -389,7 +389,7 @@ impl ObjectImpl for Logsad {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("device", LogsadDevice::Cpu)
                     .nick("Device")
-                    .blurb("Execution provider; an unavailable one falls back to CPU with a warning")
+                    .blurb("Execution provider; an unavailable one falls back (TensorRT to CUDA, CUDA to CPU) with a warning")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("gpu-id")

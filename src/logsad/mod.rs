@@ -21,7 +21,7 @@ pub enum LogsadDevice {
     #[enum_value(name = "CUDA (falls back to CPU when unavailable)", nick = "cuda")]
     Cuda = 1,
     #[enum_value(
-        name = "TensorRT (falls back to CPU when unavailable)",
+        name = "TensorRT (falls back to CUDA, then CPU, when unavailable)",
         nick = "tensorrt"
     )]
     Tensorrt = 2,
