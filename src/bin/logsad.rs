@@ -142,7 +142,8 @@ struct EngineArgs {
     /// scoring with a profile.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// cpu, cuda or tensorrt (falls back to cpu with a warning when unavailable).
+    /// cpu, cuda or tensorrt (an unavailable provider falls back, TensorRT to CUDA and CUDA to
+    /// CPU, with a warning).
     #[arg(long, default_value = "cpu")]
     device: Device,
     #[arg(long, default_value_t = 0)]
