@@ -403,7 +403,12 @@ fn glue(geometry: &Geometry, rows: &[u32], inverse: &[f32], scratch: &mut MatchS
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn glue_avx2(geometry: &Geometry, rows: &[u32], inverse: &[f32], scratch: &mut MatchScratch) {
+unsafe fn glue_avx2(
+    geometry: &Geometry,
+    rows: &[u32],
+    inverse: &[f32],
+    scratch: &mut MatchScratch,
+) {
     glue_body(geometry, rows, inverse, scratch);
 }
 
@@ -444,17 +449,19 @@ fn glue_body(geometry: &Geometry, rows: &[u32], inverse: &[f32], scratch: &mut M
         let up_w32 = up_w as u32;
         let cells32 = cells as u32;
         scratch.taps.clear();
-        scratch.taps.extend(rows.iter().zip(inverse).map(|(&row, &inv)| {
-            let cell = row % cells32;
-            let (y0, y1, ty) = ys[(cell / up_w32) as usize];
-            let (x0, x1, tx) = xs[(cell % up_w32) as usize];
-            [
-                (y0 * gw + x0, (1.0 - ty) * (1.0 - tx) * inv),
-                (y0 * gw + x1, (1.0 - ty) * tx * inv),
-                (y1 * gw + x0, ty * (1.0 - tx) * inv),
-                (y1 * gw + x1, ty * tx * inv),
-            ]
-        }));
+        scratch
+            .taps
+            .extend(rows.iter().zip(inverse).map(|(&row, &inv)| {
+                let cell = row % cells32;
+                let (y0, y1, ty) = ys[(cell / up_w32) as usize];
+                let (x0, x1, tx) = xs[(cell % up_w32) as usize];
+                [
+                    (y0 * gw + x0, (1.0 - ty) * (1.0 - tx) * inv),
+                    (y0 * gw + x1, (1.0 - ty) * tx * inv),
+                    (y1 * gw + x0, ty * (1.0 - tx) * inv),
+                    (y1 * gw + x1, ty * tx * inv),
+                ]
+            }));
         for (line, out) in raw.chunks_exact(grid).zip(t.chunks_exact_mut(k)) {
             for (d, tap) in out.iter_mut().zip(&scratch.taps) {
                 *d = tap[0].1 * line[tap[0].0]
@@ -481,8 +488,15 @@ fn glue_body(geometry: &Geometry, rows: &[u32], inverse: &[f32], scratch: &mut M
             }
         }
         for (&(y0, y1, ty), best) in ys.iter().zip(best.chunks_exact_mut(up_w)) {
-            let (r0, r1) = (&p[y0 * up_w * kc..][..up_w * kc], &p[y1 * up_w * kc..][..up_w * kc]);
-            for ((b, a), c) in best.iter_mut().zip(r0.chunks_exact(kc)).zip(r1.chunks_exact(kc)) {
+            let (r0, r1) = (
+                &p[y0 * up_w * kc..][..up_w * kc],
+                &p[y1 * up_w * kc..][..up_w * kc],
+            );
+            for ((b, a), c) in best
+                .iter_mut()
+                .zip(r0.chunks_exact(kc))
+                .zip(r1.chunks_exact(kc))
+            {
                 *b = b.max(blend_max(a, c, 1.0 - ty, ty));
             }
         }
@@ -694,4 +708,3 @@ mod tests {
         assert!(MemoryBank::from_parts(4, (2, 2), 2, vec![vec![0.0; 15]], vec![0]).is_err());
     }
 }
-

@@ -3,10 +3,10 @@
 //! stages, and the image score a reduction of it (the maximum in the reference).
 
 use crate::detect::features::PatchFeatures;
-use crate::detect::patch::{anomaly_map, MemoryBank};
+use crate::detect::patch::{anomaly_map_with, MatchScratch, MemoryBank};
 use crate::detect::preprocess::RgbImage;
 use crate::detect::score::{gaussian_blur, reduce, Reduction};
-use crate::detect::tiling::{Stitcher, Tiling};
+use crate::detect::tiling::{Neighbourhood, Stitcher, Tiling};
 use serde::{Deserialize, Serialize};
 
 /// What a patch detector matches against its bank.
@@ -45,6 +45,10 @@ pub struct PatchSpec {
     /// Absent from profiles written before pooling existed: none.
     #[serde(default)]
     pub pooling: Pooling,
+    /// Which reference tiles each tile is matched against; absent from profiles written
+    /// before it existed: all.
+    #[serde(default)]
+    pub neighbourhood: Neighbourhood,
 }
 
 impl PatchSpec {
@@ -56,6 +60,7 @@ impl PatchSpec {
             score: Reduction::Max,
             smoothing: 0.0,
             pooling: Pooling::None,
+            neighbourhood: Neighbourhood::All,
         }
     }
 
@@ -80,7 +85,7 @@ pub struct PatchResult {
 
 /// Scores the tile features of one image against the detector's bank; `input` is the model's
 /// input size (width, height) the tiles went through. Errors name a tiling that does not fit
-/// the image.
+/// the image, or a neighbourhood left `auto` (enrollment resolves it).
 pub fn score(
     spec: &PatchSpec,
     bank: &MemoryBank,
@@ -96,10 +101,18 @@ pub fn score(
             &pooled
         }
     };
+    if spec.neighbourhood == Neighbourhood::Auto {
+        return Err(format!(
+            "detector {}: tile neighbourhood 'auto' is resolved at enrollment; enroll again",
+            spec.name
+        ));
+    }
     let grid = (tiles[0].width(), tiles[0].height());
     let mut stitcher = Stitcher::new(&spec.tiling, (image.width, image.height), grid, input)?;
+    let mut scratch = MatchScratch::default();
     for (i, tile) in tiles.iter().enumerate() {
-        stitcher.add(i, &anomaly_map(tile, bank));
+        let allow = |block: usize| spec.neighbourhood.allows(&spec.tiling, i, block);
+        stitcher.add(i, &anomaly_map_with(tile, bank, &allow, &mut scratch));
     }
     let (map, map_width, map_height) = stitcher.finish();
     let map = gaussian_blur(&map, map_width, map_height, spec.smoothing);
