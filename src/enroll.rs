@@ -9,7 +9,7 @@ use crate::detect::parts::{cell_colours, learn_parts_with_colours, PartModel, Pa
 use crate::detect::patch::MemoryBank;
 use crate::detect::rules::{learn_rules, parse_rules, LearnOptions, ReferenceStats, RuleFile};
 use crate::detect::score::Reduction;
-use crate::detect::tiling::Tiling;
+use crate::detect::tiling::{Neighbourhood, Tiling};
 use crate::detectors::composition::{fired_rules, CompositionSpec};
 use crate::detectors::interest::{self, InterestSpec};
 use crate::detectors::patch::{self, PatchSpec, Pooling};
@@ -23,6 +23,10 @@ use std::path::{Path, PathBuf};
 /// Full-data enrollment reduces the bank group by group, as the authors do, so memory stays
 /// bounded by one group's patches.
 pub const CORESET_GROUP: usize = 4;
+/// `--tile-neighbourhood auto` keeps the smallest tile distance whose validation scores rise, on
+/// average, by at most this fraction of the all-tiles validation spread (the calibration's
+/// unit): a tenth of a deviation against a verdict threshold about three deviations out.
+pub const NEIGHBOURHOOD_TOLERANCE: f64 = 0.1;
 /// PatchCore projects features to this many dimensions before the k-center search.
 const CORESET_PROJECTION: usize = 128;
 /// Default verdict threshold: sigmoid(3), a score three validation standard deviations above
@@ -53,6 +57,7 @@ pub fn preset(name: &str, tiling: Option<Tiling>) -> Result<Vec<DetectorSpec>, S
         score: Reduction::Max,
         smoothing: 0.0,
         pooling: Pooling::None,
+        neighbourhood: Neighbourhood::All,
     };
     let patches = match name {
         "faithful" => vec![PatchSpec {
@@ -316,6 +321,14 @@ pub fn enroll_with(
     // Each validation image is decoded once: checked for copies, then scored. Exact copies of
     // an earlier validation image count once (only the first is scored and listed).
     let mut scores = vec![Vec::with_capacity(validation.len()); patch_specs.len()];
+    // Per patch detector with `auto` neighbourhood, per candidate distance, the validation scores.
+    let mut candidate_scores: Vec<Vec<Vec<f64>>> = patch_specs
+        .iter()
+        .map(|spec| match spec.neighbourhood {
+            Neighbourhood::Auto => vec![Vec::new(); Neighbourhood::candidates(&spec.tiling).len()],
+            _ => Vec::new(),
+        })
+        .collect();
     let mut distinct: Vec<PathBuf> = Vec::with_capacity(validation.len());
     let mut validation_digests: Vec<PixelDigest> = Vec::with_capacity(validation.len());
     for (i, path) in validation.iter().enumerate() {
@@ -344,14 +357,38 @@ pub fn enroll_with(
         let (features, _) = extractor.features_by_tiling(tilings(), &[&image])?;
         // Near copy: every patch of every patch-matching detector found in the bank.
         let mut near_copy = None;
-        for ((spec, &bank), detector_scores) in patch_specs.iter().zip(&bank_of).zip(&mut scores) {
+        for (((spec, &bank), detector_scores), candidates) in patch_specs
+            .iter()
+            .zip(&bank_of)
+            .zip(&mut scores)
+            .zip(&mut candidate_scores)
+        {
             let tiles = tiles_of(&features, &spec.tiling, 0);
-            let result = patch::score(spec, &banks[bank], tiles, &image, extractor.input_size())
-                .map_err(InspectError::Image)?;
+            let score_with = |neighbourhood| {
+                let spec = PatchSpec {
+                    neighbourhood,
+                    ..(*spec).clone()
+                };
+                patch::score(&spec, &banks[bank], tiles, &image, extractor.input_size())
+                    .map_err(InspectError::Image)
+            };
+            let auto = spec.neighbourhood == Neighbourhood::Auto;
+            let result = score_with(if auto {
+                Neighbourhood::All
+            } else {
+                spec.neighbourhood
+            })?;
             if spec.pooling == Pooling::None {
                 near_copy = Some(near_copy.unwrap_or(true) && is_near_copy(&result.map));
             }
             detector_scores.push(result.raw);
+            if auto {
+                for (r, scores) in
+                    Neighbourhood::candidates(&spec.tiling).zip(candidates.iter_mut())
+                {
+                    scores.push(score_with(Neighbourhood::Within(r))?.raw);
+                }
+            }
         }
         if let (Some((parts, _)), Some(references)) = (&parts, &reference_instances) {
             let whole = &tiles_of(&features, &part_tiling, 0)[0];
@@ -401,7 +438,21 @@ pub fn enroll_with(
         }
         Ok::<_, InspectError>(calibration)
     };
-    let mut patch_results = patch_specs.iter().zip(&bank_of).zip(scores);
+    // Resolve `auto` neighbourhoods: the chosen distance, and its validation scores.
+    let mut resolved: Vec<PatchSpec> = Vec::with_capacity(patch_specs.len());
+    for ((spec, all), candidates) in patch_specs.iter().zip(&mut scores).zip(candidate_scores) {
+        let mut spec = (*spec).clone();
+        if spec.neighbourhood == Neighbourhood::Auto {
+            let spread = Calibration::fit_with(all, options.calibration)
+                .map(|c| c.std)
+                .unwrap_or(0.0);
+            let (neighbourhood, chosen) = choose_neighbourhood(all, candidates, spread);
+            spec.neighbourhood = neighbourhood;
+            *all = chosen;
+        }
+        resolved.push(spec);
+    }
+    let mut patch_results = resolved.iter().zip(&bank_of).zip(scores);
     let mut detectors = Vec::with_capacity(options.detectors.len());
     for spec in &options.detectors {
         let detector = match spec {
@@ -411,7 +462,7 @@ pub fn enroll_with(
                 EnrolledDetector {
                     calibration: Some(calibrate(&spec.name, &validation_scores, &mut warnings)?),
                     learned: Learned::Patch {
-                        spec: (*spec).clone(),
+                        spec: spec.clone(),
                         bank,
                     },
                     validation_scores,
@@ -476,6 +527,26 @@ pub fn enroll_with(
     };
     let profile = Profile { header, banks };
     Ok((profile, warnings))
+}
+
+/// The `auto` tile neighbourhood: the smallest distance R (candidates in order 0, 1, ...) whose
+/// validation scores exceed the all-tiles scores `all` by at most [`NEIGHBOURHOOD_TOLERANCE`] x
+/// `spread` on average, with its scores; `All` and `all` when none does. Restricting the tiles
+/// can only raise a score (fewer candidates for each nearest neighbour), so the mean increase
+/// measures what the restriction loses on anomaly-free images.
+pub fn choose_neighbourhood(
+    all: &[f64],
+    candidates: Vec<Vec<f64>>,
+    spread: f64,
+) -> (Neighbourhood, Vec<f64>) {
+    for (r, scores) in candidates.into_iter().enumerate() {
+        let increase =
+            scores.iter().zip(all).map(|(s, a)| s - a).sum::<f64>() / all.len().max(1) as f64;
+        if increase <= NEIGHBOURHOOD_TOLERANCE * spread {
+            return (Neighbourhood::Within(r as u32), scores);
+        }
+    }
+    (Neighbourhood::All, all.to_vec())
 }
 
 /// The refusal of a calibration on `distinct` distinct validation images out of `given`.

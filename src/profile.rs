@@ -399,6 +399,7 @@ mod tests {
             score: Reduction::TopKMean(3),
             smoothing: 4.0,
             pooling: Pooling::None,
+            neighbourhood: crate::detect::tiling::Neighbourhood::Within(1),
         }
     }
 

@@ -8,7 +8,7 @@ use gstlogsad::detect::preprocess::Resample;
 use gstlogsad::detect::regions::{PeakScope, RegionOptions};
 use gstlogsad::detect::rules::write_rules;
 use gstlogsad::detect::score::Reduction;
-use gstlogsad::detect::tiling::{Resize, Tiling};
+use gstlogsad::detect::tiling::{Neighbourhood, Resize, Tiling};
 use gstlogsad::detectors::{DetectorSpec, Learned};
 use gstlogsad::engine::{self, Device, EngineOptions};
 use gstlogsad::enroll::{enroll, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
@@ -223,6 +223,12 @@ struct DetectorArgs {
     /// whole grey levels: faster, raw scores up to a few 1e-3 off); applies to every branch.
     #[arg(long, default_value = "f32")]
     resample: Resample,
+    /// Which reference tiles each tile is matched against (tiled branches): all (the
+    /// reference), R (the tiles at most R tile steps away, 0: the same position only, for fixed
+    /// cameras) or auto (the smallest R the validation images allow, chosen at enrollment and
+    /// recorded in the profile).
+    #[arg(long, default_value = "all")]
+    tile_neighbourhood: Neighbourhood,
     /// How each branch's validation scores are summarised for calibration: mean-std (the
     /// reference) or median-mad (median and 1.4826 x median absolute deviation, robust to an
     /// odd validation image).
@@ -466,6 +472,7 @@ fn detectors(
             spec.smoothing = args.smoothing;
             spec.tiling.resize = args.resize;
             spec.tiling.resample = args.resample;
+            spec.neighbourhood = args.tile_neighbourhood;
         }
     }
     Ok(detectors)

@@ -7,29 +7,38 @@ use super::features::PatchFeatures;
 use super::patch::MemoryBank;
 
 /// How many blocks (reference images or tiles) of `bank` the matcher visits: the blocks that
-/// hold at least one bank row. A coreset-reduced bank visits only the blocks it kept rows of.
-pub fn matched_blocks(bank: &MemoryBank) -> usize {
+/// hold at least one bank row and that `allow` admits (a tile neighbourhood's filter, block
+/// index in, as `Neighbourhood::allows`). A coreset-reduced bank visits only the blocks it kept
+/// rows of.
+pub fn matched_blocks(bank: &MemoryBank, allow: impl Fn(usize) -> bool) -> usize {
     let cells = (bank.grid_height * bank.grid_width * bank.upsample * bank.upsample) as u32;
     if cells == 0 {
         return 0;
     }
-    bank.rows.chunk_by(|a, b| a / cells == b / cells).count()
+    bank.rows
+        .chunk_by(|a, b| a / cells == b / cells)
+        .filter(|rows| allow((rows[0] / cells) as usize))
+        .count()
 }
 
-/// FLOPs of the matrix products of matching one query grid against `bank`, all stages: per
-/// visited block and stage one product of the raw grids, `2 * grid_cells^2 * dim` (grid_cells =
+/// FLOPs of the matrix products of matching one query grid against the blocks of `bank` that
+/// `allow` admits, all stages: per visited block and stage one product of the raw grids, `2 * grid_cells^2 * dim` (grid_cells =
 /// the bank's token grid height x width, before upsampling). The interpolation, norms and row
 /// maxima around the products are not counted.
 ///
 /// Panics if the query's grid or dimension is not the bank's (as the matcher does).
-pub fn matching_flops(query: &PatchFeatures, bank: &MemoryBank) -> u64 {
+pub fn matching_flops(
+    query: &PatchFeatures,
+    bank: &MemoryBank,
+    allow: impl Fn(usize) -> bool,
+) -> u64 {
     assert_eq!(
         (query.grid_height, query.grid_width, query.dim),
         (bank.grid_height, bank.grid_width, bank.dim),
         "grid mismatch"
     );
     let cells = (bank.grid_height * bank.grid_width) as u64;
-    2 * cells * cells * bank.dim as u64 * bank.stages() as u64 * matched_blocks(bank) as u64
+    2 * cells * cells * bank.dim as u64 * bank.stages() as u64 * matched_blocks(bank, allow) as u64
 }
 
 /// The shape of a plain vision transformer (ViT, as DINOv2) for [`vit_flops`].
@@ -89,13 +98,15 @@ mod tests {
             bank.push(&features(4, 4, 8, 2));
         }
         let query = features(4, 4, 8, 2);
-        assert_eq!(matched_blocks(&bank), 3);
+        assert_eq!(matched_blocks(&bank, |_| true), 3);
         // Per block and stage: 2 * 16 * 16 * 8 = 4096.
-        assert_eq!(matching_flops(&query, &bank), 3 * 2 * 4096);
+        assert_eq!(matching_flops(&query, &bank, |_| true), 3 * 2 * 4096);
+        // Blocks a tile neighbourhood leaves out cost nothing.
+        assert_eq!(matching_flops(&query, &bank, |b| b != 1), 2 * 2 * 4096);
         // Rows kept in blocks 0 and 2 only: block 1 is not visited.
         let small = bank.select(&[5, 63, 130, 190]);
-        assert_eq!(matched_blocks(&small), 2);
-        assert_eq!(matching_flops(&query, &small), 2 * 2 * 4096);
+        assert_eq!(matched_blocks(&small, |_| true), 2);
+        assert_eq!(matching_flops(&query, &small, |_| true), 2 * 2 * 4096);
     }
 
     #[test]

@@ -264,111 +264,273 @@ pub(crate) fn matmul_transposed(a: &[f32], b: &[f32], n: usize, k: usize, m: usi
     }
 }
 
-/// For each upsampled cell of `query`, its highest cosine similarity to the bank in `stage`.
+/// Reusable buffers of the matcher, so that matching allocates nothing per block or stage.
+/// One per thread; [`anomaly_map_with`] and [`max_similarity_with`] take it.
+#[derive(Debug, Default)]
+pub struct MatchScratch {
+    /// Raw similarities of one block, `grid x grid`.
+    raw: Vec<f32>,
+    /// Bank side interpolated along x, `grid x (grid_height * upsampled width)`.
+    along_x: Vec<f32>,
+    /// Bank side interpolated and scaled by the bank's inverse norms, `grid x kept rows`.
+    bank_side: Vec<f32>,
+    /// Query side interpolated along x, for one chunk of bank rows.
+    query_x: Vec<f32>,
+    /// Per bank row of a reduced block: its four taps (raw cell, weight / norm).
+    taps: Vec<[(usize, f32); 4]>,
+    /// Best scaled similarity so far per upsampled query cell.
+    best: Vec<f32>,
+    /// Per block with rows: (block, first row, end row).
+    spans: Vec<(usize, usize, usize)>,
+}
+
+/// Bank rows are taken this many at a time on the query side, so that the query side's
+/// intermediate (`grid_height * upsampled width * CHUNK` values) stays in the L2 cache.
+const CHUNK: usize = 256;
+
+/// The geometry of one matching: raw grid, upsampled grid and the bilinear taps between them.
+struct Geometry {
+    gh: usize,
+    gw: usize,
+    up_w: usize,
+    ys: Vec<Tap>,
+    xs: Vec<Tap>,
+}
+
+impl Geometry {
+    fn of(bank: &MemoryBank) -> Self {
+        let (gh, gw, u) = (bank.grid_height, bank.grid_width, bank.upsample);
+        Geometry {
+            gh,
+            gw,
+            up_w: gw * u,
+            ys: taps_align_corners(gh, gh * u),
+            xs: taps_align_corners(gw, gw * u),
+        }
+    }
+
+    fn grid(&self) -> usize {
+        self.gh * self.gw
+    }
+
+    fn cells(&self) -> usize {
+        self.ys.len() * self.xs.len()
+    }
+}
+
+/// For each upsampled cell of `query`, its highest cosine similarity to the bank in `stage`
+/// (`query.patches()` values, row-major). Allocates its buffers; see [`max_similarity_with`].
 pub fn max_similarity(query: &PatchFeatures, bank: &MemoryBank, stage: usize) -> Vec<f32> {
+    max_similarity_with(query, bank, stage, &|_| true, &mut MatchScratch::default())
+}
+
+/// Fills `spans` with (block, first row, end row) for every block of the bank that keeps rows.
+fn block_spans(bank: &MemoryBank, spans: &mut Vec<(usize, usize, usize)>) {
+    let cells = bank.upsampled_cells() as u32;
+    spans.clear();
+    let mut start = 0;
+    for rows in bank.rows.chunk_by(|a, b| a / cells == b / cells) {
+        spans.push((rows[0] as usize / cells as usize, start, start + rows.len()));
+        start += rows.len();
+    }
+}
+
+/// [`max_similarity`] against the blocks for which `allow(block)` holds (a block is one
+/// reference image or tile, in the order they were pushed), with reusable buffers. When no
+/// allowed block keeps a row, every cell gets similarity 0.
+///
+/// The bank side is interpolated separably (along x, then along y, two taps each) for blocks
+/// that keep all their rows, and per row (four taps, cost proportional to the kept rows) for
+/// coreset-reduced ones; the query side is interpolated along x, then blended along y while
+/// taking each cell's maximum; the query's norm divides the maximum at the end.
+pub fn max_similarity_with(
+    query: &PatchFeatures,
+    bank: &MemoryBank,
+    stage: usize,
+    allow: &dyn Fn(usize) -> bool,
+    scratch: &mut MatchScratch,
+) -> Vec<f32> {
     assert_eq!(query.dim, bank.dim, "feature dimension mismatch");
     assert_eq!(
         (query.grid_height, query.grid_width, query.upsample),
         (bank.grid_height, bank.grid_width, bank.upsample),
         "grid mismatch"
     );
-    let (gh, gw, dim) = (bank.grid_height, bank.grid_width, bank.dim);
-    let (up_h, up_w) = (gh * bank.upsample, gw * bank.upsample);
-    let (grid, cells) = (gh * gw, up_h * up_w);
-    let ys: Vec<Tap> = taps_align_corners(gh, up_h);
-    let xs: Vec<Tap> = taps_align_corners(gw, up_w);
+    let geometry = Geometry::of(bank);
+    let (grid, cells, dim) = (geometry.grid(), geometry.cells(), bank.dim);
     let q = &query.tokens[stage];
     let inverse = &bank.inverse_norms[stage];
-    let mut best = vec![f32::NEG_INFINITY; cells];
-    let mut raw = vec![0.0f32; grid * grid];
-    let mut t = Vec::new();
-    let mut start = 0;
-    for rows in bank
-        .rows
-        .chunk_by(|a, b| a / cells as u32 == b / cells as u32)
-    {
-        let block = rows[0] as usize / cells;
+    let mut spans = std::mem::take(&mut scratch.spans);
+    block_spans(bank, &mut spans);
+    scratch.best.clear();
+    scratch.best.resize(cells, f32::NEG_INFINITY);
+    scratch.raw.resize(grid * grid, 0.0);
+    let mut matched = false;
+    for &(block, start, end) in &spans {
+        if !allow(block) {
+            continue;
+        }
+        matched = true;
         let r = &bank.tokens[stage][block * grid * dim..(block + 1) * grid * dim];
         // raw[a, c] = q_a . r_c for the raw grids.
-        matmul_transposed(q, r, grid, dim, grid, &mut raw);
-        // Interpolate along the bank side, scaled by each row's inverse norm:
-        // t[a, k] = sum over row k's taps of w * raw[a, c] / |v_k|.
-        let k_count = rows.len();
-        let taps: Vec<[(usize, f32); 4]> = rows
-            .iter()
-            .zip(&inverse[start..start + k_count])
-            .map(|(&row, &inv)| {
-                let cell = row as usize % cells;
-                let (y0, y1, ty) = ys[cell / up_w];
-                let (x0, x1, tx) = xs[cell % up_w];
+        matmul_transposed(q, r, grid, dim, grid, &mut scratch.raw);
+        let rows = &bank.rows[start..end];
+        glue(&geometry, rows, &inverse[start..end], scratch);
+    }
+    scratch.spans = spans;
+    let query_norms = row_norms(&query.upsampled(stage), dim);
+    scratch
+        .best
+        .iter()
+        .zip(query_norms)
+        .map(|(&b, n)| if n > 0.0 && matched { b / n } else { 0.0 })
+        .collect()
+}
+
+/// Everything after one block's matrix product: interpolation along both sides and the
+/// running maximum into `scratch.best`. Compiled twice on x86-64: for AVX2+FMA (chosen at run
+/// time when the processor has them) and for the baseline; both give the same results (Rust
+/// never fuses a multiply and an add on its own).
+fn glue(geometry: &Geometry, rows: &[u32], inverse: &[f32], scratch: &mut MatchScratch) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the processor has the features the function is compiled for.
+        unsafe { glue_avx2(geometry, rows, inverse, scratch) };
+        return;
+    }
+    glue_body(geometry, rows, inverse, scratch);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn glue_avx2(
+    geometry: &Geometry,
+    rows: &[u32],
+    inverse: &[f32],
+    scratch: &mut MatchScratch,
+) {
+    glue_body(geometry, rows, inverse, scratch);
+}
+
+#[inline(always)]
+fn glue_body(geometry: &Geometry, rows: &[u32], inverse: &[f32], scratch: &mut MatchScratch) {
+    let Geometry { gh, gw, up_w, .. } = *geometry;
+    let (ys, xs) = (&geometry.ys[..], &geometry.xs[..]);
+    let (grid, cells) = (geometry.grid(), geometry.cells());
+    let k = rows.len();
+    let raw = &scratch.raw[..grid * grid];
+    let t = &mut scratch.bank_side;
+    t.resize(grid * k, 0.0);
+    if k == cells {
+        // Every row of the block: separable, along x (2 taps) then along y (2 taps).
+        let x = &mut scratch.along_x;
+        x.resize(grid * gh * up_w, 0.0);
+        for (line, out) in raw.chunks_exact(grid).zip(x.chunks_exact_mut(gh * up_w)) {
+            for (src, dst) in line.chunks_exact(gw).zip(out.chunks_exact_mut(up_w)) {
+                for (d, &(x0, x1, tx)) in dst.iter_mut().zip(xs) {
+                    *d = (1.0 - tx) * src[x0] + tx * src[x1];
+                }
+            }
+        }
+        for (x, out) in x.chunks_exact(gh * up_w).zip(t.chunks_exact_mut(cells)) {
+            for ((&(y0, y1, ty), dst), inv) in ys
+                .iter()
+                .zip(out.chunks_exact_mut(up_w))
+                .zip(inverse.chunks_exact(up_w))
+            {
+                let (r0, r1) = (&x[y0 * up_w..][..up_w], &x[y1 * up_w..][..up_w]);
+                for (((d, a), b), s) in dst.iter_mut().zip(r0).zip(r1).zip(inv) {
+                    *d = ((1.0 - ty) * a + ty * b) * s;
+                }
+            }
+        }
+    } else {
+        // A coreset-reduced block: four taps per kept row.
+        let up_w32 = up_w as u32;
+        let cells32 = cells as u32;
+        scratch.taps.clear();
+        scratch
+            .taps
+            .extend(rows.iter().zip(inverse).map(|(&row, &inv)| {
+                let cell = row % cells32;
+                let (y0, y1, ty) = ys[(cell / up_w32) as usize];
+                let (x0, x1, tx) = xs[(cell % up_w32) as usize];
                 [
                     (y0 * gw + x0, (1.0 - ty) * (1.0 - tx) * inv),
                     (y0 * gw + x1, (1.0 - ty) * tx * inv),
                     (y1 * gw + x0, ty * (1.0 - tx) * inv),
                     (y1 * gw + x1, ty * tx * inv),
                 ]
-            })
-            .collect();
-        t.clear();
-        for line in raw.chunks_exact(grid) {
-            t.extend(
-                taps.iter()
-                    .map(|tap| tap.iter().map(|&(c, w)| w * line[c]).sum::<f32>()),
-            );
-        }
-        // Interpolate along the query side and keep each cell's best, without forming the
-        // interpolated matrix.
-        let row_of = |cell: usize| &t[cell * k_count..(cell + 1) * k_count];
-        for (oy, &(y0, y1, ty)) in ys.iter().enumerate() {
-            for (ox, &(x0, x1, tx)) in xs.iter().enumerate() {
-                let weights = [
-                    (1.0 - ty) * (1.0 - tx),
-                    (1.0 - ty) * tx,
-                    ty * (1.0 - tx),
-                    ty * tx,
-                ];
-                let corners = [
-                    row_of(y0 * gw + x0),
-                    row_of(y0 * gw + x1),
-                    row_of(y1 * gw + x0),
-                    row_of(y1 * gw + x1),
-                ];
-                let b = &mut best[oy * up_w + ox];
-                *b = b.max(blend_max(corners, weights));
+            }));
+        for (line, out) in raw.chunks_exact(grid).zip(t.chunks_exact_mut(k)) {
+            for (d, tap) in out.iter_mut().zip(&scratch.taps) {
+                *d = tap[0].1 * line[tap[0].0]
+                    + tap[1].1 * line[tap[1].0]
+                    + tap[2].1 * line[tap[2].0]
+                    + tap[3].1 * line[tap[3].0];
             }
         }
-        start += k_count;
     }
-    let query_norms = row_norms(&query.upsampled(stage), dim);
-    best.iter()
-        .zip(query_norms)
-        .map(|(&b, n)| if n > 0.0 { b / n } else { 0.0 })
-        .collect()
+    // Query side, a chunk of bank rows at a time: along x into `query_x`, then along y, taking
+    // each cell's maximum without forming the interpolated matrix.
+    let best = &mut scratch.best[..cells];
+    for k0 in (0..k).step_by(CHUNK) {
+        let kc = CHUNK.min(k - k0);
+        let p = &mut scratch.query_x;
+        p.resize(gh * up_w * kc, 0.0);
+        for (ay, out) in p.chunks_exact_mut(up_w * kc).enumerate() {
+            for (&(x0, x1, tx), dst) in xs.iter().zip(out.chunks_exact_mut(kc)) {
+                let a = &t[(ay * gw + x0) * k + k0..][..kc];
+                let b = &t[(ay * gw + x1) * k + k0..][..kc];
+                for ((d, a), b) in dst.iter_mut().zip(a).zip(b) {
+                    *d = (1.0 - tx) * a + tx * b;
+                }
+            }
+        }
+        for (&(y0, y1, ty), best) in ys.iter().zip(best.chunks_exact_mut(up_w)) {
+            let (r0, r1) = (
+                &p[y0 * up_w * kc..][..up_w * kc],
+                &p[y1 * up_w * kc..][..up_w * kc],
+            );
+            for ((b, a), c) in best
+                .iter_mut()
+                .zip(r0.chunks_exact(kc))
+                .zip(r1.chunks_exact(kc))
+            {
+                *b = b.max(blend_max(a, c, 1.0 - ty, ty));
+            }
+        }
+    }
 }
 
-/// The largest value of the weighted sum of four equally long rows; eight lanes at a time so
-/// that the compiler vectorises it.
-fn blend_max(rows: [&[f32]; 4], w: [f32; 4]) -> f32 {
-    const LANES: usize = 8;
+/// The largest value of `wa * a + wb * b` over two equally long rows; sixteen lanes at a time
+/// so that the compiler vectorises it.
+#[inline(always)]
+fn blend_max(a: &[f32], b: &[f32], wa: f32, wb: f32) -> f32 {
+    const LANES: usize = 16;
     let mut lanes = [f32::NEG_INFINITY; LANES];
-    let [mut a, mut b, mut c, mut d] = rows.map(|r| r.chunks_exact(LANES));
-    for (((a, b), c), d) in (&mut a).zip(&mut b).zip(&mut c).zip(&mut d) {
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (a, b) in (&mut ca).zip(&mut cb) {
         for j in 0..LANES {
-            let v = w[0] * a[j] + w[1] * b[j] + w[2] * c[j] + w[3] * d[j];
+            let v = wa * a[j] + wb * b[j];
             lanes[j] = if v > lanes[j] { v } else { lanes[j] };
         }
     }
-    let tail = a
+    let tail = ca
         .remainder()
         .iter()
-        .zip(b.remainder())
-        .zip(c.remainder())
-        .zip(d.remainder())
-        .map(|(((a, b), c), d)| w[0] * a + w[1] * b + w[2] * c + w[3] * d);
-    lanes
-        .into_iter()
-        .chain(tail)
-        .fold(f32::NEG_INFINITY, f32::max)
+        .zip(cb.remainder())
+        .map(|(a, b)| wa * a + wb * b);
+    // Halve the lanes until one is left (compares, not `f32::max`, so that it vectorises).
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for j in 0..width {
+            let other = lanes[j + width];
+            lanes[j] = if other > lanes[j] { other } else { lanes[j] };
+        }
+    }
+    tail.fold(lanes[0], |m, v| if v > m { v } else { m })
 }
 
 /// For each of the `n` query rows, the highest dot product with any of the `m` bank rows: the
@@ -401,11 +563,23 @@ pub fn dense_max_similarity(queries: &[f32], bank: &[f32], dim: usize) -> Vec<f3
 /// The anomaly map of one image or tile: per upsampled cell, the mean over stages of
 /// 1 - max cosine similarity to the bank. Row-major, `features.height() * features.width()`.
 pub fn anomaly_map(features: &PatchFeatures, bank: &MemoryBank) -> Vec<f32> {
+    anomaly_map_with(features, bank, &|_| true, &mut MatchScratch::default())
+}
+
+/// [`anomaly_map`] against the blocks for which `allow(block)` holds (see
+/// [`max_similarity_with`]), with reusable buffers.
+pub fn anomaly_map_with(
+    features: &PatchFeatures,
+    bank: &MemoryBank,
+    allow: &dyn Fn(usize) -> bool,
+    scratch: &mut MatchScratch,
+) -> Vec<f32> {
     assert_eq!(features.tokens.len(), bank.stages(), "stage count mismatch");
     let stages = bank.stages() as f32;
     let mut map = vec![0.0f32; features.patches()];
     for stage in 0..bank.stages() {
-        for (cell, s) in map.iter_mut().zip(max_similarity(features, bank, stage)) {
+        let similarity = max_similarity_with(features, bank, stage, allow, scratch);
+        for (cell, s) in map.iter_mut().zip(similarity) {
             *cell += (1.0 - s) / stages;
         }
     }

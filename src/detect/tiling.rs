@@ -112,6 +112,63 @@ impl Default for Tiling {
     }
 }
 
+/// Which reference tiles a query tile is matched against (fixed cameras: a tile's content
+/// stays at its position, so matching far tiles only costs time).
+///
+/// Serialised as `"all"`, `"auto"` or `{"within": R}`; profiles never hold `auto`:
+/// enrollment resolves it to the `within` or `all` it chose.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Neighbourhood {
+    /// Every reference tile (the reference's behaviour).
+    #[default]
+    All,
+    /// Chosen at enrollment from the validation images (see `enroll`).
+    Auto,
+    /// The reference tiles at most R tile steps away (Chebyshev distance in the tile grid):
+    /// 0 is the same position only.
+    Within(u32),
+}
+
+impl std::str::FromStr for Neighbourhood {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(Neighbourhood::All),
+            "auto" => Ok(Neighbourhood::Auto),
+            r => r.parse().map(Neighbourhood::Within).map_err(|_| {
+                format!("unknown tile neighbourhood {r:?} (all, auto or a tile distance 0, 1, ...)")
+            }),
+        }
+    }
+}
+
+impl Neighbourhood {
+    /// Whether query tile `tile` of `tiling` is matched against bank block `block`, where
+    /// blocks are pushed per reference image in tile order (`block = image * tiles + tile`).
+    /// `Auto` (unresolved) allows every block.
+    pub fn allows(self, tiling: &Tiling, tile: usize, block: usize) -> bool {
+        match self {
+            Neighbourhood::All | Neighbourhood::Auto => true,
+            Neighbourhood::Within(r) => {
+                let cols = tiling.cols.max(1) as usize;
+                let tiles = cols * tiling.rows.max(1) as usize;
+                let other = block % tiles;
+                let (qr, qc) = (tile / cols, tile % cols);
+                let (br, bc) = (other / cols, other % cols);
+                qr.abs_diff(br).max(qc.abs_diff(bc)) <= r as usize
+            }
+        }
+    }
+
+    /// The distances worth trying on `tiling`: 0 up to the largest that still leaves a tile out
+    /// (larger ones match every tile, the same as `All`).
+    pub fn candidates(tiling: &Tiling) -> std::ops::Range<u32> {
+        0..tiling.rows.max(tiling.cols).saturating_sub(1)
+    }
+}
+
 /// A tile rectangle in source-frame pixel coordinates (fractional: crop and resize with
 /// sub-pixel precision, or round outward).
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -4,10 +4,10 @@
 
 use crate::detect::cost::matching_flops;
 use crate::detect::features::PatchFeatures;
-use crate::detect::patch::{anomaly_map, MemoryBank};
+use crate::detect::patch::{anomaly_map_with, MatchScratch, MemoryBank};
 use crate::detect::preprocess::RgbImage;
 use crate::detect::score::{gaussian_blur, reduce, Reduction};
-use crate::detect::tiling::{Stitcher, Tiling};
+use crate::detect::tiling::{Neighbourhood, Stitcher, Tiling};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,10 @@ pub struct PatchSpec {
     /// Absent from profiles written before pooling existed: none.
     #[serde(default)]
     pub pooling: Pooling,
+    /// Which reference tiles each tile is matched against; absent from profiles written
+    /// before it existed: all.
+    #[serde(default)]
+    pub neighbourhood: Neighbourhood,
 }
 
 impl PatchSpec {
@@ -58,6 +62,7 @@ impl PatchSpec {
             score: Reduction::Max,
             smoothing: 0.0,
             pooling: Pooling::None,
+            neighbourhood: Neighbourhood::All,
         }
     }
 
@@ -98,7 +103,7 @@ pub struct PatchTimings {
 
 /// Scores the tile features of one image against the detector's bank; `input` is the model's
 /// input size (width, height) the tiles went through. Errors name a tiling that does not fit
-/// the image.
+/// the image, or a neighbourhood left `auto` (enrollment resolves it).
 pub fn score(
     spec: &PatchSpec,
     bank: &MemoryBank,
@@ -115,14 +120,22 @@ pub fn score(
             &pooled
         }
     };
+    if spec.neighbourhood == Neighbourhood::Auto {
+        return Err(format!(
+            "detector {}: tile neighbourhood 'auto' is resolved at enrollment; enroll again",
+            spec.name
+        ));
+    }
     let grid = (tiles[0].width(), tiles[0].height());
     let mut stitcher = Stitcher::new(&spec.tiling, (image.width, image.height), grid, input)?;
     let mut timings = PatchTimings::default();
     let mut flops = 0;
+    let mut scratch = MatchScratch::default();
     let mut mark = start;
     for (i, tile) in tiles.iter().enumerate() {
-        let map = anomaly_map(tile, bank);
-        flops += matching_flops(tile, bank);
+        let allow = |block: usize| spec.neighbourhood.allows(&spec.tiling, i, block);
+        let map = anomaly_map_with(tile, bank, &allow, &mut scratch);
+        flops += matching_flops(tile, bank, allow);
         let matched = Instant::now();
         timings.nearest_neighbour += matched - mark;
         stitcher.add(i, &map);
