@@ -22,9 +22,11 @@ pub fn matched_blocks(bank: &MemoryBank, allow: impl Fn(usize) -> bool) -> usize
 }
 
 /// FLOPs of the matrix products of matching one query grid against the blocks of `bank` that
-/// `allow` admits, all stages: per visited block and stage one product of the raw grids, `2 * grid_cells^2 * dim` (grid_cells =
-/// the bank's token grid height x width, before upsampling). The interpolation, norms and row
-/// maxima around the products are not counted.
+/// `allow` admits, all stages, as the matcher runs them: per visited block and stage one product
+/// of the raw grids, `2 * grid_cells^2 * dim` (grid_cells = the bank's token grid height x
+/// width, before upsampling); for a sparse bank ([`MemoryBank::is_sparse`]) one product of the
+/// raw query grid by the kept rows, `2 * grid_cells * rows * dim`. The interpolation, norms and
+/// row maxima around the products are not counted.
 ///
 /// Panics if the query's grid or dimension is not the bank's (as the matcher does).
 pub fn matching_flops(
@@ -38,7 +40,18 @@ pub fn matching_flops(
         "grid mismatch"
     );
     let cells = (bank.grid_height * bank.grid_width) as u64;
-    2 * cells * cells * bank.dim as u64 * bank.stages() as u64 * matched_blocks(bank, allow) as u64
+    let per_stage = if bank.is_sparse() {
+        let upsampled = cells as u32 * (bank.upsample * bank.upsample) as u32;
+        let rows = bank
+            .rows
+            .iter()
+            .filter(|&&row| allow((row / upsampled) as usize))
+            .count() as u64;
+        2 * cells * rows * bank.dim as u64
+    } else {
+        2 * cells * cells * bank.dim as u64 * matched_blocks(bank, allow) as u64
+    };
+    per_stage * bank.stages() as u64
 }
 
 /// The shape of a plain vision transformer (ViT, as DINOv2) for [`vit_flops`].
@@ -103,10 +116,17 @@ mod tests {
         assert_eq!(matching_flops(&query, &bank, |_| true), 3 * 2 * 4096);
         // Blocks a tile neighbourhood leaves out cost nothing.
         assert_eq!(matching_flops(&query, &bank, |b| b != 1), 2 * 2 * 4096);
-        // Rows kept in blocks 0 and 2 only: block 1 is not visited.
+        // 64 rows kept in blocks 0 and 2 only (more than the 48 raw tokens): block 1 is not
+        // visited.
+        let reduced = bank.select(&(0..32).chain(128..160).collect::<Vec<_>>());
+        assert!(!reduced.is_sparse());
+        assert_eq!(matched_blocks(&reduced, |_| true), 2);
+        assert_eq!(matching_flops(&query, &reduced, |_| true), 2 * 2 * 4096);
+        // 4 rows: sparse, one product by the kept rows, 2 * 16 * rows * 8 per stage.
         let small = bank.select(&[5, 63, 130, 190]);
-        assert_eq!(matched_blocks(&small, |_| true), 2);
-        assert_eq!(matching_flops(&query, &small, |_| true), 2 * 2 * 4096);
+        assert!(small.is_sparse());
+        assert_eq!(matching_flops(&query, &small, |_| true), 2 * 2 * 16 * 4 * 8);
+        assert_eq!(matching_flops(&query, &small, |b| b == 2), 2 * 2 * 16 * 2 * 8);
     }
 
     #[test]

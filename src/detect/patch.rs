@@ -25,6 +25,11 @@ pub struct MemoryBank {
     pub rows: Vec<u32>,
     /// Per stage and row, 1 / the length of the row's upsampled vector (derived from the above).
     inverse_norms: Vec<Vec<f32>>,
+    /// Per stage, the rows upsampled and normalised (`len() * dim`) when the bank is reduced
+    /// below one row per raw token on average ([`MemoryBank::is_sparse`]), else empty: then
+    /// multiplying the raw query grid by these rows costs less than the raw grid products of
+    /// the factorised path (derived from the above).
+    explicit: Vec<Vec<f32>>,
 }
 
 impl MemoryBank {
@@ -43,6 +48,7 @@ impl MemoryBank {
             tokens: vec![Vec::new(); stages],
             rows: Vec::new(),
             inverse_norms: vec![Vec::new(); stages],
+            explicit: Vec::new(),
         }
     }
 
@@ -87,10 +93,12 @@ impl MemoryBank {
             tokens,
             rows,
             inverse_norms: Vec::new(),
+            explicit: Vec::new(),
         };
         bank.inverse_norms = (0..bank.tokens.len())
             .map(|s| bank.inverse_norms_of(s))
             .collect();
+        bank.derive_explicit();
         Ok(bank)
     }
 
@@ -136,6 +144,7 @@ impl MemoryBank {
         }
         self.rows
             .extend(first..first + self.upsampled_cells() as u32);
+        self.derive_explicit();
     }
 
     /// Appends the blocks and rows of `other`.
@@ -149,6 +158,7 @@ impl MemoryBank {
         for (mine, theirs) in self.inverse_norms.iter_mut().zip(&other.inverse_norms) {
             mine.extend_from_slice(theirs);
         }
+        self.derive_explicit();
     }
 
     /// Keeps only the given rows (indices into the current rows).
@@ -156,15 +166,34 @@ impl MemoryBank {
         let mut keep = keep.to_vec();
         keep.sort_unstable();
         keep.dedup();
-        MemoryBank {
+        let mut bank = MemoryBank {
             rows: keep.iter().map(|&k| self.rows[k]).collect(),
             inverse_norms: self
                 .inverse_norms
                 .iter()
                 .map(|norms| keep.iter().map(|&k| norms[k]).collect())
                 .collect(),
+            explicit: Vec::new(),
             ..self.clone()
-        }
+        };
+        bank.derive_explicit();
+        bank
+    }
+
+    /// Whether the bank keeps fewer rows than its blocks hold raw tokens (a coreset of less
+    /// than 1 / upsample^2 of the patches): matching then multiplies by the kept rows
+    /// themselves instead of by the raw grids.
+    pub fn is_sparse(&self) -> bool {
+        !self.tokens.is_empty() && self.len() < self.blocks() * self.grid_cells()
+    }
+
+    /// Fills or clears [`MemoryBank::explicit`] to match [`MemoryBank::is_sparse`].
+    fn derive_explicit(&mut self) {
+        self.explicit = if self.is_sparse() {
+            (0..self.stages()).map(|s| self.normalised_rows(s)).collect()
+        } else {
+            Vec::new()
+        };
     }
 
     fn inverse_norms_of(&self, stage: usize) -> Vec<f32> {
@@ -366,16 +395,42 @@ pub fn max_similarity_with(
     scratch.best.resize(cells, f32::NEG_INFINITY);
     scratch.raw.resize(grid * grid, 0.0);
     let mut matched = false;
-    for &(block, start, end) in &spans {
-        if !allow(block) {
-            continue;
+    if let Some(explicit) = bank.explicit.get(stage) {
+        // A sparse bank: t[a, k] = q_a . v_k / |v_k| straight from the kept rows, one product
+        // per run of consecutive allowed blocks, then the query side as below.
+        for run in spans.chunk_by(|a, b| allow(a.0) == allow(b.0)) {
+            if !allow(run[0].0) {
+                continue;
+            }
+            matched = true;
+            let (start, end) = (run[0].1, run[run.len() - 1].2);
+            scratch.bank_side.resize(grid * (end - start), 0.0);
+            matmul_transposed(
+                q,
+                &explicit[start * dim..end * dim],
+                grid,
+                dim,
+                end - start,
+                &mut scratch.bank_side,
+            );
+            glue(&geometry, BankSide::Ready(end - start), scratch);
         }
-        matched = true;
-        let r = &bank.tokens[stage][block * grid * dim..(block + 1) * grid * dim];
-        // raw[a, c] = q_a . r_c for the raw grids.
-        matmul_transposed(q, r, grid, dim, grid, &mut scratch.raw);
-        let rows = &bank.rows[start..end];
-        glue(&geometry, rows, &inverse[start..end], scratch);
+    } else {
+        for &(block, start, end) in &spans {
+            if !allow(block) {
+                continue;
+            }
+            matched = true;
+            let r = &bank.tokens[stage][block * grid * dim..(block + 1) * grid * dim];
+            // raw[a, c] = q_a . r_c for the raw grids.
+            matmul_transposed(q, r, grid, dim, grid, &mut scratch.raw);
+            let rows = &bank.rows[start..end];
+            glue(
+                &geometry,
+                BankSide::FromRaw(rows, &inverse[start..end]),
+                scratch,
+            );
+        }
     }
     scratch.spans = spans;
     let query_norms = row_norms(&query.upsampled(stage), dim);
@@ -387,36 +442,49 @@ pub fn max_similarity_with(
         .collect()
 }
 
-/// Everything after one block's matrix product: interpolation along both sides and the
-/// running maximum into `scratch.best`. Compiled twice on x86-64: for AVX2+FMA (chosen at run
-/// time when the processor has them) and for the baseline; both give the same results (Rust
-/// never fuses a multiply and an add on its own).
-fn glue(geometry: &Geometry, rows: &[u32], inverse: &[f32], scratch: &mut MatchScratch) {
+/// Where the bank side `t[a, k]` (raw query token `a` against kept row `k`, scaled by the
+/// row's inverse norm) of one product comes from.
+#[derive(Clone, Copy)]
+enum BankSide<'a> {
+    /// Interpolated from `scratch.raw`, one block's raw product, for these rows of the block
+    /// and their inverse norms.
+    FromRaw(&'a [u32], &'a [f32]),
+    /// Already in `scratch.bank_side`, this many rows wide (a sparse bank's product).
+    Ready(usize),
+}
+
+/// Everything after one matrix product: the bank side's interpolation (unless ready), the
+/// query side's, and the running maximum into `scratch.best`. Compiled twice on x86-64: for
+/// AVX2+FMA (chosen at run time when the processor has them) and for the baseline; both give
+/// the same results (Rust never fuses a multiply and an add on its own).
+fn glue(geometry: &Geometry, bank_side: BankSide, scratch: &mut MatchScratch) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the processor has the features the function is compiled for.
-        unsafe { glue_avx2(geometry, rows, inverse, scratch) };
+        unsafe { glue_avx2(geometry, bank_side, scratch) };
         return;
     }
-    glue_body(geometry, rows, inverse, scratch);
+    glue_body(geometry, bank_side, scratch);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn glue_avx2(
-    geometry: &Geometry,
-    rows: &[u32],
-    inverse: &[f32],
-    scratch: &mut MatchScratch,
-) {
-    glue_body(geometry, rows, inverse, scratch);
+unsafe fn glue_avx2(geometry: &Geometry, bank_side: BankSide, scratch: &mut MatchScratch) {
+    glue_body(geometry, bank_side, scratch);
 }
 
 #[inline(always)]
-fn glue_body(geometry: &Geometry, rows: &[u32], inverse: &[f32], scratch: &mut MatchScratch) {
+fn glue_body(geometry: &Geometry, bank_side: BankSide, scratch: &mut MatchScratch) {
     let Geometry { gh, gw, up_w, .. } = *geometry;
     let (ys, xs) = (&geometry.ys[..], &geometry.xs[..]);
     let (grid, cells) = (geometry.grid(), geometry.cells());
+    let (rows, inverse) = match bank_side {
+        BankSide::FromRaw(rows, inverse) => (rows, inverse),
+        BankSide::Ready(k) => {
+            query_side(geometry, k, scratch);
+            return;
+        }
+    };
     let k = rows.len();
     let raw = &scratch.raw[..grid * grid];
     let t = &mut scratch.bank_side;
@@ -471,8 +539,18 @@ fn glue_body(geometry: &Geometry, rows: &[u32], inverse: &[f32], scratch: &mut M
             }
         }
     }
-    // Query side, a chunk of bank rows at a time: along x into `query_x`, then along y, taking
-    // each cell's maximum without forming the interpolated matrix.
+    query_side(geometry, k, scratch);
+}
+
+/// The query side of [`glue_body`] for `k` bank rows in `scratch.bank_side`, a chunk of bank
+/// rows at a time: along x into `query_x`, then along y, taking each cell's maximum without
+/// forming the interpolated matrix.
+#[inline(always)]
+fn query_side(geometry: &Geometry, k: usize, scratch: &mut MatchScratch) {
+    let Geometry { gh, gw, up_w, .. } = *geometry;
+    let (ys, xs) = (&geometry.ys[..], &geometry.xs[..]);
+    let cells = geometry.cells();
+    let t = &scratch.bank_side;
     let best = &mut scratch.best[..cells];
     for k0 in (0..k).step_by(CHUNK) {
         let kc = CHUNK.min(k - k0);
@@ -663,9 +741,30 @@ mod tests {
             .collect();
         let small = bank.select(&keep);
         assert_eq!(small.len(), keep.len());
+        // 19 of 128 rows, fewer than the 2 x 16 raw tokens: matched through the kept rows.
+        assert!(small.is_sparse() && !bank.is_sparse());
         let query = random_features(4, 4, 2, 8, 1, 7);
         let fast = max_similarity(&query, &small, 0);
         assert_close(&fast, &brute_force(&query, &small, 0), 1e-5);
+        // The sparse path with a block filter: as brute force over block 1's kept rows.
+        let block_1: Vec<usize> = (0..small.len()).filter(|&i| small.rows[i] >= 64).collect();
+        let filtered = max_similarity_with(
+            &query,
+            &small,
+            0,
+            &|block| block == 1,
+            &mut MatchScratch::default(),
+        );
+        let only_1 = small.select(&block_1);
+        assert_close(&filtered, &brute_force(&query, &only_1, 0), 1e-5);
+        // Half the rows: above one per raw token, the per-row taps of the factorised path.
+        let half = bank.select(&(0..bank.len()).step_by(2).collect::<Vec<_>>());
+        assert!(!half.is_sparse());
+        assert_close(
+            &max_similarity(&query, &half, 0),
+            &brute_force(&query, &half, 0),
+            1e-5,
+        );
         let dense = dense_max_similarity(&query.normalised(0), &small.normalised_rows(0), 8);
         assert_close(&fast, &dense, 1e-5);
         // Rebuilding from the stored parts gives the same bank.
