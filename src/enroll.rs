@@ -33,7 +33,44 @@ const CORESET_PROJECTION: usize = 128;
 /// the validation mean.
 pub const DEFAULT_THRESHOLD: f64 = 0.952_574_126_822_433_2;
 /// Names accepted by [`preset`].
-pub const PRESETS: [&str; 4] = ["faithful", "multiscale", "multiscale-embedding", "logsad"];
+pub const PRESETS: [&str; 5] = [
+    "faithful",
+    "multiscale",
+    "multiscale-embedding",
+    "fast",
+    "logsad",
+];
+/// The `fast` preset's coreset: a tenth of the tiled branch's patches, below one bank row per
+/// raw token, so matching multiplies by the kept rows (see `MemoryBank::is_sparse`).
+pub const FAST_CORESET_RATIO: f32 = 0.1;
+
+/// What a preset sets besides its detectors; each applies where the user gives no value of
+/// their own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresetDefaults {
+    pub calibration: CalibrationMethod,
+    pub coreset_ratio: Option<f32>,
+    /// The preset's model manifest, relative to the data directory, where it has its own.
+    pub model: Option<&'static str>,
+}
+
+/// The defaults of preset `name`: for `fast` median/MAD calibration, the coreset of
+/// [`FAST_CORESET_RATIO`] and the int8 backbone ([`crate::engine::INT8_MODEL`]); for the
+/// others the reference's (mean and standard deviation, no coreset, the default model).
+pub fn preset_defaults(name: &str) -> PresetDefaults {
+    match name {
+        "fast" => PresetDefaults {
+            calibration: CalibrationMethod::MedianMad,
+            coreset_ratio: Some(FAST_CORESET_RATIO),
+            model: Some(crate::engine::INT8_MODEL),
+        },
+        _ => PresetDefaults {
+            calibration: CalibrationMethod::MeanStd,
+            coreset_ratio: None,
+            model: None,
+        },
+    }
+}
 
 /// Detectors by preset name. `tiling` is the user's tiling, if any.
 ///
@@ -43,6 +80,10 @@ pub const PRESETS: [&str; 4] = ["faithful", "multiscale", "multiscale-embedding"
 ///   that cover the frame; each calibrated, fused by the largest calibrated score (eq. 5).
 /// - `multiscale-embedding`: the same local detector, and as global one the distance of the
 ///   whole frame's mean-pooled tokens to the nearest reference frame's (per stage, averaged).
+/// - `fast`: `multiscale-embedding` built for speed: the pooled embedding is taken per tile
+///   from the local branch's tiles (one inference per tile, none for the whole frame), each
+///   branch matches the reference tiles its `auto` tile neighbourhood keeps, and
+///   [`preset_defaults`] adds median/MAD calibration, a coreset and the int8 backbone.
 /// - `logsad`: the paper's three detectors: the faithful patch detector (eq. 1), the interest
 ///   detector (eq. 2-3) and the composition rules (eq. 4) on the parts learned from the
 ///   references, fused as eq. 5.
@@ -80,6 +121,19 @@ pub fn preset(name: &str, tiling: Option<Tiling>) -> Result<Vec<DetectorSpec>, S
                 ..PatchSpec::faithful()
             },
         ],
+        "fast" => {
+            let local = PatchSpec {
+                neighbourhood: Neighbourhood::Auto,
+                ..local(tiling)
+            };
+            let global = PatchSpec {
+                name: "embedding-global".into(),
+                score: Reduction::Mean,
+                pooling: Pooling::Mean,
+                ..local.clone()
+            };
+            vec![local, global]
+        }
         "logsad" => {
             let patch = PatchSpec {
                 tiling: tiling.unwrap_or_else(Tiling::whole),

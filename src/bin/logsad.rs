@@ -11,7 +11,9 @@ use gstlogsad::detect::score::Reduction;
 use gstlogsad::detect::tiling::{Neighbourhood, Resize, Tiling};
 use gstlogsad::detectors::{DetectorSpec, Learned};
 use gstlogsad::engine::{self, Device, EngineOptions};
-use gstlogsad::enroll::{enroll, preset, EnrollOptions, Phase, DEFAULT_THRESHOLD};
+use gstlogsad::enroll::{
+    enroll, preset, preset_defaults, EnrollOptions, Phase, DEFAULT_THRESHOLD,
+};
 use gstlogsad::eval::dataset::{self, Layout, LoadOptions, DEFAULT_VALIDATION_COUNT};
 use gstlogsad::eval::report::{Report, ScoredImage};
 use gstlogsad::eval::run::{
@@ -163,8 +165,27 @@ impl EngineArgs {
         }
     }
 
-    fn manifest(&self) -> PathBuf {
-        self.model.clone().unwrap_or_else(engine::default_model)
+    /// `--model`, else the model of `preset` (the `fast` preset's int8 backbone, when the set-up
+    /// has made it; a warning names it when not), else the default model.
+    fn manifest_for_preset(&self, preset: &str) -> PathBuf {
+        if let Some(model) = &self.model {
+            return model.clone();
+        }
+        match preset_defaults(preset).model {
+            Some(own) if std::env::var_os("LOGSAD_MODEL").is_none() => {
+                let path = engine::data_dir().join(own);
+                if path.is_file() {
+                    return path;
+                }
+                eprintln!(
+                    "warning: preset {preset}: its model {} is missing (run `make deps`); \
+                     using the default model",
+                    path.display()
+                );
+                engine::default_model()
+            }
+            _ => engine::default_model(),
+        }
     }
 
     /// `--model`, else the model `profile` was built with (see [`engine::model_for_profile`]).
@@ -227,16 +248,27 @@ struct DetectorArgs {
     /// reference), R (the tiles at most R tile steps away, 0: the same position only, for fixed
     /// cameras) or auto (the smallest R the validation images allow, chosen at enrollment and
     /// recorded in the profile).
-    #[arg(long, default_value = "all")]
-    tile_neighbourhood: Neighbourhood,
+    /// Default: all, auto for the fast preset.
+    #[arg(long)]
+    tile_neighbourhood: Option<Neighbourhood>,
     /// How each branch's validation scores are summarised for calibration: mean-std (the
     /// reference) or median-mad (median and 1.4826 x median absolute deviation, robust to an
-    /// odd validation image).
-    #[arg(long, default_value = "mean-std")]
-    calibration: CalibrationMethod,
+    /// odd validation image). Default: median-mad for the fast preset, else mean-std.
+    #[arg(long)]
+    calibration: Option<CalibrationMethod>,
 }
 
 impl DetectorArgs {
+    fn calibration(&self) -> CalibrationMethod {
+        self.calibration
+            .unwrap_or(preset_defaults(&self.preset).calibration)
+    }
+
+    /// `--coreset-ratio` as given, else the preset's.
+    fn coreset_ratio(&self, given: Option<f32>) -> Option<f32> {
+        given.or(preset_defaults(&self.preset).coreset_ratio)
+    }
+
     fn part_options(&self) -> Result<PartOptions> {
         if self.parts.is_some_and(|k| k < 2) {
             bail!("--parts counts the background too: at least 2");
@@ -472,7 +504,9 @@ fn detectors(
             spec.smoothing = args.smoothing;
             spec.tiling.resize = args.resize;
             spec.tiling.resample = args.resample;
-            spec.neighbourhood = args.tile_neighbourhood;
+            if let Some(neighbourhood) = args.tile_neighbourhood {
+                spec.neighbourhood = neighbourhood;
+            }
         }
     }
     Ok(detectors)
@@ -510,13 +544,14 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
         references.truncate(k);
     }
     let validation = expand(&args.validation)?;
+    let manifest = args.engine.manifest_for_preset(&args.detector.preset);
     let options = EnrollOptions {
-        detectors: detectors(&args.detector, &args.engine.manifest(), &references[0])?,
-        coreset_ratio: args.coreset_ratio,
+        detectors: detectors(&args.detector, &manifest, &references[0])?,
+        coreset_ratio: args.detector.coreset_ratio(args.coreset_ratio),
         threshold: args.threshold,
         seed: args.seed,
         engine: args.engine.options(),
-        calibration: args.detector.calibration,
+        calibration: args.detector.calibration(),
         parts: args.detector.part_options()?,
         rules: args.rules.clone(),
         ..EnrollOptions::default()
@@ -524,7 +559,7 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
     let refs_bar = bar(references.len(), "references");
     let val_bar = bar(validation.len(), "validation");
     let (profile, warnings) = enroll(
-        &args.engine.manifest(),
+        &manifest,
         &references,
         &validation,
         &options,
@@ -558,17 +593,23 @@ fn run_enroll(args: EnrollArgs) -> Result<()> {
         eprintln!("rules written to {}", path.display());
     }
     eprintln!(
-        "profile {}: {} reference images",
+        "profile {}: {} reference images, model {}",
         args.out.display(),
-        references.len()
+        references.len(),
+        profile.header.model.name
     );
     for (detector, spec, bank) in profile.header.patch_detectors() {
         let c = detector
             .calibration
             .as_ref()
             .expect("patch detectors are calibrated");
+        let neighbourhood = match spec.neighbourhood {
+            Neighbourhood::Within(r) => format!(", reference tiles within {r}"),
+            _ => String::new(),
+        };
         eprintln!(
-            "  {}: {}x{} tiles, score {}, bank of {} patches, validation mean {:.4} std {:.4}",
+            "  {}: {}x{} tiles{neighbourhood}, score {}, bank of {} patches, validation mean \
+             {:.4} std {:.4}",
             spec.name,
             spec.tiling.rows,
             spec.tiling.cols,
@@ -669,7 +710,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     };
     // Dataset errors name the path at fault.
     let dataset = dataset::load(&args.root, args.layout, &load_options)?;
-    let manifest = args.engine.manifest();
+    let manifest = args.engine.manifest_for_preset(&args.detector.preset);
     let branch_manifest = manifest.clone();
     let detector = args.detector.clone();
     let options = EvalOptions {
@@ -683,13 +724,13 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         detectors: Detectors::PerCategory(Box::new(move |first_reference| {
             detectors(&detector, &branch_manifest, first_reference).map_err(|e| format!("{e:#}"))
         })),
-        coreset_ratio: args.coreset_ratio,
+        coreset_ratio: args.detector.coreset_ratio(args.coreset_ratio),
         parts: args.detector.part_options()?,
         rules_dir: args.rules_dir.clone(),
         engine: args.engine.options(),
         pixel: !args.no_pixel,
         batch: args.batch,
-        calibration: args.detector.calibration,
+        calibration: args.detector.calibration(),
         regions: region_settings(
             &args.region_peak_fraction,
             &args.region_peak_scope,

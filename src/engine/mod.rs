@@ -17,6 +17,9 @@ use std::sync::OnceLock;
 const BUILD_DATA_DIR: &str = env!("LOGSAD_BUILD_DATA_DIR");
 /// The default backbone, relative to the data directory.
 pub const DEFAULT_MODEL: &str = "models/dinov2-vits14-224/manifest.json";
+/// The default backbone quantised to int8 at set-up (`models/quantize_int8.py`), relative to
+/// the data directory: the `fast` preset's model.
+pub const INT8_MODEL: &str = "models/dinov2-vits14-224-int8/manifest.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
