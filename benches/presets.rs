@@ -26,8 +26,9 @@
 //! `target/bench-presets.json`. Timings on a shared machine are noisy: compare rows of one run.
 //!
 //! Environment: `BENCH_FRAMES` (timed frames per preset and setup, default 6), `BENCH_PRESETS`
-//! (comma list of keys to run: the preset names and `textile-best`; default all),
-//! `BENCH_MODEL` (manifest of the main model; default the default model), `BENCH_DEVICE` (cpu,
+//! (comma list of keys to run: the preset names, `textile-best` and `fast-3x3`; default all),
+//! `BENCH_MODEL` (manifest of the main model; default the default model, and for a preset
+//! with a model of its own, such as `fast`, that model), `BENCH_DEVICE` (cpu,
 //! cuda, tensorrt; default cpu) and `BENCH_THREADS` (ONNX Runtime intra-op threads, 0 = its
 //! choice), `BENCH_BATCH_REPS` (repetitions of each batch size, best kept; default 3),
 //! `BENCH_SKIP` (comma list of `pipeline`, `peak`, `batching`, `extra-models`).
@@ -64,6 +65,8 @@ const EXTRA_MODELS: &[(&str, &[&str])] = &[
 
 /// Key of the best textile preset.
 const TEXTILE_BEST: &str = "textile-best";
+/// Key of the `fast` preset with the best textile preset's 3x3 tiles.
+const TEXTILE_BEST_FAST: &str = "fast-3x3";
 /// Shots, as the README's results.
 const SHOTS: usize = 4;
 /// Side of the square matrices of the GEMM peak.
@@ -84,12 +87,15 @@ struct Variant {
     preset: String,
     tiles: Option<u32>,
     calibration: CalibrationMethod,
+    coreset_ratio: Option<f32>,
     manifest: PathBuf,
     scenes: Scenes,
 }
 
 impl Variant {
-    fn new(key: &str, manifest: &Path) -> Self {
+    /// The row of `key` on `manifest`; `own_model`: a preset with a model of its own
+    /// (`enroll::preset_defaults`) runs that one, where it exists, instead.
+    fn new(key: &str, manifest: &Path, own_model: bool) -> Self {
         let scenes = if key == "logsad" {
             Scenes::Logic
         } else {
@@ -102,15 +108,26 @@ impl Variant {
                 CalibrationMethod::MedianMad,
                 "multiscale-embedding --tiles 3x3 --calibration median-mad".to_string(),
             )
+        } else if key == TEXTILE_BEST_FAST {
+            let calibration = enroll::preset_defaults("fast").calibration;
+            ("fast", Some(3), calibration, "fast --tiles 3x3".to_string())
         } else {
-            (key, None, CalibrationMethod::MeanStd, key.to_string())
+            let calibration = enroll::preset_defaults(key).calibration;
+            (key, None, calibration, key.to_string())
         };
+        let defaults = enroll::preset_defaults(preset);
+        let manifest = defaults
+            .model
+            .map(|own| engine::data_dir().join(own))
+            .filter(|own| own_model && own.is_file())
+            .unwrap_or_else(|| manifest.to_path_buf());
         Variant {
             label,
             preset: preset.to_string(),
             tiles,
             calibration,
-            manifest: manifest.to_path_buf(),
+            coreset_ratio: defaults.coreset_ratio,
+            manifest,
             scenes,
         }
     }
@@ -370,6 +387,7 @@ fn measure(
     let options = EnrollOptions {
         detectors: enroll::preset(&variant.preset, tiling).expect("preset"),
         calibration: variant.calibration,
+        coreset_ratio: variant.coreset_ratio,
         engine: engine.options(),
         ..EnrollOptions::default()
     };
@@ -495,20 +513,23 @@ fn main() {
         .filter(|v| !v.trim().is_empty())
         .map(|v| v.split(',').map(|p| p.trim().to_string()).collect());
     let selected = |key: &str| wanted.as_ref().is_none_or(|w| w.iter().any(|p| p == key));
-    let main_model = std::env::var_os("BENCH_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(engine::default_model);
+    let chosen_model = std::env::var_os("BENCH_MODEL").map(PathBuf::from);
+    // Without BENCH_MODEL, presets with a model of their own (fast: int8) run it.
+    let own_models = chosen_model.is_none();
+    let main_model = chosen_model.unwrap_or_else(engine::default_model);
 
     let mut keys: Vec<&str> = enroll::PRESETS.to_vec();
     keys.push(TEXTILE_BEST);
-    let mut models: Vec<(PathBuf, Vec<&str>)> = vec![(main_model.clone(), keys)];
+    keys.push(TEXTILE_BEST_FAST);
+    // (model, presets, whether a preset's own model may replace it)
+    let mut models: Vec<(PathBuf, Vec<&str>, bool)> = vec![(main_model.clone(), keys, own_models)];
     if common::skipped("extra-models") {
         println!("note: extra models skipped (BENCH_SKIP)");
     } else {
         for (name, presets) in EXTRA_MODELS {
             let manifest = engine::data_dir().join(format!("models/{name}/manifest.json"));
             if manifest.is_file() {
-                models.push((manifest, presets.to_vec()));
+                models.push((manifest, presets.to_vec(), false));
             } else {
                 println!(
                     "note: model {name} not benchmarked: {} does not exist",
@@ -519,10 +540,10 @@ fn main() {
     }
     let variants: Vec<Variant> = models
         .iter()
-        .flat_map(|(manifest, keys)| {
+        .flat_map(|(manifest, keys, own)| {
             keys.iter()
                 .filter(|k| selected(k))
-                .map(|k| Variant::new(k, manifest))
+                .map(|k| Variant::new(k, manifest, *own))
         })
         .collect();
 

@@ -40,9 +40,9 @@ pub const PRESETS: [&str; 5] = [
     "fast",
     "logsad",
 ];
-/// The `fast` preset's coreset: a tenth of the tiled branch's patches, below one bank row per
+/// The `fast` preset's coreset: a twentieth of the tiled branch's patches, below one bank row per
 /// raw token, so matching multiplies by the kept rows (see `MemoryBank::is_sparse`).
-pub const FAST_CORESET_RATIO: f32 = 0.1;
+pub const FAST_CORESET_RATIO: f32 = 0.05;
 
 /// What a preset sets besides its detectors; each applies where the user gives no value of
 /// their own.
@@ -80,10 +80,9 @@ pub fn preset_defaults(name: &str) -> PresetDefaults {
 ///   that cover the frame; each calibrated, fused by the largest calibrated score (eq. 5).
 /// - `multiscale-embedding`: the same local detector, and as global one the distance of the
 ///   whole frame's mean-pooled tokens to the nearest reference frame's (per stage, averaged).
-/// - `fast`: `multiscale-embedding` built for speed: the pooled embedding is taken per tile
-///   from the local branch's tiles (one inference per tile, none for the whole frame), each
-///   branch matches the reference tiles its `auto` tile neighbourhood keeps, and
-///   [`preset_defaults`] adds median/MAD calibration, a coreset and the int8 backbone.
+/// - `fast`: the detectors of `multiscale-embedding`, the local branch matching only the
+///   reference tiles its `auto` tile neighbourhood keeps; [`preset_defaults`] adds median/MAD
+///   calibration, a coreset that makes the local bank sparse and the int8 backbone.
 /// - `logsad`: the paper's three detectors: the faithful patch detector (eq. 1), the interest
 ///   detector (eq. 2-3) and the composition rules (eq. 4) on the parts learned from the
 ///   references, fused as eq. 5.
@@ -121,19 +120,17 @@ pub fn preset(name: &str, tiling: Option<Tiling>) -> Result<Vec<DetectorSpec>, S
                 ..PatchSpec::faithful()
             },
         ],
-        "fast" => {
-            let local = PatchSpec {
+        "fast" => vec![
+            PatchSpec {
                 neighbourhood: Neighbourhood::Auto,
                 ..local(tiling)
-            };
-            let global = PatchSpec {
+            },
+            PatchSpec {
                 name: "embedding-global".into(),
-                score: Reduction::Mean,
                 pooling: Pooling::Mean,
-                ..local.clone()
-            };
-            vec![local, global]
-        }
+                ..PatchSpec::faithful()
+            },
+        ],
         "logsad" => {
             let patch = PatchSpec {
                 tiling: tiling.unwrap_or_else(Tiling::whole),

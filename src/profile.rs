@@ -205,7 +205,9 @@ impl Profile {
         file.read_exact(&mut start)
             .map_err(|_| corrupt("truncated before the header".into()))?;
         if &start[..8] != MAGIC {
-            return Err(corrupt("it does not start with the LOGSADPF signature".into()));
+            return Err(corrupt(
+                "it does not start with the LOGSADPF signature".into(),
+            ));
         }
         // Bytes 8..12 hold the format version; every version records the model the same way.
         let header_len = u64::from_le_bytes(start[12..20].try_into().unwrap());

@@ -320,3 +320,56 @@ fn the_command_records_the_resampling() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_fast_preset_brings_its_model_calibration_coreset_and_neighbourhood() {
+    use gstlogsad::detect::coreset::coreset_size;
+    use gstlogsad::detect::tiling::Neighbourhood;
+    use gstlogsad::enroll::FAST_CORESET_RATIO;
+    let int8 = deps().join("models/dinov2-vits14-224-int8/manifest.json");
+    assert!(
+        int8.is_file(),
+        "{} is missing: run `make deps`",
+        show(&int8)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fast.logsad");
+    let enrolled = Command::new(env!("CARGO_BIN_EXE_logsad"))
+        .args(["enroll", "--preset", "fast", "--validation"])
+        .args([nominal(5), nominal(6), nominal(7)])
+        .arg("--out")
+        .arg(&out)
+        .args([nominal(1), nominal(2)])
+        .env_remove("LOGSAD_MODEL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&enrolled.stderr);
+    assert!(enrolled.status.success(), "{stderr}");
+    assert!(stderr.contains("model dinov2-vits14-224-int8"), "{stderr}");
+    let profile = Profile::load(&out).unwrap();
+    assert_eq!(profile.header.model.name, "dinov2-vits14-224-int8");
+    assert_eq!(profile.header.coreset_ratio, Some(FAST_CORESET_RATIO));
+    let mut patch = profile.header.patch_detectors();
+    let (local, local_spec, local_bank) = patch.next().unwrap();
+    let (global, global_spec, global_bank) = patch.next().unwrap();
+    assert_eq!(
+        (local_spec.tiling.rows, local_spec.tiling.cols),
+        (2, 2),
+        "a 2x2 local branch"
+    );
+    // `auto` is resolved at enrollment: the profile says what runs.
+    assert_ne!(local_spec.neighbourhood, Neighbourhood::Auto);
+    for detector in [local, global] {
+        let method = detector.calibration.as_ref().unwrap().method;
+        assert_eq!(method, CalibrationMethod::MedianMad);
+    }
+    // The local bank: a twentieth of 2 references x 4 tiles x 32 x 32 cells, so sparse.
+    let bank = &profile.banks[local_bank];
+    let all = 2 * 4 * 32 * 32;
+    assert_eq!(bank.len(), coreset_size(all, FAST_CORESET_RATIO));
+    assert_eq!(bank.len(), 410);
+    assert!(bank.is_sparse());
+    // The pooled whole-frame branch keeps one vector per reference.
+    assert_eq!(global_spec.tiling.rows, 1);
+    assert_eq!(profile.banks[global_bank].len(), 2);
+}

@@ -11,9 +11,7 @@ use gstlogsad::detect::score::Reduction;
 use gstlogsad::detect::tiling::{Neighbourhood, Resize, Tiling};
 use gstlogsad::detectors::{DetectorSpec, Learned};
 use gstlogsad::engine::{self, Device, EngineOptions};
-use gstlogsad::enroll::{
-    enroll, preset, preset_defaults, EnrollOptions, Phase, DEFAULT_THRESHOLD,
-};
+use gstlogsad::enroll::{enroll, preset, preset_defaults, EnrollOptions, Phase, DEFAULT_THRESHOLD};
 use gstlogsad::eval::dataset::{self, Layout, LoadOptions, DEFAULT_VALIDATION_COUNT};
 use gstlogsad::eval::report::{Report, ScoredImage};
 use gstlogsad::eval::run::{

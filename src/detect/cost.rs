@@ -126,7 +126,10 @@ mod tests {
         let small = bank.select(&[5, 63, 130, 190]);
         assert!(small.is_sparse());
         assert_eq!(matching_flops(&query, &small, |_| true), 2 * 2 * 16 * 4 * 8);
-        assert_eq!(matching_flops(&query, &small, |b| b == 2), 2 * 2 * 16 * 2 * 8);
+        assert_eq!(
+            matching_flops(&query, &small, |b| b == 2),
+            2 * 2 * 16 * 2 * 8
+        );
     }
 
     #[test]

@@ -190,7 +190,9 @@ impl MemoryBank {
     /// Fills or clears [`MemoryBank::explicit`] to match [`MemoryBank::is_sparse`].
     fn derive_explicit(&mut self) {
         self.explicit = if self.is_sparse() {
-            (0..self.stages()).map(|s| self.normalised_rows(s)).collect()
+            (0..self.stages())
+                .map(|s| self.normalised_rows(s))
+                .collect()
         } else {
             Vec::new()
         };
