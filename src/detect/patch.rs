@@ -444,6 +444,103 @@ pub fn max_similarity_with(
         .collect()
 }
 
+/// The anomaly maps of several tiles against the same blocks of a sparse bank
+/// ([`MemoryBank::is_sparse`]; the blocks `allow` admits, whatever the tile): per stage the
+/// tiles' raw grids are stacked into one matrix product with the kept rows (one larger product
+/// runs nearer the GEMM peak than one per tile), then each tile's query side is interpolated as
+/// in [`max_similarity_with`]. The same maps as [`anomaly_map_with`] per tile.
+///
+/// Panics if the bank is not sparse, or a tile's grid or dimension is not the bank's.
+pub fn sparse_anomaly_maps(
+    tiles: &[PatchFeatures],
+    bank: &MemoryBank,
+    allow: &dyn Fn(usize) -> bool,
+    scratch: &mut MatchScratch,
+) -> Vec<Vec<f32>> {
+    assert!(bank.is_sparse(), "a sparse bank");
+    let geometry = Geometry::of(bank);
+    let (grid, cells, dim) = (geometry.grid(), geometry.cells(), bank.dim);
+    for tile in tiles {
+        assert_eq!(tile.dim, dim, "feature dimension mismatch");
+        assert_eq!(
+            (tile.grid_height, tile.grid_width, tile.upsample),
+            (bank.grid_height, bank.grid_width, bank.upsample),
+            "grid mismatch"
+        );
+        assert_eq!(tile.tokens.len(), bank.stages(), "stage count mismatch");
+    }
+    let mut spans = std::mem::take(&mut scratch.spans);
+    block_spans(bank, &mut spans);
+    let stages = bank.stages() as f32;
+    let mut maps = vec![vec![0.0f32; cells]; tiles.len()];
+    let mut best = vec![f32::NEG_INFINITY; tiles.len() * cells];
+    let mut stacked = Vec::with_capacity(tiles.len() * grid * dim);
+    for stage in 0..bank.stages() {
+        stacked.clear();
+        for tile in tiles {
+            stacked.extend_from_slice(&tile.tokens[stage]);
+        }
+        best.fill(f32::NEG_INFINITY);
+        let mut matched = false;
+        for run in spans.chunk_by(|a, b| allow(a.0) == allow(b.0)) {
+            if !allow(run[0].0) {
+                continue;
+            }
+            matched = true;
+            let (start, end) = (run[0].1, run[run.len() - 1].2);
+            let k = end - start;
+            scratch.bank_side.resize(tiles.len() * grid * k, 0.0);
+            matmul_transposed(
+                &stacked,
+                &bank.explicit[stage][start * dim..end * dim],
+                tiles.len() * grid,
+                dim,
+                k,
+                &mut scratch.bank_side,
+            );
+            for (t, best) in scratch
+                .bank_side
+                .chunks_exact(grid * k)
+                .zip(best.chunks_exact_mut(cells))
+            {
+                query_pass(&geometry, t, k, best, &mut scratch.query_x);
+            }
+        }
+        for ((map, best), tile) in maps.iter_mut().zip(best.chunks_exact(cells)).zip(tiles) {
+            let norms = row_norms(&tile.upsampled(stage), dim);
+            for ((cell, &b), n) in map.iter_mut().zip(best).zip(norms) {
+                let similarity = if n > 0.0 && matched { b / n } else { 0.0 };
+                *cell += (1.0 - similarity) / stages;
+            }
+        }
+    }
+    scratch.spans = spans;
+    maps
+}
+
+/// [`query_side_of`], compiled for AVX2+FMA where the processor has them (as [`glue`]).
+fn query_pass(geometry: &Geometry, t: &[f32], k: usize, best: &mut [f32], buffer: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the processor has the features the function is compiled for.
+        unsafe { query_pass_avx2(geometry, t, k, best, buffer) };
+        return;
+    }
+    query_side_of(geometry, t, k, best, buffer);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn query_pass_avx2(
+    geometry: &Geometry,
+    t: &[f32],
+    k: usize,
+    best: &mut [f32],
+    buffer: &mut Vec<f32>,
+) {
+    query_side_of(geometry, t, k, best, buffer);
+}
+
 /// Where the bank side `t[a, k]` (raw query token `a` against kept row `k`, scaled by the
 /// row's inverse norm) of one product comes from.
 #[derive(Clone, Copy)]
@@ -549,14 +646,31 @@ fn glue_body(geometry: &Geometry, bank_side: BankSide, scratch: &mut MatchScratc
 /// forming the interpolated matrix.
 #[inline(always)]
 fn query_side(geometry: &Geometry, k: usize, scratch: &mut MatchScratch) {
+    let cells = geometry.cells();
+    query_side_of(
+        geometry,
+        &scratch.bank_side,
+        k,
+        &mut scratch.best[..cells],
+        &mut scratch.query_x,
+    );
+}
+
+/// The query side for `k` bank rows in `t` (`grid x k`), keeping each cell's best in `best`
+/// (`cells` values), with `query_x` as buffer.
+#[inline(always)]
+fn query_side_of(
+    geometry: &Geometry,
+    t: &[f32],
+    k: usize,
+    best: &mut [f32],
+    query_x: &mut Vec<f32>,
+) {
     let Geometry { gh, gw, up_w, .. } = *geometry;
     let (ys, xs) = (&geometry.ys[..], &geometry.xs[..]);
-    let cells = geometry.cells();
-    let t = &scratch.bank_side;
-    let best = &mut scratch.best[..cells];
     for k0 in (0..k).step_by(CHUNK) {
         let kc = CHUNK.min(k - k0);
-        let p = &mut scratch.query_x;
+        let p = &mut *query_x;
         p.resize(gh * up_w * kc, 0.0);
         for (ay, out) in p.chunks_exact_mut(up_w * kc).enumerate() {
             for (&(x0, x1, tx), dst) in xs.iter().zip(out.chunks_exact_mut(kc)) {
@@ -773,6 +887,29 @@ mod tests {
         let rebuilt =
             MemoryBank::from_parts(8, (4, 4), 2, small.tokens.clone(), small.rows.clone()).unwrap();
         assert_eq!(rebuilt, small);
+    }
+
+    #[test]
+    fn stacked_sparse_maps_equal_the_maps_of_each_tile() {
+        let mut bank = MemoryBank::new(2, 8, 4, 3, 2);
+        for seed in 0..3 {
+            bank.push(&random_features(4, 3, 2, 8, 2, seed));
+        }
+        let keep: Vec<usize> = (0..bank.len()).filter(|i| i % 5 == 1).collect();
+        let sparse = bank.select(&keep);
+        assert!(sparse.is_sparse());
+        let tiles: Vec<PatchFeatures> = (10..14)
+            .map(|seed| random_features(4, 3, 2, 8, 2, seed))
+            .collect();
+        let mut scratch = MatchScratch::default();
+        for allow in [&(|_| true) as &dyn Fn(usize) -> bool, &|block| block != 1] {
+            let stacked = sparse_anomaly_maps(&tiles, &sparse, allow, &mut scratch);
+            assert_eq!(stacked.len(), tiles.len());
+            for (tile, map) in tiles.iter().zip(&stacked) {
+                let alone = anomaly_map_with(tile, &sparse, allow, &mut MatchScratch::default());
+                assert_close(map, &alone, 1e-5);
+            }
+        }
     }
 
     #[test]

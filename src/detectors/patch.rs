@@ -4,7 +4,7 @@
 
 use crate::detect::cost::matching_flops;
 use crate::detect::features::PatchFeatures;
-use crate::detect::patch::{anomaly_map_with, MatchScratch, MemoryBank};
+use crate::detect::patch::{anomaly_map_with, sparse_anomaly_maps, MatchScratch, MemoryBank};
 use crate::detect::preprocess::RgbImage;
 use crate::detect::score::{gaussian_blur, reduce, Reduction};
 use crate::detect::tiling::{Neighbourhood, Stitcher, Tiling};
@@ -131,10 +131,16 @@ pub fn score(
     let mut timings = PatchTimings::default();
     let mut flops = 0;
     let mut scratch = MatchScratch::default();
+    // A sparse bank matched against every reference tile: all tiles in one product per stage.
+    let mut shared = (bank.is_sparse() && spec.neighbourhood == Neighbourhood::All)
+        .then(|| sparse_anomaly_maps(tiles, bank, &|_| true, &mut scratch).into_iter());
     let mut mark = start;
     for (i, tile) in tiles.iter().enumerate() {
         let allow = |block: usize| spec.neighbourhood.allows(&spec.tiling, i, block);
-        let map = anomaly_map_with(tile, bank, &allow, &mut scratch);
+        let map = match shared.as_mut().and_then(Iterator::next) {
+            Some(map) => map,
+            None => anomaly_map_with(tile, bank, &allow, &mut scratch),
+        };
         flops += matching_flops(tile, bank, allow);
         let matched = Instant::now();
         timings.nearest_neighbour += matched - mark;
