@@ -23,6 +23,7 @@ Needs the `onnx`, `onnxruntime` and `numpy` packages (the set-up's .deps/venv).
 import json
 import pathlib
 import sys
+import tempfile
 
 import onnx
 from onnx import shape_inference
@@ -66,8 +67,9 @@ def operands(node):
     return [node.input[0], node.output[0]]
 
 
-def run_for_shapes(model, input_name, size, names):
-    """Shapes of `names`, from one ONNX Runtime run on a zero image of batch 1."""
+def run_for_shapes(model, folder, input_name, size, names):
+    """Shapes of `names`, from one ONNX Runtime run on a zero image of batch 1 (`folder`: the
+    model file's folder)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -77,9 +79,11 @@ def run_for_shapes(model, input_name, size, names):
             model.graph.output.append(onnx.ValueInfoProto(name=name))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    # Written beside the model, so that its external data (if any) resolves as for the model.
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".onnx") as copy:
+        copy.write(model.SerializeToString())
+        copy.flush()
+        session = ort.InferenceSession(copy.name, options, providers=["CPUExecutionProvider"])
     image = np.zeros([1, 3] + size, dtype=np.float32)
     values = session.run(names, {input_name: image})
     return {name: list(value.shape) for name, value in zip(names, values)}
@@ -89,7 +93,9 @@ def count(manifest_path):
     manifest_path = pathlib.Path(manifest_path)
     manifest = json.loads(manifest_path.read_text())
     onnx_path = manifest_path.parent / manifest["onnx"]
-    model = onnx.load(str(onnx_path))
+    # Shapes only: the weights are not needed (and a variant that reads them through a hard
+    # link, as the 448 model, is refused by onnx's external-data loader).
+    model = onnx.load(str(onnx_path), load_external_data=False)
     size = [manifest["input"]["height"], manifest["input"]["width"]]
     graph_inputs = {i.name for i in model.graph.initializer}
     for value in model.graph.input:
@@ -117,7 +123,7 @@ def count(manifest_path):
         }
     )
     if missing:
-        shapes.update(run_for_shapes(model, manifest["input"]["name"], size, missing))
+        shapes.update(run_for_shapes(model, onnx_path.parent, manifest["input"]["name"], size, missing))
 
     def shape(name, node):
         found = shapes.get(name)
