@@ -47,8 +47,9 @@ A CAMERA is one of:
 
 Without CAMERA arguments: the textile demo. Camera 1 and 3 see nominal textile images, camera
 2 nominal ones with a local defect every 8th frame (frames 3, 11, ...), camera 4 the same with
-global defects; FRAMES images each, at FPS. With no PROFILE it enrolls one as demo.sh does
-($OUT/multi-camera.logsad, 4 references, 20 validation images, about a minute).
+global defects; FRAMES images each, at FPS. With no PROFILE it enrolls one with the `fast`
+preset, the live-rate one (int8 backbone, README "The fast preset"; $OUT/multi-camera.logsad,
+4 references, 20 validation images, under a minute).
 
 Settings (environment variables, defaults in brackets):
   PROFILE            profile written by `logsad enroll` [required with CAMERA arguments]
@@ -175,7 +176,7 @@ if ((${#cameras[@]} == 0)); then
         for ((i = 5; i <= 24; i++)); do vals+=("$(image nominal "$i")"); done
         echo "== enrolling 4 reference images, 20 validation images into $PROFILE"
         "$LOGSAD_BIN" enroll ${MODEL:+--model "$MODEL"} --device "$DEVICE" --threads "$THREADS" \
-            --tiles 2x2 --preset multiscale-embedding --calibration median-mad \
+            --preset fast \
             --validation "${vals[@]}" --out "$PROFILE" "${refs[@]}"
     fi
     # Nominal test images from 101 on (never a reference or validation image of a profile enrolled
