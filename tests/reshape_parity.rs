@@ -30,12 +30,16 @@ fn logsad(args: &[&str]) -> String {
 }
 
 /// Float32 matching summed in another order could differ in the last bits; anything beyond
-/// this is a change of behaviour.
-const TOLERANCE: f64 = 1e-6;
+/// this is a change of behaviour. Raw scores and map means:
+const RAW_TOLERANCE: f64 = 1e-6;
+/// Calibrated scores divide a raw score's change by the validation spread (about 1e-2 with
+/// these three validation images), so the same last-bit changes move them 100 times more: the
+/// matcher's reordered interpolation (issue 10) moved a faithful calibrated score by 1.5e-6.
+const CALIBRATED_TOLERANCE: f64 = 1e-4;
 
-fn assert_close(what: &str, before: f64, after: f64) {
+fn assert_close(what: &str, before: f64, after: f64, tolerance: f64) {
     assert!(
-        (before - after).abs() <= TOLERANCE * before.abs().max(1.0),
+        (before - after).abs() <= tolerance * before.abs().max(1.0),
         "{what}: {before} before the reshape, {after} now"
     );
 }
@@ -112,17 +116,26 @@ fn preset_scores_are_those_from_before_the_reshape() {
                 .unwrap()
                 .ends_with(file.to_str().unwrap()));
             let what = |field: &str| format!("{preset} {name} {field}");
-            for field in ["score", "calibrated", "map_mean"] {
+            // The frame's score and calibrated score are calibrated; the map mean is raw.
+            for (field, tolerance) in [
+                ("score", CALIBRATED_TOLERANCE),
+                ("calibrated", CALIBRATED_TOLERANCE),
+                ("map_mean", RAW_TOLERANCE),
+            ] {
                 assert_close(
                     &what(field),
                     b[field].as_f64().unwrap(),
                     n[field].as_f64().unwrap(),
+                    tolerance,
                 );
             }
             assert_eq!(b["anomalous"], n["anomalous"], "{}", what("anomalous"));
             let detectors = b["detectors"].as_object().unwrap();
             for (detector, scores) in detectors {
-                for field in ["score", "calibrated"] {
+                for (field, tolerance) in [
+                    ("score", RAW_TOLERANCE),
+                    ("calibrated", CALIBRATED_TOLERANCE),
+                ] {
                     let now = n["detectors"][detector][field]
                         .as_f64()
                         .unwrap_or_else(|| panic!("{}: missing", what(detector)));
@@ -130,6 +143,7 @@ fn preset_scores_are_those_from_before_the_reshape() {
                         &format!("{} {field}", what(detector)),
                         scores[field].as_f64().unwrap(),
                         now,
+                        tolerance,
                     );
                 }
             }
