@@ -1017,7 +1017,9 @@ fn eos_and_flush_with_frames_in_flight() {
         .iter()
         .position(|s| *s == Seen::Event(gst::EventType::FlushStop))
         .expect("no flush-stop downstream");
-    let after: Vec<&Seen> = seen[flush + 1..]
+    // Caps events in a row before a buffer mean the last of them: when no frame got out before
+    // the flush (a loaded machine), the first caps, never sent, may precede the new ones.
+    let mut after: Vec<&Seen> = seen[flush + 1..]
         .iter()
         .filter(|s| {
             !matches!(
@@ -1026,6 +1028,12 @@ fn eos_and_flush_with_frames_in_flight() {
             )
         })
         .collect();
+    after.dedup_by(|next, previous| {
+        matches!((&**previous, &**next), (Seen::Caps(_), Seen::Caps(_))) && {
+            *previous = *next;
+            true
+        }
+    });
     let want: Vec<Seen> = [Seen::Caps(80)]
         .into_iter()
         .chain((4..8).map(|i| Seen::Buffer(pts(i), None)))
