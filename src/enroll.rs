@@ -476,12 +476,17 @@ pub fn enroll_with(
                 };
                 InspectError::Image(format!("calibration of detector {name}: {e}{fix}"))
             })?;
+        // Median/MAD already keeps one odd image from widening the spread much.
+        let remedy = match options.calibration {
+            CalibrationMethod::MeanStd => " (or use --calibration median-mad)",
+            CalibrationMethod::MedianMad => "",
+        };
         for (i, deviations) in outliers(validation_scores) {
             warnings.push(format!(
                 "validation image {} scores {:.1} robust deviations {} the others on detector \
                  {name}: an anomalous or damaged image, or a copy of a reference, widens the \
-                 spread and mutes real defects; check it or leave it out of --validation \
-                 (or use --calibration median-mad)",
+                 spread and mutes real defects; check it or leave it out of \
+                 --validation{remedy}",
                 validation[i].display(),
                 deviations.abs(),
                 if deviations > 0.0 { "above" } else { "below" },

@@ -207,8 +207,22 @@ fn a_validation_image_far_from_the_others_is_warned_about() {
     assert!(
         warnings[0].starts_with(&want)
             && warnings[0].contains("robust deviations above the others on detector patch")
-            && warnings[0].contains("check it or leave it out of --validation"),
+            && warnings[0].ends_with(
+                "check it or leave it out of --validation (or use --calibration median-mad)"
+            ),
         "{warnings:?}"
+    );
+    // With median/MAD already in use the warning does not suggest it.
+    let (_, robust) = run(
+        &[nominal(1), nominal(2)],
+        &validation,
+        CalibrationMethod::MedianMad,
+    )
+    .unwrap();
+    assert_eq!(robust.len(), 1, "{robust:?}");
+    assert!(
+        robust[0].starts_with(&want) && robust[0].ends_with("leave it out of --validation"),
+        "{robust:?}"
     );
 }
 
