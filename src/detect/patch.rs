@@ -397,26 +397,10 @@ pub fn max_similarity_with(
     scratch.best.resize(cells, f32::NEG_INFINITY);
     scratch.raw.resize(grid * grid, 0.0);
     let mut matched = false;
-    if let Some(explicit) = bank.explicit.get(stage) {
-        // A sparse bank: t[a, k] = q_a . v_k / |v_k| straight from the kept rows, one product
-        // per run of consecutive allowed blocks, then the query side as below.
-        for run in spans.chunk_by(|a, b| allow(a.0) == allow(b.0)) {
-            if !allow(run[0].0) {
-                continue;
-            }
-            matched = true;
-            let (start, end) = (run[0].1, run[run.len() - 1].2);
-            scratch.bank_side.resize(grid * (end - start), 0.0);
-            matmul_transposed(
-                q,
-                &explicit[start * dim..end * dim],
-                grid,
-                dim,
-                end - start,
-                &mut scratch.bank_side,
-            );
-            glue(&geometry, BankSide::Ready(end - start), scratch);
-        }
+    if bank.is_sparse() {
+        let mut best = std::mem::take(&mut scratch.best);
+        matched = sparse_best(&geometry, bank, stage, q, &spans, allow, scratch, &mut best);
+        scratch.best = best;
     } else {
         for &(block, start, end) in &spans {
             if !allow(block) {
@@ -427,11 +411,7 @@ pub fn max_similarity_with(
             // raw[a, c] = q_a . r_c for the raw grids.
             matmul_transposed(q, r, grid, dim, grid, &mut scratch.raw);
             let rows = &bank.rows[start..end];
-            glue(
-                &geometry,
-                BankSide::FromRaw(rows, &inverse[start..end]),
-                scratch,
-            );
+            glue(&geometry, rows, &inverse[start..end], scratch);
         }
     }
     scratch.spans = spans;
@@ -481,31 +461,9 @@ pub fn sparse_anomaly_maps(
             stacked.extend_from_slice(&tile.tokens[stage]);
         }
         best.fill(f32::NEG_INFINITY);
-        let mut matched = false;
-        for run in spans.chunk_by(|a, b| allow(a.0) == allow(b.0)) {
-            if !allow(run[0].0) {
-                continue;
-            }
-            matched = true;
-            let (start, end) = (run[0].1, run[run.len() - 1].2);
-            let k = end - start;
-            scratch.bank_side.resize(tiles.len() * grid * k, 0.0);
-            matmul_transposed(
-                &stacked,
-                &bank.explicit[stage][start * dim..end * dim],
-                tiles.len() * grid,
-                dim,
-                k,
-                &mut scratch.bank_side,
-            );
-            for (t, best) in scratch
-                .bank_side
-                .chunks_exact(grid * k)
-                .zip(best.chunks_exact_mut(cells))
-            {
-                query_pass(&geometry, t, k, best, &mut scratch.query_x);
-            }
-        }
+        let matched = sparse_best(
+            &geometry, bank, stage, &stacked, &spans, allow, scratch, &mut best,
+        );
         for ((map, best), tile) in maps.iter_mut().zip(best.chunks_exact(cells)).zip(tiles) {
             let norms = row_norms(&tile.upsampled(stage), dim);
             for ((cell, &b), n) in map.iter_mut().zip(best).zip(norms) {
@@ -516,6 +474,51 @@ pub fn sparse_anomaly_maps(
     }
     scratch.spans = spans;
     maps
+}
+
+/// The sparse bank's part of matching in `stage` for the query grids stacked in `queries`
+/// (`count x grid x dim`): per run of consecutive allowed blocks one product of all grids by the
+/// kept rows, `t[a, k] = q_a . v_k / |v_k|`, then each grid's query side into its slice of `best`
+/// (`count x cells`). Returns whether any block was allowed.
+#[allow(clippy::too_many_arguments)]
+fn sparse_best(
+    geometry: &Geometry,
+    bank: &MemoryBank,
+    stage: usize,
+    queries: &[f32],
+    spans: &[(usize, usize, usize)],
+    allow: &dyn Fn(usize) -> bool,
+    scratch: &mut MatchScratch,
+    best: &mut [f32],
+) -> bool {
+    let (grid, cells, dim) = (geometry.grid(), geometry.cells(), bank.dim);
+    let count = queries.len() / (grid * dim);
+    let mut matched = false;
+    for run in spans.chunk_by(|a, b| allow(a.0) == allow(b.0)) {
+        if !allow(run[0].0) {
+            continue;
+        }
+        matched = true;
+        let (start, end) = (run[0].1, run[run.len() - 1].2);
+        let k = end - start;
+        scratch.bank_side.resize(count * grid * k, 0.0);
+        matmul_transposed(
+            queries,
+            &bank.explicit[stage][start * dim..end * dim],
+            count * grid,
+            dim,
+            k,
+            &mut scratch.bank_side,
+        );
+        for (t, best) in scratch
+            .bank_side
+            .chunks_exact(grid * k)
+            .zip(best.chunks_exact_mut(cells))
+        {
+            query_pass(geometry, t, k, best, &mut scratch.query_x);
+        }
+    }
+    matched
 }
 
 /// [`query_side_of`], compiled for AVX2+FMA where the processor has them (as [`glue`]).
@@ -541,49 +544,37 @@ unsafe fn query_pass_avx2(
     query_side_of(geometry, t, k, best, buffer);
 }
 
-/// Where the bank side `t[a, k]` (raw query token `a` against kept row `k`, scaled by the
-/// row's inverse norm) of one product comes from.
-#[derive(Clone, Copy)]
-enum BankSide<'a> {
-    /// Interpolated from `scratch.raw`, one block's raw product, for these rows of the block
-    /// and their inverse norms.
-    FromRaw(&'a [u32], &'a [f32]),
-    /// Already in `scratch.bank_side`, this many rows wide (a sparse bank's product).
-    Ready(usize),
-}
-
-/// Everything after one matrix product: the bank side's interpolation (unless ready), the
-/// query side's, and the running maximum into `scratch.best`. Compiled twice on x86-64: for
-/// AVX2+FMA (chosen at run time when the processor has them) and for the baseline; both give
-/// the same results (Rust never fuses a multiply and an add on its own).
-fn glue(geometry: &Geometry, bank_side: BankSide, scratch: &mut MatchScratch) {
+/// Everything after one block's matrix product (`scratch.raw`): interpolation along the bank
+/// side for these `rows` of the block and their `inverse` norms, then along the query side,
+/// and the running maximum into `scratch.best`. Compiled twice on x86-64: for AVX2+FMA (chosen
+/// at run time when the processor has them) and for the baseline; both give the same results
+/// (Rust never fuses a multiply and an add on its own).
+fn glue(geometry: &Geometry, rows: &[u32], inverse: &[f32], scratch: &mut MatchScratch) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the processor has the features the function is compiled for.
-        unsafe { glue_avx2(geometry, bank_side, scratch) };
+        unsafe { glue_avx2(geometry, rows, inverse, scratch) };
         return;
     }
-    glue_body(geometry, bank_side, scratch);
+    glue_body(geometry, rows, inverse, scratch);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn glue_avx2(geometry: &Geometry, bank_side: BankSide, scratch: &mut MatchScratch) {
-    glue_body(geometry, bank_side, scratch);
+unsafe fn glue_avx2(
+    geometry: &Geometry,
+    rows: &[u32],
+    inverse: &[f32],
+    scratch: &mut MatchScratch,
+) {
+    glue_body(geometry, rows, inverse, scratch);
 }
 
 #[inline(always)]
-fn glue_body(geometry: &Geometry, bank_side: BankSide, scratch: &mut MatchScratch) {
+fn glue_body(geometry: &Geometry, rows: &[u32], inverse: &[f32], scratch: &mut MatchScratch) {
     let Geometry { gh, gw, up_w, .. } = *geometry;
     let (ys, xs) = (&geometry.ys[..], &geometry.xs[..]);
     let (grid, cells) = (geometry.grid(), geometry.cells());
-    let (rows, inverse) = match bank_side {
-        BankSide::FromRaw(rows, inverse) => (rows, inverse),
-        BankSide::Ready(k) => {
-            query_side(geometry, k, scratch);
-            return;
-        }
-    };
     let k = rows.len();
     let raw = &scratch.raw[..grid * grid];
     let t = &mut scratch.bank_side;
@@ -638,15 +629,6 @@ fn glue_body(geometry: &Geometry, bank_side: BankSide, scratch: &mut MatchScratc
             }
         }
     }
-    query_side(geometry, k, scratch);
-}
-
-/// The query side of [`glue_body`] for `k` bank rows in `scratch.bank_side`, a chunk of bank
-/// rows at a time: along x into `query_x`, then along y, taking each cell's maximum without
-/// forming the interpolated matrix.
-#[inline(always)]
-fn query_side(geometry: &Geometry, k: usize, scratch: &mut MatchScratch) {
-    let cells = geometry.cells();
     query_side_of(
         geometry,
         &scratch.bank_side,
@@ -656,8 +638,9 @@ fn query_side(geometry: &Geometry, k: usize, scratch: &mut MatchScratch) {
     );
 }
 
-/// The query side for `k` bank rows in `t` (`grid x k`), keeping each cell's best in `best`
-/// (`cells` values), with `query_x` as buffer.
+/// The query side for `k` bank rows in `t` (`grid x k`), a chunk of bank rows at a time: along
+/// x into `query_x`, then along y, keeping each cell's maximum in `best` (`cells` values)
+/// without forming the interpolated matrix.
 #[inline(always)]
 fn query_side_of(
     geometry: &Geometry,

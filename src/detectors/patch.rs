@@ -128,32 +128,33 @@ pub fn score(
     }
     let grid = (tiles[0].width(), tiles[0].height());
     let mut stitcher = Stitcher::new(&spec.tiling, (image.width, image.height), grid, input)?;
-    let mut timings = PatchTimings::default();
-    let mut flops = 0;
     let mut scratch = MatchScratch::default();
-    // A sparse bank matched against every reference tile: all tiles in one product per stage.
-    let mut shared = (bank.is_sparse() && spec.neighbourhood == Neighbourhood::All)
-        .then(|| sparse_anomaly_maps(tiles, bank, &|_| true, &mut scratch).into_iter());
-    let mut mark = start;
-    for (i, tile) in tiles.iter().enumerate() {
-        let allow = |block: usize| spec.neighbourhood.allows(&spec.tiling, i, block);
-        let map = match shared.as_mut().and_then(Iterator::next) {
-            Some(map) => map,
-            None => anomaly_map_with(tile, bank, &allow, &mut scratch),
-        };
-        flops += matching_flops(tile, bank, allow);
-        let matched = Instant::now();
-        timings.nearest_neighbour += matched - mark;
-        stitcher.add(i, &map);
-        mark = Instant::now();
-        timings.stitching += mark - matched;
+    let allow =
+        |tile: usize| move |block: usize| spec.neighbourhood.allows(&spec.tiling, tile, block);
+    let maps = if bank.is_sparse() && spec.neighbourhood == Neighbourhood::All {
+        // Every tile sees the same blocks: all tiles in one product per stage.
+        sparse_anomaly_maps(tiles, bank, &|_| true, &mut scratch)
+    } else {
+        (tiles.iter().enumerate())
+            .map(|(i, tile)| anomaly_map_with(tile, bank, &allow(i), &mut scratch))
+            .collect()
+    };
+    let flops = (tiles.iter().enumerate())
+        .map(|(i, tile)| matching_flops(tile, bank, allow(i)))
+        .sum();
+    let matched = Instant::now();
+    for (i, map) in maps.iter().enumerate() {
+        stitcher.add(i, map);
     }
     let (map, map_width, map_height) = stitcher.finish();
     let map = gaussian_blur(&map, map_width, map_height, spec.smoothing);
     let stitched = Instant::now();
-    timings.stitching += stitched - mark;
     let raw = reduce(&map, spec.score);
-    timings.scoring = stitched.elapsed();
+    let timings = PatchTimings {
+        nearest_neighbour: matched - start,
+        stitching: stitched - matched,
+        scoring: stitched.elapsed(),
+    };
     Ok(PatchResult {
         raw,
         map,
