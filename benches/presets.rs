@@ -118,8 +118,8 @@ impl Variant {
         let defaults = enroll::preset_defaults(preset);
         let manifest = defaults
             .model
-            .map(|own| engine::data_dir().join(own))
-            .filter(|own| own_model && own.is_file())
+            .filter(|_| own_model)
+            .and_then(engine::installed_model)
             .unwrap_or_else(|| manifest.to_path_buf());
         Variant {
             label,

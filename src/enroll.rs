@@ -50,7 +50,7 @@ pub const FAST_CORESET_RATIO: f32 = 0.05;
 pub struct PresetDefaults {
     pub calibration: CalibrationMethod,
     pub coreset_ratio: Option<f32>,
-    /// The preset's model manifest, relative to the data directory, where it has its own.
+    /// The name of the preset's own model (see `engine::installed_model`), where it has one.
     pub model: Option<&'static str>,
 }
 

@@ -170,18 +170,15 @@ impl EngineArgs {
             return model.clone();
         }
         match preset_defaults(preset).model {
-            Some(own) if std::env::var_os("LOGSAD_MODEL").is_none() => {
-                let path = engine::data_dir().join(own);
-                if path.is_file() {
-                    return path;
-                }
-                eprintln!(
-                    "warning: preset {preset}: its model {} is missing (run `make deps`); \
-                     using the default model",
-                    path.display()
-                );
-                engine::default_model()
-            }
+            Some(own) if std::env::var_os("LOGSAD_MODEL").is_none() => engine::installed_model(own)
+                .unwrap_or_else(|| {
+                    eprintln!(
+                        "warning: preset {preset}: its model {own} is not in {} (run `make \
+                         deps`); using the default model",
+                        engine::data_dir().join("models").display()
+                    );
+                    engine::default_model()
+                }),
             _ => engine::default_model(),
         }
     }

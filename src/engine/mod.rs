@@ -17,9 +17,9 @@ use std::sync::OnceLock;
 const BUILD_DATA_DIR: &str = env!("LOGSAD_BUILD_DATA_DIR");
 /// The default backbone, relative to the data directory.
 pub const DEFAULT_MODEL: &str = "models/dinov2-vits14-224/manifest.json";
-/// The default backbone quantised to int8 at set-up (`models/quantize_int8.py`), relative to
-/// the data directory: the `fast` preset's model.
-pub const INT8_MODEL: &str = "models/dinov2-vits14-224-int8/manifest.json";
+/// The name of the default backbone quantised to int8 at set-up (`models/quantize_int8.py`):
+/// the `fast` preset's model.
+pub const INT8_MODEL: &str = "dinov2-vits14-224-int8";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -67,21 +67,19 @@ pub fn model_for_profile(recorded_name: &str) -> PathBuf {
     if std::env::var_os("LOGSAD_MODEL").is_some() {
         return default_model();
     }
-    // A name is one folder name: anything that could leave `models/` falls back to the default.
-    let plain = !recorded_name.is_empty()
-        && recorded_name
+    installed_model(recorded_name).unwrap_or_else(default_model)
+}
+
+/// The manifest of the model named `name` in the data directory (`models/<name>/manifest.json`),
+/// where it exists; `None` also for a name that is not one plain folder name.
+pub fn installed_model(name: &str) -> Option<PathBuf> {
+    let plain = !name.is_empty()
+        && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        && !recorded_name.starts_with('.');
-    let named = data_dir()
-        .join("models")
-        .join(recorded_name)
-        .join("manifest.json");
-    if plain && named.is_file() {
-        named
-    } else {
-        default_model()
-    }
+        && !name.starts_with('.');
+    let path = data_dir().join("models").join(name).join("manifest.json");
+    (plain && path.is_file()).then_some(path)
 }
 
 /// The process-wide ONNX Runtime environment (ONNX Runtime allows only one per process).
