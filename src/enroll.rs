@@ -5,9 +5,13 @@ use crate::detect::calibrate::{outliers, Calibration, CalibrationError, Calibrat
 use crate::detect::copies::{is_near_copy, pixel_digest, PixelDigest, NEAR_COPY_DISTANCE};
 use crate::detect::coreset::greedy_coreset;
 use crate::detect::interest::InstanceEmbeddings;
-use crate::detect::parts::{cell_colours, learn_parts_with_colours, PartModel, PartOptions};
+use crate::detect::parts::{
+    cell_colours, learn_mask_parts, learn_parts_with_colours, PartModel, PartOptions,
+};
 use crate::detect::patch::MemoryBank;
-use crate::detect::rules::{learn_rules, parse_rules, LearnOptions, ReferenceStats, RuleFile};
+use crate::detect::rules::{
+    learn_held_out_rules, learn_rules, parse_rules, LearnOptions, ReferenceStats, RuleFile,
+};
 use crate::detect::score::Reduction;
 use crate::detect::tiling::{Neighbourhood, Tiling};
 use crate::detectors::composition::{fired_rules, CompositionSpec};
@@ -339,6 +343,7 @@ pub fn enroll_with(
         Some(enroll_parts(
             &reference_features,
             &reference_colours,
+            &reference_images,
             options,
         )?)
     } else {
@@ -350,8 +355,8 @@ pub fn enroll_with(
         let mut union = InstanceEmbeddings::empty(stages, dim);
         for (features, image) in reference_features.iter().zip(&reference_images) {
             let layout = PartLayout::of(parts, features, image)?;
-            let embeddings = crate::detect::interest::embed_instances(features, &layout.instances)
-                .map_err(|e| InspectError::Parts(e.to_string()))?;
+            let embeddings = interest::embed(features, &layout.labels, &layout.instances)
+                .map_err(InspectError::Parts)?;
             union
                 .append(&embeddings)
                 .map_err(|e| InspectError::Parts(e.to_string()))?;
@@ -444,7 +449,7 @@ pub fn enroll_with(
         if let (Some((parts, _)), Some(references)) = (&parts, &reference_instances) {
             let whole = &tiles_of(&features, &part_tiling, 0)[0];
             let layout = PartLayout::of(parts, whole, &image)?;
-            let score = interest::score(whole, &layout.instances, references)
+            let score = interest::score(whole, &layout.labels, &layout.instances, references)
                 .map_err(InspectError::Parts)?;
             interest_scores.push(score);
             layouts.push(layout);
@@ -537,8 +542,15 @@ pub fn enroll_with(
                 let views: Vec<_> = layouts.iter().map(|l| l.view(&parts.names)).collect();
                 let (rules, stats) = match file {
                     Some(rules) => (rules.clone(), ReferenceStats::from_layouts(&views)),
-                    None => learn_rules(&views, &parts.names, &options.rule_learning)
-                        .map_err(|e| InspectError::Parts(format!("learning rules: {e}")))?,
+                    None => {
+                        let learning = rule_learning(options, parts);
+                        let learned = match learning.max_held_out_fires {
+                            Some(max) => learn_held_out_rules(&views, &parts.names, &learning, max)
+                                .map(|(rules, stats, _)| (rules, stats)),
+                            None => learn_rules(&views, &parts.names, &learning),
+                        };
+                        learned.map_err(|e| InspectError::Parts(format!("learning rules: {e}")))?
+                    }
                 };
                 let mut fired_counts = Vec::with_capacity(validation.len());
                 for (layout, path) in layouts[references.len()..].iter().zip(&validation) {
@@ -585,6 +597,16 @@ pub fn enroll_with(
     Ok((profile, warnings))
 }
 
+/// The rule learning options for `parts`: at pixel resolution, the foreground components the
+/// `components` rule counts are at least an instance's smallest area (a stray pixel is noise).
+fn rule_learning(options: &EnrollOptions, parts: &PartModel) -> LearnOptions {
+    let mut learning = options.rule_learning.clone();
+    if parts.masks.is_some() {
+        learning.min_component_cells = learning.min_component_cells.max(parts.min_cells);
+    }
+    learning
+}
+
 /// The `auto` tile neighbourhood: the smallest distance R (candidates in order 0, 1, ...) whose
 /// validation scores exceed the all-tiles scores `all` by at most [`NEIGHBOURHOOD_TOLERANCE`] x
 /// `spread` on average, with its scores; `All` and `all` when none does. Restricting the tiles
@@ -624,6 +646,7 @@ fn too_few_validation_images(distinct: usize, given: usize) -> InspectError {
 fn enroll_parts(
     reference_features: &[crate::detect::features::PatchFeatures],
     reference_colours: &[Vec<f32>],
+    reference_images: &[crate::detect::preprocess::RgbImage],
     options: &EnrollOptions,
 ) -> Result<(PartModel, Option<RuleFile>), InspectError> {
     let mut part_options = options.parts.clone();
@@ -641,8 +664,11 @@ fn enroll_parts(
             part_options.parts = largest.map(|l| l as usize + 1);
         }
     }
-    let parts = learn_parts_with_colours(reference_features, reference_colours, &part_options)
-        .map_err(|e| InspectError::Parts(format!("learning parts: {e}")))?;
+    let parts = match part_options.masks {
+        Some(_) => learn_mask_parts(reference_features, reference_images, &part_options),
+        None => learn_parts_with_colours(reference_features, reference_colours, &part_options),
+    }
+    .map_err(|e| InspectError::Parts(format!("learning parts: {e}")))?;
     let rules = match (&options.rules, text) {
         (Some(path), Some(text)) => Some(
             parse_rules(&text, path, &parts.names)

@@ -6,7 +6,7 @@
 //! and can serve several profiles; an [`Inspector`] owns one profile (banks, parts, rules,
 //! calibration) and borrows the extractor for each frame.
 
-use crate::detect::calibrate::{sigmoid, MIN_SPREAD};
+use crate::detect::calibrate::{fuse, sigmoid, MIN_SPREAD};
 use crate::detect::features::{patch_features, Grid, PatchFeatures};
 use crate::detect::parts::{cell_colours, Instance, LabelMap, PartModel};
 use crate::detect::preprocess::{Preprocessor, RgbImage};
@@ -135,21 +135,25 @@ pub struct PartLayout {
 }
 
 impl PartLayout {
-    /// The part layout of a frame from its whole-frame features (and, for parts learned with
-    /// colour, the frame's colours).
+    /// The part layout of a frame from its whole-frame features and the frame itself (segmented
+    /// by a model at pixel resolution; its colours for a grid model learned with colour).
     pub fn of(
         parts: &PartModel,
         features: &PatchFeatures,
         image: &RgbImage,
     ) -> Result<Self, InspectError> {
-        let colours = if parts.colour_weight > 0.0 {
-            cell_colours(image, features.width(), features.height())
-        } else {
-            Vec::new()
-        };
-        let labels = parts
-            .label_with_colours(features, &colours)
-            .map_err(|e| InspectError::Parts(e.to_string()))?;
+        let labels = match &parts.masks {
+            Some(stage) => parts.label_pixels(stage, features, image),
+            None => {
+                let colours = if parts.colour_weight > 0.0 {
+                    cell_colours(image, features.width(), features.height())
+                } else {
+                    Vec::new()
+                };
+                parts.label_with_colours(features, &colours)
+            }
+        }
+        .map_err(|e| InspectError::Parts(e.to_string()))?;
         let instances = parts
             .instances(&labels)
             .map_err(|e| InspectError::Parts(e.to_string()))?;
@@ -765,7 +769,7 @@ impl Inspector {
                     raw
                 }
                 (Learned::Interest { references, .. }, Some((_, whole, layout))) => {
-                    let raw = interest::score(whole, &layout.instances, references)
+                    let raw = interest::score(whole, &layout.labels, &layout.instances, references)
                         .map_err(InspectError::Parts)?;
                     timings.interest += start.elapsed();
                     raw
@@ -828,17 +832,7 @@ impl Inspector {
         let start = Instant::now();
         let header = &self.profile.header;
         let threshold = options.threshold.unwrap_or(header.threshold);
-        let fused_z = detector_z
-            .iter()
-            .flatten()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max);
-        // Paper eq. 5: a fired rule sets the final score to 1.0.
-        let calibrated = if rules.is_empty() {
-            sigmoid(fused_z)
-        } else {
-            1.0
-        };
+        let (fused_z, calibrated) = fuse(&detector_z, rules.len());
         let (first_patch, _, _) = header
             .patch_detectors()
             .next()

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gstlogsad::detect::calibrate::CalibrationMethod;
-use gstlogsad::detect::parts::{render_parts, PartOptions};
+use gstlogsad::detect::parts::{render_parts, MaskStage, PartOptions, MASK_COLOUR_WEIGHT};
 use gstlogsad::detect::preprocess::Resample;
 use gstlogsad::detect::regions::{PeakScope, RegionOptions};
 use gstlogsad::detect::rules::write_rules;
@@ -194,6 +194,13 @@ impl EngineArgs {
     }
 }
 
+/// Where the part stage finds parts (`--part-stage`).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PartStage {
+    Pixels,
+    Tokens,
+}
+
 /// The detector options shared by `enroll` and `eval`.
 #[derive(Args, Clone)]
 struct DetectorArgs {
@@ -204,13 +211,37 @@ struct DetectorArgs {
     /// detectors on parts learned from the references, fused as its eq. 5).
     #[arg(long, default_value = "faithful")]
     preset: String,
-    /// Number of part classes, background included, for the logsad preset (default: chosen
-    /// by the mean silhouette of k-means over 2..=8, or the rule file's `parts`).
+    /// Number of part classes, background included, for the logsad preset (default: the
+    /// clustering's cut, --part-distance, or the rule file's `parts`; with --part-stage tokens,
+    /// the mean silhouette of k-means over 2..=8).
     #[arg(long)]
     parts: Option<usize>,
-    /// Weight of each cell's mean colour in the part clustering (0: features alone).
-    #[arg(long, default_value_t = PartOptions::default().colour_weight)]
-    part_colour: f32,
+    /// Where parts are found: pixels (segments of the frame at --segment-size px, labelled by
+    /// their features and colour, as the paper labels SAM's masks) or tokens (cells of the
+    /// backbone's upsampled token grid, clustered by k-means).
+    #[arg(long, value_enum, default_value = "pixels")]
+    part_stage: PartStage,
+    /// Weight of each part's mean colour in the part clustering, 0: features alone (default: 1
+    /// at pixel resolution, 0 on tokens).
+    #[arg(long)]
+    part_colour: Option<f32>,
+    /// Pixel resolution: long side of the image the parts are segmented on, px.
+    #[arg(long, default_value_t = MaskStage::default().segmenter.long_side)]
+    segment_size: u32,
+    /// Pixel resolution: the segmentation's scale (larger: larger segments).
+    #[arg(long, default_value_t = MaskStage::default().segmenter.scale)]
+    segment_scale: f32,
+    /// Pixel resolution: adjacent segments closer in mean colour than this CIELAB distance
+    /// merge (a part split by shading becomes one).
+    #[arg(long, default_value_t = MaskStage::default().segmenter.merge_distance)]
+    segment_merge: f32,
+    /// Pixel resolution: segments whose features lie on average closer than this are one part
+    /// class (the clustering's cut).
+    #[arg(long, default_value_t = MaskStage::default().cluster_distance)]
+    part_distance: f32,
+    /// Pixel resolution: smallest part instance, px of the segmented image.
+    #[arg(long, default_value_t = MaskStage::default().min_area)]
+    min_part_area: usize,
     /// Image score of the first branch: max (the reference), mean, or topK (mean of the K
     /// highest map cells).
     #[arg(long)]
@@ -268,12 +299,35 @@ impl DetectorArgs {
         if self.parts.is_some_and(|k| k < 2) {
             bail!("--parts counts the background too: at least 2");
         }
-        if !(self.part_colour.is_finite() && self.part_colour >= 0.0) {
-            bail!("--part-colour {} must be 0 or more", self.part_colour);
+        let masks = match self.part_stage {
+            PartStage::Tokens => None,
+            PartStage::Pixels => {
+                let mut stage = MaskStage {
+                    cluster_distance: self.part_distance,
+                    min_area: self.min_part_area,
+                    ..MaskStage::default()
+                };
+                stage.segmenter.long_side = self.segment_size;
+                stage.segmenter.scale = self.segment_scale;
+                stage.segmenter.merge_distance = self.segment_merge;
+                stage.segmenter.validate()?;
+                if !(self.part_distance.is_finite() && self.part_distance > 0.0) {
+                    bail!("--part-distance {} must be above 0", self.part_distance);
+                }
+                Some(stage)
+            }
+        };
+        let colour = self.part_colour.unwrap_or(match masks {
+            Some(_) => MASK_COLOUR_WEIGHT,
+            None => PartOptions::default().colour_weight,
+        });
+        if !(colour.is_finite() && colour >= 0.0) {
+            bail!("--part-colour {colour} must be 0 or more");
         }
         Ok(PartOptions {
             parts: self.parts,
-            colour_weight: self.part_colour,
+            colour_weight: colour,
+            masks,
             ..PartOptions::default()
         })
     }

@@ -204,11 +204,23 @@ pub fn sigmoid(x: f64) -> f64 {
     }
 }
 
-/// Fuses standardised detector scores: `sigmoid(max z)` (paper eq. 5; equal to the max of the
-/// sigmoids since the sigmoid is monotonic). NaN entries are ignored; an empty slice (or all NaN)
-/// gives 0.
-pub fn fuse_max(zs: &[f64]) -> f64 {
-    sigmoid(zs.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+/// The fused verdict score of one frame (paper eq. 5): `(fused_z, calibrated)`, where
+/// `fused_z` is the largest standardised score of the calibrated detectors (`None` entries are
+/// the uncalibrated composition detector, NaN entries are ignored; -inf when none is left) and
+/// `calibrated` is `sigmoid(fused_z)` (the max of the detectors' sigmoids, the sigmoid being
+/// monotonic), or 1.0 when any composition rule fired (`rules_fired > 0`).
+pub fn fuse(zs: &[Option<f64>], rules_fired: usize) -> (f64, f64) {
+    let fused_z = zs
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let calibrated = if rules_fired > 0 {
+        1.0
+    } else {
+        sigmoid(fused_z)
+    };
+    (fused_z, calibrated)
 }
 
 #[cfg(test)]
@@ -367,15 +379,23 @@ mod tests {
     }
 
     #[test]
-    fn fuse_max_values() {
-        assert_eq!(fuse_max(&[0.0]), 0.5);
-        assert!(close(fuse_max(&[-2.0, 3.0f64.ln(), 0.1]), 0.75, 1e-15));
-        // Equal to the max of the sigmoids.
-        let zs = [-1.5, 0.7, 0.2];
-        let want = zs.iter().map(|&z| sigmoid(z)).fold(0.0, f64::max);
-        assert!(close(fuse_max(&zs), want, 1e-15));
-        assert!(close(fuse_max(&[f64::NAN, 1.0]), sigmoid(1.0), 1e-15));
-        assert_eq!(fuse_max(&[]), 0.0);
+    fn fusion_is_the_largest_calibrated_score_or_one_when_a_rule_fired() {
+        // sigmoid(ln 3) = 3 / 4, computed by hand.
+        let (z, p) = fuse(&[Some(-2.0), Some(3.0f64.ln()), Some(0.1)], 0);
+        assert_eq!(z, 3.0f64.ln());
+        assert!(close(p, 0.75, 1e-15));
+        // The uncalibrated composition detector (None) does not take part in the max.
+        let (z, p) = fuse(&[Some(0.0), None], 0);
+        assert_eq!((z, p), (0.0, 0.5));
+        // A fired rule sets the score to 1 whatever the others say, and keeps fused_z.
+        let (z, p) = fuse(&[Some(-4.0), None, Some(-3.0)], 2);
+        assert_eq!((z, p), (-3.0, 1.0));
+        // NaN ignored; nothing left gives -inf and 0.
+        let (z, p) = fuse(&[Some(f64::NAN), Some(1.0)], 0);
+        assert_eq!(z, 1.0);
+        assert!(close(p, 1.0 / (1.0 + (-1.0f64).exp()), 1e-15));
+        assert_eq!(fuse(&[None], 0), (f64::NEG_INFINITY, 0.0));
+        assert_eq!(fuse(&[], 1), (f64::NEG_INFINITY, 1.0));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! GStreamer-free algorithms: deinterlacing, preprocessing, patch features, nearest-neighbour
 //! matching, interest matching, coreset, calibration, copies among enrollment inputs, tiling,
-//! regions, metrics and the arithmetic cost of a frame.
+//! regions, segmentation (the mask generator), metrics and the arithmetic cost of a frame.
 pub mod calibrate;
 pub mod copies;
 pub mod coreset;
@@ -16,4 +16,5 @@ pub mod regions;
 pub mod resize;
 pub mod rules;
 pub mod score;
+pub mod segment;
 pub mod tiling;

@@ -9,9 +9,14 @@
 //! [`render_parts`].
 
 mod kmeans;
+mod masks;
 mod morphology;
 mod render;
 
+pub use masks::{
+    average_linkage, cut, learn_mask_parts, project_instances, segment_features, MaskStage, Merge,
+    MASK_COLOUR_WEIGHT, MAX_CLUSTERED_SEGMENTS,
+};
 pub use morphology::{components, dilate, erode};
 pub use render::{part_colour, render_parts};
 
@@ -193,7 +198,11 @@ pub struct PartOptions {
     /// feature vector of the cell: parts that differ mainly in colour (a yellow and a blue
     /// cable, an orange and a purple juice) fall into different classes. 0: features alone (the
     /// reference clusters CLIP features, which carry colour more strongly than DINOv2's).
+    /// At pixel resolution (`masks`), the weight of each segment's mean CIELAB colour.
     pub colour_weight: f32,
+    /// Parts at pixel resolution: the mask stage that segments frames, whose segments are
+    /// clustered and labelled ([`learn_mask_parts`]); `None`: cells of the token grid are.
+    pub masks: Option<MaskStage>,
 }
 
 impl Default for PartOptions {
@@ -210,6 +219,7 @@ impl Default for PartOptions {
             erosion: 0,
             max_parts: 8,
             colour_weight: 0.0,
+            masks: None,
         }
     }
 }
@@ -246,6 +256,11 @@ pub struct PartModel {
     /// centres then end in 3 colour components.
     #[serde(default)]
     pub colour_weight: f32,
+    /// Parts at pixel resolution: frames are segmented by this mask stage and the segments
+    /// labelled ([`PartModel::label_pixels`]); the label map then has the mask generator's
+    /// working size, and `min_cells` counts its pixels. `None`: cells of the grid are labelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masks: Option<MaskStage>,
 }
 
 /// The mean colour of every cell of a `width x height` grid laid over the whole `image` (the
@@ -361,6 +376,7 @@ pub fn learn_parts(
 ) -> Result<PartModel, PartError> {
     let options = PartOptions {
         colour_weight: 0.0,
+        masks: None,
         ..options.clone()
     };
     learn_parts_with_colours(references, &[], &options)
@@ -510,6 +526,7 @@ pub fn learn_parts_with_colours(
         } else {
             0.0
         },
+        masks: None,
     })
 }
 
@@ -683,7 +700,7 @@ impl PartModel {
             for cells in components(&mask, width, height, self.connectivity, self.min_cells)? {
                 found.push(Instance {
                     part,
-                    centroid: centroid(&cells, width),
+                    centroid: centroid_cells(&cells, width),
                     cells,
                 });
             }
@@ -714,7 +731,7 @@ impl PartModel {
 }
 
 /// Centre of mass of cells (indices on a grid `width` wide), cell centres at +0.5.
-fn centroid(cells: &[u32], width: usize) -> (f32, f32) {
+fn centroid_cells(cells: &[u32], width: usize) -> (f32, f32) {
     let n = cells.len().max(1) as f64;
     let (sx, sy) = cells.iter().fold((0.0f64, 0.0f64), |(sx, sy), &c| {
         let c = c as usize;
@@ -990,6 +1007,7 @@ mod tests {
             width: 0,
             height: 0,
             colour_weight: 0.0,
+            masks: None,
         }
     }
 

@@ -986,6 +986,90 @@ pub struct FrameLayout<'a> {
     pub names: &'a [String],
 }
 
+/// Where the object lies in a frame: the centroid of its foreground (every cell not labelled
+/// background), relative (0..1), and, when the foreground is elongated (principal second
+/// moments in a ratio of at least [`ELONGATED`]), its principal axis in radians, modulo pi.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct Pose {
+    pub centre: (f64, f64),
+    pub axis: Option<f64>,
+}
+
+/// Ratio of the foreground's principal second moments from which its axis counts (a rounder
+/// foreground's axis turns with noise).
+pub const ELONGATED: f64 = 1.5;
+
+/// The [`Pose`] of a label map's foreground; `None` without foreground or for a map whose
+/// labels do not fill its size.
+pub fn foreground_pose(labels: &LabelMap) -> Option<Pose> {
+    let (w, h) = (labels.width, labels.height);
+    if w == 0 || w.checked_mul(h) != Some(labels.labels.len()) {
+        return None;
+    }
+    let (mut n, mut sx, mut sy) = (0.0f64, 0.0f64, 0.0f64);
+    for (i, &l) in labels.labels.iter().enumerate() {
+        if l != labels.background {
+            n += 1.0;
+            sx += (i % w) as f64 + 0.5;
+            sy += (i / w) as f64 + 0.5;
+        }
+    }
+    if n == 0.0 {
+        return None;
+    }
+    let (mx, my) = (sx / n, sy / n);
+    let (mut xx, mut yy, mut xy) = (0.0f64, 0.0f64, 0.0f64);
+    for (i, &l) in labels.labels.iter().enumerate() {
+        if l != labels.background {
+            let (dx, dy) = ((i % w) as f64 + 0.5 - mx, (i / w) as f64 + 0.5 - my);
+            xx += dx * dx;
+            yy += dy * dy;
+            xy += dx * dy;
+        }
+    }
+    let half_trace = (xx + yy) / 2.0;
+    let root = (((xx - yy) / 2.0).powi(2) + xy * xy).sqrt();
+    let (major, minor) = (half_trace + root, half_trace - root);
+    let axis = (major >= ELONGATED * minor.max(f64::MIN_POSITIVE))
+        .then(|| 0.5 * (2.0 * xy).atan2(xx - yy));
+    Some(Pose {
+        centre: (mx / w as f64, my / h as f64),
+        axis,
+    })
+}
+
+/// An angle wrapped into (-pi/2, pi/2]: the turn between two axes (directions modulo pi).
+fn axis_turn(angle: f64) -> f64 {
+    use std::f64::consts::PI;
+    let wrapped = angle.rem_euclid(PI);
+    if wrapped > PI / 2.0 {
+        wrapped - PI
+    } else {
+        wrapped
+    }
+}
+
+/// The mean of several poses: centroids averaged, axes averaged as doubled angles (directions
+/// modulo pi), kept only when every pose has one.
+fn mean_pose(poses: &[Pose]) -> Option<Pose> {
+    if poses.is_empty() {
+        return None;
+    }
+    let n = poses.len() as f64;
+    let centre = (
+        poses.iter().map(|p| p.centre.0).sum::<f64>() / n,
+        poses.iter().map(|p| p.centre.1).sum::<f64>() / n,
+    );
+    let axes: Option<Vec<f64>> = poses.iter().map(|p| p.axis).collect();
+    let axis = axes.map(|axes| {
+        let (s, c) = axes.iter().fold((0.0, 0.0), |(s, c), a| {
+            (s + (2.0 * a).sin(), c + (2.0 * a).cos())
+        });
+        0.5 * s.atan2(c)
+    });
+    Some(Pose { centre, axis })
+}
+
 /// Reference statistics the relative rules divide by, learned from the reference layouts.
 /// Vectors are indexed by part; a part beyond a vector's length has statistic 0.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -999,6 +1083,11 @@ pub struct ReferenceStats {
     /// Mean centroid distance in cells between the part's two instances, over the layouts where
     /// it has exactly 2.
     pub mean_distance: Vec<f64>,
+    /// The references' mean [`Pose`]: positions are measured after moving (and, when both
+    /// have an axis, turning) each frame's foreground onto it. `None` (profiles from before
+    /// pose alignment): positions as found in the frame.
+    #[serde(default)]
+    pub pose: Option<Pose>,
 }
 
 impl ReferenceStats {
@@ -1038,11 +1127,16 @@ impl ReferenceStats {
                 .map(|(sum, n)| if n == 0 { 0.0 } else { sum / n as f64 })
                 .collect()
         };
+        let poses: Vec<Pose> = layouts
+            .iter()
+            .filter_map(|l| foreground_pose(l.labels))
+            .collect();
         ReferenceStats {
             images: layouts.len(),
             mean_area: mean(area),
             mean_instance_area: mean(instance),
             mean_distance: mean(distance),
+            pose: mean_pose(&poses),
         }
     }
 }
@@ -1092,6 +1186,51 @@ struct Frame<'a> {
     instances: Vec<Vec<&'a Instance>>,
     /// Labelled cells by part index.
     area: Vec<usize>,
+    /// Maps a centroid (cells) to where it lies with the object in the references' pose.
+    alignment: Alignment,
+}
+
+/// A rigid motion of the label map's cells: `p -> turn(p - from) + to`, turn by `angle` radians.
+#[derive(Clone, Copy, Debug)]
+struct Alignment {
+    from: (f64, f64),
+    to: (f64, f64),
+    angle: f64,
+}
+
+impl Alignment {
+    const NONE: Alignment = Alignment {
+        from: (0.0, 0.0),
+        to: (0.0, 0.0),
+        angle: 0.0,
+    };
+
+    /// The motion taking the frame's foreground pose onto `reference` (both relative, on a
+    /// `width x height` map); none when either is unknown.
+    fn between(frame: Option<Pose>, reference: Option<Pose>, width: usize, height: usize) -> Self {
+        let (Some(frame), Some(reference)) = (frame, reference) else {
+            return Alignment::NONE;
+        };
+        let (w, h) = (width as f64, height as f64);
+        let angle = match (frame.axis, reference.axis) {
+            (Some(f), Some(r)) => axis_turn(r - f),
+            _ => 0.0,
+        };
+        Alignment {
+            from: (frame.centre.0 * w, frame.centre.1 * h),
+            to: (reference.centre.0 * w, reference.centre.1 * h),
+            angle,
+        }
+    }
+
+    fn apply(&self, (x, y): (f64, f64)) -> (f64, f64) {
+        let (dx, dy) = (x - self.from.0, y - self.from.1);
+        let (sin, cos) = self.angle.sin_cos();
+        (
+            cos * dx - sin * dy + self.to.0,
+            sin * dx + cos * dy + self.to.1,
+        )
+    }
 }
 
 impl<'a> Frame<'a> {
@@ -1119,7 +1258,16 @@ impl<'a> Frame<'a> {
             labels: map,
             instances,
             area,
+            alignment: Alignment::NONE,
         })
+    }
+
+    /// The frame with positions measured in the `reference` pose (see [`ReferenceStats::pose`]).
+    fn aligned_to(mut self, reference: Option<Pose>) -> Self {
+        let pose = reference.and_then(|_| foreground_pose(self.labels));
+        self.alignment =
+            Alignment::between(pose, reference, self.labels.width, self.labels.height);
+        self
     }
 
     fn of(&self, part: u16) -> &[&'a Instance] {
@@ -1147,12 +1295,13 @@ impl<'a> Frame<'a> {
         best
     }
 
-    /// An instance centroid in relative coordinates (0..1).
+    /// An instance centroid in relative coordinates (0..1), in the references' pose.
     fn relative(&self, inst: &Instance) -> (f64, f64) {
-        (
-            f64::from(inst.centroid.0) / self.labels.width as f64,
-            f64::from(inst.centroid.1) / self.labels.height as f64,
-        )
+        let (x, y) = self.alignment.apply((
+            f64::from(inst.centroid.0),
+            f64::from(inst.centroid.1),
+        ));
+        (x / self.labels.width as f64, y / self.labels.height as f64)
     }
 
     /// A part's centroid over all its instances (area-weighted), relative; None when absent.
@@ -1186,19 +1335,20 @@ impl<'a> Frame<'a> {
         .map_or(0, |found| found.len())
     }
 
-    /// Foreground cells left of the centre over those right of it; 1 with none on either
-    /// side, +inf with none on the right only.
+    /// Foreground cells left of the centre over those right of it, in the references' pose;
+    /// 1 with none on either side, +inf with none on the right only.
     fn balance(&self) -> f64 {
         let (w, background) = (self.labels.width, self.labels.background);
+        let centre = w as f64 / 2.0;
         let (mut left, mut right) = (0usize, 0usize);
         for (i, &label) in self.labels.labels.iter().enumerate() {
             if label == background {
                 continue;
             }
-            let twice_centre = 2 * (i % w) + 1;
-            if twice_centre < w {
+            let (x, _) = self.aligned_cell(i);
+            if x < centre {
                 left += 1;
-            } else if twice_centre > w {
+            } else if x > centre {
                 right += 1;
             }
         }
@@ -1206,28 +1356,34 @@ impl<'a> Frame<'a> {
     }
 
     /// Number of `part`'s instances with a cell on the line at relative position `at` (cells
-    /// outside the map do not count).
+    /// outside the map do not count), in the references' pose.
     fn crossing(&self, part: u16, line: Line, at: f64) -> usize {
         let (w, h) = (self.labels.width, self.labels.height);
         if w == 0 || h == 0 {
             return 0;
         }
         let extent = if line == Line::Vertical { w } else { h };
-        // Cells c with c <= x <= c + 1: two when x falls on a border.
-        let x = at * extent as f64;
-        let last = (extent - 1) as f64;
-        let first = (x - 1.0).ceil().clamp(0.0, last) as usize;
-        let end = x.floor().clamp(0.0, last) as usize;
+        // Cells c with c <= x <= c + 1 (their centre within half a cell of x): two when x
+        // falls on a border; a line beyond the map counts the edge cells.
+        let x = (at * extent as f64).clamp(0.5, extent as f64 - 0.5);
         self.of(part)
             .iter()
             .filter(|inst| {
                 inst.cells.iter().any(|&c| {
                     let c = c as usize;
-                    let v = if line == Line::Vertical { c % w } else { c / w };
-                    c < w * h && (first..=end).contains(&v)
+                    let (cx, cy) = self.aligned_cell(c);
+                    let v = if line == Line::Vertical { cx } else { cy };
+                    c < w * h && (v - x).abs() <= 0.5
                 })
             })
             .count()
+    }
+
+    /// The centre of cell `c`, in cells, in the references' pose.
+    fn aligned_cell(&self, c: usize) -> (f64, f64) {
+        let w = self.labels.width.max(1);
+        self.alignment
+            .apply(((c % w) as f64 + 0.5, (c / w) as f64 + 0.5))
     }
 }
 
@@ -1308,7 +1464,7 @@ fn outside(
 /// the reason as the message) rather than pass unchecked.
 pub fn evaluate(rules: &RuleFile, layout: &FrameLayout, stats: &ReferenceStats) -> Vec<FiredRule> {
     let frame = match Frame::new(layout) {
-        Ok(frame) => frame,
+        Ok(frame) => frame.aligned_to(stats.pose),
         Err(reason) => {
             return vec![FiredRule {
                 name: "layout".into(),
@@ -1569,6 +1725,13 @@ pub struct LearnOptions {
     /// rule counts.
     pub connectivity: Connectivity,
     pub min_component_cells: usize,
+    /// Leave-one-out check at enrollment ([`learn_held_out_rules`]): a learned rule is kept
+    /// only when it fires on at most this many of the nominal layouts it did not learn from;
+    /// `None` keeps every learned rule.
+    pub max_held_out_fires: Option<usize>,
+    /// Measure positions in the references' pose ([`ReferenceStats::pose`]), so that a part's
+    /// place survives a shift or a turn of the whole object; false: in the frame.
+    pub align_pose: bool,
 }
 
 impl Default for LearnOptions {
@@ -1580,6 +1743,8 @@ impl Default for LearnOptions {
             position_margin: 0.05,
             connectivity: Connectivity::Eight,
             min_component_cells: 1,
+            max_held_out_fires: Some(0),
+            align_pose: true,
         }
     }
 }
@@ -1623,12 +1788,14 @@ fn widen_ratio(lo: f64, hi: f64, margin: f64) -> (f64, f64) {
     )
 }
 
-/// A nominal position range widened by `margin` on each side (clamped to the frame, 0..1, for
-/// absolute positions) and rounded outward to 3 decimals.
+/// A nominal position range widened by `margin` on each side (for absolute positions clamped
+/// to the frame, 0..1, but never inside the range itself) and rounded outward to 3 decimals.
 fn widen_position(lo: f64, hi: f64, margin: f64, clamp: bool) -> [f64; 2] {
     let (mut lo, mut hi) = (lo - margin, hi + margin);
     if clamp {
-        (lo, hi) = (lo.max(0.0), hi.min(1.0));
+        // Never inside the observed range: aligned to the references' pose, a part near the
+        // edge may lie just outside the frame.
+        (lo, hi) = (lo.max(0.0f64.min(lo + margin)), hi.min(1.0f64.max(hi - margin)));
     }
     [floor3(lo), ceil3(hi)]
 }
@@ -1661,11 +1828,12 @@ fn count_bounds(lo: usize, hi: usize, slack: u32) -> (Option<f64>, Option<f64>, 
 ///
 /// Per part present in some layout:
 /// - `count`: its instance counts' range, widened by `count_slack`;
-/// - `area` (when it has a reference area): the range of its area over the mean, widened by
+/// - `area` (when present in every layout): the range of its area over the mean, widened by
 ///   `ratio_margin`;
-/// - `position`: the box of its instance centroids, widened by `position_margin`; and relative
-///   to the *anchor* (the part present in every layout with the largest mean area) for every
-///   other part;
+/// - `position`: the box of its instance centroids, in the references' pose
+///   ([`ReferenceStats::pose`]), widened by `position_margin`; and relative to the *anchor*
+///   (of the parts present in every layout with the same count, the one with the largest mean
+///   area) for every other part;
 /// - `distance`: when it has exactly 2 instances in every layout;
 /// - `crossing` of the vertical and horizontal centre lines: when the number of its instances
 ///   crossing is the same, at least 1, in every layout.
@@ -1707,7 +1875,14 @@ pub fn learn_rules(
             Frame::new(layout).map_err(|reason| LearnError::InvalidLayout { index, reason })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let stats = ReferenceStats::from_layouts(nominal);
+    let mut stats = ReferenceStats::from_layouts(nominal);
+    if !options.align_pose {
+        stats.pose = None;
+    }
+    let frames: Vec<Frame> = frames
+        .into_iter()
+        .map(|f| f.aligned_to(stats.pose))
+        .collect();
     let background = nominal[0].labels.background;
     let name = |p: u16| part_names[usize::from(p)].clone();
     let slack = options.count_slack;
@@ -1720,7 +1895,10 @@ pub fn learn_rules(
         .copied()
         .filter(|&p| frames.iter().all(|f| f.count(p) > 0))
         .collect();
-    let anchor = always.iter().copied().max_by(|&a, &b| {
+    // The anchor must be found alike in every frame: a part whose count varies moves its
+    // centre with its pieces.
+    let steady = |p: u16| frames.iter().all(|f| f.count(p) == frames[0].count(p));
+    let anchor = always.iter().copied().filter(|&p| steady(p)).max_by(|&a, &b| {
         stat(&stats.mean_area, a)
             .total_cmp(&stat(&stats.mean_area, b))
             .then(b.cmp(&a))
@@ -1739,8 +1917,10 @@ pub fn learn_rules(
             max,
         }));
 
+        // The area of a part absent from some good frames varies with its presence, not with
+        // a logic of the product (classes that come and go have count-by-class rules).
         let mean_area = stat(&stats.mean_area, p);
-        if mean_area > 0.0 {
+        if mean_area > 0.0 && always.contains(&p) {
             let areas = frames.iter().map(|f| f.area(p) as f64 / mean_area);
             if let Some((lo, hi)) = span(areas) {
                 let (lo, hi) = widen_ratio(lo, hi, options.ratio_margin);
@@ -1915,6 +2095,76 @@ pub fn learn_rules(
         rules,
     };
     Ok((file, stats))
+}
+
+/// A learned rule left out by [`learn_held_out_rules`]: learned without one nominal layout at a
+/// time, it fired on `fired` of the `held_out` layouts it did not learn from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct UnstableRule {
+    pub name: String,
+    pub fired: usize,
+    pub held_out: usize,
+}
+
+/// The held-out check of [`learn_held_out_rules`] learns with the ratio and position margins
+/// scaled by this factor, chosen on the tuning family of `logsad synth --loco`.
+pub const HELD_OUT_MARGIN_SCALE: f64 = 0.5;
+
+/// [`learn_rules`] on all `nominal` layouts, keeping only the rules that hold on good frames
+/// they did not learn from: for each layout, the rules learned from the others, with margins
+/// scaled by [`HELD_OUT_MARGIN_SCALE`], are evaluated on it (leave-one-out); a rule (by [`Rule::name`]) that fires on more than `max_fired` held-out
+/// layouts is left out, since its range is narrower than the product's nominal variation and
+/// it would fire on good frames. Returns the kept rules, the statistics of all layouts and the
+/// rules left out, in the order learned. With fewer than 3 layouts every rule is kept (one
+/// layout cannot learn a range).
+///
+/// Errors as [`learn_rules`].
+pub fn learn_held_out_rules(
+    nominal: &[FrameLayout],
+    part_names: &[String],
+    options: &LearnOptions,
+    max_fired: usize,
+) -> Result<(RuleFile, ReferenceStats, Vec<UnstableRule>), LearnError> {
+    let (mut file, stats) = learn_rules(nominal, part_names, options)?;
+    if nominal.len() < 3 {
+        return Ok((file, stats, Vec::new()));
+    }
+    // A rule must hold on the frames it did not learn from with a fraction of its margin to
+    // spare: a handful of good frames under-samples the tails of the nominal variation.
+    let strict = LearnOptions {
+        ratio_margin: options.ratio_margin * HELD_OUT_MARGIN_SCALE,
+        position_margin: options.position_margin * HELD_OUT_MARGIN_SCALE,
+        ..options.clone()
+    };
+    let mut fired: BTreeMap<String, usize> = BTreeMap::new();
+    for held_out in 0..nominal.len() {
+        let others: Vec<FrameLayout> = nominal
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != held_out)
+            .map(|(_, layout)| *layout)
+            .collect();
+        let (rules, stats) = learn_rules(&others, part_names, &strict)?;
+        for rule in evaluate(&rules, &nominal[held_out], &stats) {
+            *fired.entry(rule.name).or_default() += 1;
+        }
+    }
+    let mut unstable = Vec::new();
+    file.rules.retain(|rule| {
+        let name = rule.name();
+        let count = fired.get(&name).copied().unwrap_or(0);
+        if count > max_fired {
+            unstable.push(UnstableRule {
+                name,
+                fired: count,
+                held_out: nominal.len(),
+            });
+            false
+        } else {
+            true
+        }
+    });
+    Ok((file, stats, unstable))
 }
 
 /// Class groups: see [`learn_rules`]. `parts` ascending; `always` the parts in every frame.
@@ -2165,6 +2415,7 @@ mod tests {
             mean_area: vec![0.0, 4.0],
             mean_instance_area: vec![0.0, 3.0],
             mean_distance: Vec::new(),
+            pose: None,
         };
         let rules = r#"{"kind": "area", "part": "part1", "min": 0.8, "max": 1.2},
             {"kind": "area", "part": "part1", "max": 1.6},
@@ -2589,10 +2840,12 @@ mod tests {
     #[test]
     fn learns_ranges_groups_and_count_by_class() {
         let scenes = kit();
+        // Positions in the frame, as computed by hand below.
         let (rules, _) = learn(
             &scenes,
             &LearnOptions {
                 category: "kit".into(),
+                align_pose: false,
                 ..Default::default()
             },
         );
@@ -2705,6 +2958,92 @@ mod tests {
             fired.iter().any(|f| f.name == "co-occurrence(part2|part3)"),
             "{fired:?}"
         );
+    }
+
+    #[test]
+    fn foreground_pose_is_the_centroid_and_the_long_axis() {
+        // A 4x1 bar at x 2..6, y 1 of an 8x4 map: centroid (4, 1.5), horizontal axis.
+        let bar = Scene::new(&["........", "..1111..", "........", "........"]);
+        let pose = foreground_pose(&bar.map).unwrap();
+        assert_eq!(pose.centre, (4.0 / 8.0, 1.5 / 4.0));
+        assert_eq!(pose.axis, Some(0.0));
+        let upright = Scene::new(&["..1.", "..1.", "..1.", "..1."]);
+        let axis = foreground_pose(&upright.map).unwrap().axis.unwrap();
+        assert!((axis.abs() - std::f64::consts::FRAC_PI_2).abs() < 1e-12, "{axis}");
+        // A diagonal: 45 degrees (y grows downwards).
+        let diagonal = Scene::new(&["1...", ".1..", "..1.", "...1"]);
+        let axis = foreground_pose(&diagonal.map).unwrap().axis.unwrap();
+        assert!((axis - std::f64::consts::FRAC_PI_4).abs() < 1e-12, "{axis}");
+        // A square has no axis; an empty map no pose.
+        assert_eq!(foreground_pose(&Scene::new(&["11", "11"]).map).unwrap().axis, None);
+        assert_eq!(foreground_pose(&Scene::new(&["..", ".."]).map), None);
+        // Turns between axes take the short way, modulo pi.
+        assert!((axis_turn(3.0) - (3.0 - std::f64::consts::PI)).abs() < 1e-12);
+        assert!((axis_turn(-0.1) + 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn positions_are_measured_on_the_object_not_the_frame() {
+        // A bar (part 1) with a pin (part 2) at its right end, the object anywhere in the frame.
+        let nominal = [
+            Scene::new(&["..........", ".11112....", "..........", ".........."]),
+            Scene::new(&["..........", "..........", ".11112....", ".........."]),
+            Scene::new(&["..........", "..11112...", "..........", ".........."]),
+        ];
+        let (rules, stats) = learn(&nominal, &LearnOptions::default());
+        // The whole object shifted elsewhere: nothing fires.
+        let shifted = Scene::new(&["..........", "..........", "..........", "....11112."]);
+        assert_eq!(evaluate(&rules, &shifted.layout(), &stats), vec![]);
+        // The pin at the left end instead: its position on the object is wrong.
+        let moved = Scene::new(&["..........", "..........", "..21111...", ".........."]);
+        let fired: Vec<String> = evaluate(&rules, &moved.layout(), &stats)
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert!(fired.contains(&"position(part2)".to_string()), "{fired:?}");
+        // Without alignment (a profile from before it), the shift alone fires.
+        let unaligned = ReferenceStats {
+            pose: None,
+            ..stats.clone()
+        };
+        assert!(!evaluate(&rules, &shifted.layout(), &unaligned).is_empty());
+    }
+
+    #[test]
+    fn rules_that_fail_on_a_held_out_good_layout_are_left_out() {
+        // Part 1 always once; part 3 once in three layouts of four, twice in the last: a count
+        // learned without the last layout (exactly 1) fires on it.
+        let nominal = [
+            Scene::new(&["11.3....", "11......", "........"]),
+            Scene::new(&["11..3...", "11......", "........"]),
+            Scene::new(&["11...3..", "11......", "........"]),
+            Scene::new(&["11.3..3.", "11......", "........"]),
+        ];
+        let layouts: Vec<FrameLayout> = nominal.iter().map(Scene::layout).collect();
+        let options = LearnOptions::default();
+        let (all, _) = learn_rules(&layouts, &names(), &options).unwrap();
+        let (kept, stats, unstable) =
+            learn_held_out_rules(&layouts, &names(), &options, 0).unwrap();
+        let names_of = |file: &RuleFile| file.rules.iter().map(Rule::name).collect::<Vec<_>>();
+        assert!(names_of(&all).contains(&"count(part3)".to_string()));
+        assert!(!names_of(&kept).contains(&"count(part3)".to_string()));
+        assert!(names_of(&kept).contains(&"count(part1)".to_string()));
+        let count3 = unstable.iter().find(|u| u.name == "count(part3)").unwrap();
+        assert_eq!((count3.fired, count3.held_out), (1, 4));
+        // Everything kept is learned from all layouts, holds on them and is not unstable.
+        for rule in &kept.rules {
+            assert!(all.rules.contains(rule));
+            assert!(!unstable.iter().any(|u| u.name == rule.name()));
+        }
+        for layout in &layouts {
+            assert_eq!(evaluate(&kept, layout, &stats), vec![]);
+        }
+        // A tolerance of one held-out fire keeps it; fewer than 3 layouts keep everything.
+        let (tolerant, _, _) = learn_held_out_rules(&layouts, &names(), &options, 1).unwrap();
+        assert!(names_of(&tolerant).contains(&"count(part3)".to_string()));
+        let (two, _, none) = learn_held_out_rules(&layouts[..2], &names(), &options, 0).unwrap();
+        assert_eq!(two, learn_rules(&layouts[..2], &names(), &options).unwrap().0);
+        assert!(none.is_empty());
     }
 
     #[test]
@@ -3130,6 +3469,7 @@ mod fuzz {
             mean_area: a,
             mean_instance_area: i,
             mean_distance: d,
+            pose: None,
         })
     }
 

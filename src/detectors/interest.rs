@@ -5,7 +5,7 @@
 
 use crate::detect::features::PatchFeatures;
 use crate::detect::interest::{embed_instances, interest_score, InstanceEmbeddings};
-use crate::detect::parts::Instance;
+use crate::detect::parts::{project_instances, Instance, LabelMap};
 use serde::{Deserialize, Serialize};
 
 /// An interest detector's settings.
@@ -23,14 +23,31 @@ impl Default for InterestSpec {
     }
 }
 
-/// The raw interest score of a frame's instances on its whole-frame `features` against the
-/// reference instances; 1.0 when either side has no instance (as the reference code). Errors
+/// The raw interest score of a frame's instances (of the label map `labels`) on its
+/// whole-frame `features` against the reference instances; 1.0 when either side has no instance (as the reference code). Errors
 /// name instances or embeddings that do not fit the features.
 pub fn score(
     features: &PatchFeatures,
+    labels: &LabelMap,
     instances: &[Instance],
     references: &InstanceEmbeddings,
 ) -> Result<f64, String> {
-    let frame = embed_instances(features, instances).map_err(|e| e.to_string())?;
+    let frame = embed(features, labels, instances)?;
     interest_score(&frame, references).map_err(|e| e.to_string())
+}
+
+/// The embeddings of `instances` of the label map `labels` on the frame's whole-frame
+/// `features`; instances at pixel resolution are first carried onto the feature grid
+/// ([`project_instances`]).
+pub fn embed(
+    features: &PatchFeatures,
+    labels: &LabelMap,
+    instances: &[Instance],
+) -> Result<InstanceEmbeddings, String> {
+    let on_grid = project_instances(
+        instances,
+        (labels.width, labels.height),
+        (features.width(), features.height()),
+    );
+    embed_instances(features, &on_grid).map_err(|e| e.to_string())
 }
