@@ -2,8 +2,8 @@
 //! `gstlogsad::eval::run::evaluate` and the tiny test model, and the built `logsad` binary is run
 //! on the plain miniature (tables, report.json, ROC plot, errors).
 //!
-//! Needs the tiny model of `make deps` (`.deps/models/tiny`); the tests that run a model skip with
-//! a message without it.
+//! Needs the tiny model of `make deps` (`.deps/models/tiny`); the tests that run a model fail
+//! naming it without it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,22 +15,8 @@ use gstlogsad::eval::dataset::{
 use gstlogsad::eval::report::{CategoryReport, Report, ScoredImage};
 use gstlogsad::eval::run::{evaluate, summarise, EvalOptions, EvalProgress};
 
-fn deps() -> PathBuf {
-    std::env::var_os("LOGSAD_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps"))
-}
-
-/// The tiny test model, or `None` (with a message) when `make deps` has not prepared it.
-fn tiny() -> Option<PathBuf> {
-    let path = deps().join("models/tiny/manifest.json");
-    if path.is_file() && path.with_file_name("model.onnx").is_file() {
-        Some(path)
-    } else {
-        eprintln!("skipping: {} is missing (run `make deps`)", path.display());
-        None
-    }
-}
+mod common;
+use common::tiny_manifest;
 
 fn miniature(dir: &Path, layout: Layout) -> Dataset {
     let root = dir.join(layout.name());
@@ -118,7 +104,7 @@ fn check_category(
 /// above the good images.
 #[test]
 fn every_layout() {
-    let Some(model) = tiny() else { return };
+    let model = tiny_manifest();
     let dir = tempfile::tempdir().unwrap();
     let options = EvalOptions {
         validation_count: 2,
@@ -185,7 +171,7 @@ fn every_layout() {
 /// `--no-pixel` drops the pixel metrics; `--test-limit` keeps the first N of each defect type.
 #[test]
 fn no_pixel_and_test_limit() {
-    let Some(model) = tiny() else { return };
+    let model = tiny_manifest();
     let dir = tempfile::tempdir().unwrap();
     let dataset = miniature(dir.path(), Layout::MvtecAd);
     let options = EvalOptions {
@@ -230,7 +216,7 @@ fn no_pixel_and_test_limit() {
 /// the scores of one image at a time, in the same order, and a batch of 0 is refused.
 #[test]
 fn batches_score_as_single_images() {
-    let Some(model) = tiny() else { return };
+    let model = tiny_manifest();
     let dir = tempfile::tempdir().unwrap();
     let dataset = miniature(dir.path(), Layout::MvtecAd);
     let with_batch = |batch: usize| EvalOptions {
@@ -266,7 +252,7 @@ fn batches_score_as_single_images() {
 /// same numbers again.
 #[test]
 fn seeded_draws() {
-    let Some(model) = tiny() else { return };
+    let model = tiny_manifest();
     let dir = tempfile::tempdir().unwrap();
     let dataset = miniature(dir.path(), Layout::MvtecAd);
     let options = EvalOptions {
@@ -365,7 +351,7 @@ fn logsad(args: &[&str]) -> std::process::Output {
 /// add the mean ± std summary.
 #[test]
 fn command_on_plain_miniature() {
-    let Some(model) = tiny() else { return };
+    let model = tiny_manifest();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("fabric");
     write_miniature(&root, Layout::Plain).unwrap();
@@ -493,7 +479,7 @@ fn command_on_plain_miniature() {
 /// features are in the bank, so its embedding distance is 0, and a different image's is not.
 #[test]
 fn embedding_branch_through_a_profile() {
-    let Some(model) = tiny() else { return };
+    let model = tiny_manifest();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("fabric");
     write_miniature(&root, Layout::Plain).unwrap();
@@ -664,7 +650,7 @@ fn command_errors() {
 /// against its masks' components, one row per region setting.
 #[test]
 fn synthetic_set_and_region_boxes() {
-    let Some(model) = tiny() else { return };
+    let model = tiny_manifest();
     let dir = tempfile::tempdir().unwrap();
     // Noise sources, large enough for the defects (96 px and up).
     let sources = dir.path().join("sources");
@@ -757,7 +743,7 @@ fn synthetic_set_and_region_boxes() {
 /// ends the command quietly, and the report and ROC plot are written all the same.
 #[test]
 fn closed_stdout_keeps_the_report() {
-    let Some(model) = tiny() else { return };
+    let model = tiny_manifest();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("fabric");
     write_miniature(&root, Layout::Plain).unwrap();

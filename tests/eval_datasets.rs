@@ -10,6 +10,8 @@ use gstlogsad::eval::dataset::{
     Protocol, Sample, Split,
 };
 
+mod common;
+
 fn rel(path: &Path, root: &Path) -> String {
     path.strip_prefix(root)
         .unwrap_or_else(|_| panic!("{} not under {}", path.display(), root.display()))
@@ -677,14 +679,10 @@ fn plain_protocol_takes_validation_from_the_train_half() {
     );
 }
 
-/// The textile set of the project, if it was fetched: 1000 nominal, 500 local, 500 global.
+/// The textile set of the project (`make deps` fetches it): 1000 nominal, 500 local, 500 global.
 #[test]
-fn textile_set_if_present() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/data/textile");
-    if !root.join("nominal").is_dir() {
-        eprintln!("skipped: {} not present", root.display());
-        return;
-    }
+fn textile_set() {
+    let root = common::require_textile();
     assert_eq!(detect_layout(&root).unwrap(), Layout::Plain);
     let ds = load_all(&root);
     assert_eq!(category_names(&ds), ["textile"]);

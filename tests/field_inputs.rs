@@ -3,8 +3,8 @@
 //! empty file, and a reader that closes the output pipe early. Every file is made at test time
 //! from the textile images of `make deps` or from synthetic pixels.
 //!
-//! Needs the tiny model and the textile images of `make deps`; the tests skip with a message
-//! without them.
+//! Needs the tiny model and the textile images of `make deps`; the tests fail naming what is
+//! missing without them.
 
 use std::io::{BufRead, BufReader, Cursor};
 use std::path::{Path, PathBuf};
@@ -14,36 +14,12 @@ use gstlogsad::enroll::{enroll, EnrollOptions};
 use gstlogsad::imageio;
 use image::{DynamicImage, ImageFormat, Luma, RgbImage};
 
-fn deps() -> PathBuf {
-    std::env::var_os("LOGSAD_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps"))
-}
+mod common;
+use common::{require_textile_nominal, tiny_manifest};
 
-/// The tiny test model, or `None` (with a message) when `make deps` has not prepared it.
-fn tiny() -> Option<PathBuf> {
-    let path = deps().join("models/tiny/manifest.json");
-    if path.is_file() && path.with_file_name("model.onnx").is_file() {
-        Some(path)
-    } else {
-        eprintln!("skipping: {} is missing (run `make deps`)", path.display());
-        None
-    }
-}
-
-/// The nominal textile JPEGs (250x250, about 21 KB each), or `None` (with a message).
-fn textile() -> Option<Vec<PathBuf>> {
-    let dir = deps().join("data/textile/nominal");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    files.sort();
-    if files.len() >= 8 {
-        Some(files)
-    } else {
-        eprintln!("skipping: {} is missing (run `make deps`)", dir.display());
-        None
-    }
+/// The nominal textile JPEGs (250x250, about 21 KB each), sorted; fails the test without them.
+fn textile() -> Vec<PathBuf> {
+    require_textile_nominal(8)
 }
 
 fn logsad(args: &[&str]) -> Output {
@@ -171,9 +147,8 @@ fn clockwise(image: &RgbImage) -> RgbImage {
 /// without the tag, pixel for pixel, and scores as the image whose pixels really are turned.
 #[test]
 fn exif_orientation_6_is_the_clockwise_quarter_turn() {
-    let (Some(model), Some(textile)) = (tiny(), textile()) else {
-        return;
-    };
+    let model = tiny_manifest();
+    let textile = textile();
     let dir = tempfile::tempdir().unwrap();
     // 200 wide, 250 high, as a portrait phone photo: the turn changes the shape too.
     let upright = image::open(&textile[6]).unwrap().crop_imm(0, 0, 200, 250);
@@ -262,9 +237,8 @@ fn every_exif_orientation_on_an_asymmetric_image() {
 /// with the other files and exits non-zero with the count, `enroll` refuses it by name.
 #[test]
 fn truncated_jpeg() {
-    let (Some(model), Some(textile)) = (tiny(), textile()) else {
-        return;
-    };
+    let model = tiny_manifest();
+    let textile = textile();
     let dir = tempfile::tempdir().unwrap();
     let whole = std::fs::read(&textile[5]).unwrap();
     assert!(whole.len() > 8_000, "{} bytes", whole.len());
@@ -336,9 +310,8 @@ fn truncated_jpeg() {
 /// command (as files given by name and inside a folder).
 #[test]
 fn content_decides_the_format() {
-    let (Some(model), Some(textile)) = (tiny(), textile()) else {
-        return;
-    };
+    let model = tiny_manifest();
+    let textile = textile();
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
     std::fs::create_dir(&images).unwrap();
@@ -376,9 +349,8 @@ fn content_decides_the_format() {
 /// the scores they get on their own.
 #[test]
 fn empty_file_in_a_folder() {
-    let (Some(model), Some(textile)) = (tiny(), textile()) else {
-        return;
-    };
+    let model = tiny_manifest();
+    let textile = textile();
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
     std::fs::create_dir(&images).unwrap();
@@ -429,9 +401,8 @@ fn empty_file_in_a_folder() {
 /// stops quietly with exit status 0.
 #[test]
 fn closed_pipe_ends_quietly() {
-    let (Some(model), Some(textile)) = (tiny(), textile()) else {
-        return;
-    };
+    let model = tiny_manifest();
+    let textile = textile();
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
     std::fs::create_dir(&images).unwrap();
@@ -472,7 +443,7 @@ fn closed_pipe_ends_quietly() {
 /// standard error, and exits non-zero with the count after writing its report.
 #[test]
 fn eval_leaves_out_unreadable_test_images() {
-    let Some(model) = tiny() else { return };
+    let model = tiny_manifest();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("fabric");
     gstlogsad::eval::dataset::testing::write_miniature(

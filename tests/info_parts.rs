@@ -4,8 +4,8 @@
 //! several detectors: the per-detector table and the per-image detector scores and fired rules
 //! of report.json.
 //!
-//! Needs the tiny model of `make deps` (`.deps/models/tiny`); the tests skip with a message
-//! without it.
+//! Needs the tiny model of `make deps` (`.deps/models/tiny`); the tests fail naming it without
+//! it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,22 +17,8 @@ use gstlogsad::imageio;
 use gstlogsad::inspector::{self, PartLayout};
 use gstlogsad::profile::Profile;
 
-fn deps() -> PathBuf {
-    std::env::var_os("LOGSAD_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps"))
-}
-
-/// The tiny test model, or `None` (with a message) when `make deps` has not prepared it.
-fn tiny() -> Option<PathBuf> {
-    let path = deps().join("models/tiny/manifest.json");
-    if path.is_file() && path.with_file_name("model.onnx").is_file() {
-        Some(path)
-    } else {
-        eprintln!("skipping: {} is missing (run `make deps`)", path.display());
-        None
-    }
-}
+mod common;
+use common::tiny_manifest;
 
 fn logsad(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_logsad"))
@@ -87,7 +73,7 @@ fn enroll(model: &Path, category: &Path, preset: &str, out: &Path) {
 
 #[test]
 fn info_summary_and_parts_picture() {
-    let Some(model) = tiny() else { return };
+    let model = tiny_manifest();
     let dir = tempfile::tempdir().unwrap();
     let bottle = scenes(dir.path()).join("bottle");
     let profile_path = dir.path().join("bottle.logsad");
@@ -197,7 +183,7 @@ fn info_summary_and_parts_picture() {
 /// report.json holds every image's detector scores and fired rules and each detector's AUROC.
 #[test]
 fn eval_reports_each_detector() {
-    let Some(model) = tiny() else { return };
+    let model = tiny_manifest();
     let dir = tempfile::tempdir().unwrap();
     let root = scenes(dir.path());
     let out = dir.path().join("eval");

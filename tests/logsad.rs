@@ -4,7 +4,8 @@
 //! real DINOv2 backbone on textile images, and reading the metadata from Python.
 //!
 //! Needs what `make deps` prepares in `.deps/`: ONNX Runtime, the tiny model (`models/tiny`), the
-//! DINOv2 ViT-S/14 model and the textile images (the test using the last two skips without them).
+//! DINOv2 ViT-S/14 model and the textile images, and the release plugin with Debian's python3 and
+//! PyGObject for the Python test; a test fails naming what it needs and cannot find.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -1079,16 +1080,8 @@ fn bad_models_are_clear_errors() {
 #[test]
 fn real_model_textile() {
     init();
-    let manifest = deps().join("models/dinov2-vits14-224/manifest.json");
-    let textile = deps().join("data/textile");
-    if !manifest.with_file_name("model.onnx").is_file() || !textile.join("nominal").is_dir() {
-        eprintln!(
-            "SKIPPED real_model_textile: {} or {} is missing (run `make deps`)",
-            manifest.with_file_name("model.onnx").display(),
-            textile.display()
-        );
-        return;
-    }
+    let manifest = require_dinov2();
+    let textile = require_textile();
     let nominal = |i: u32| textile.join(format!("nominal/textile_{i:04}.jpg"));
     let references = vec![nominal(1), nominal(2)];
     let validation = vec![nominal(3), nominal(4), nominal(5)];
@@ -1198,17 +1191,28 @@ fn real_model_textile() {
 
 /// The plugin library: the one cargo built with this test binary (`target/<profile>/deps`, where
 /// the cdylib lands; cargo copies it up one level only on `cargo build`), else the one
-/// `cargo build --release` left in `target/release`.
-fn built_plugin() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let deps_dir = exe.parent()?;
-    [
+/// `cargo build --release` left in `target/release`; fails the test naming them without one.
+fn built_plugin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let deps_dir = exe.parent().expect("the test binary's folder");
+    let candidates = [
         deps_dir.join("libgstlogsad.so"),
-        deps_dir.parent()?.join("libgstlogsad.so"),
+        deps_dir
+            .parent()
+            .unwrap_or(deps_dir)
+            .join("libgstlogsad.so"),
         root().join("target/release/libgstlogsad.so"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "the plugin library is missing: none of {candidates:?} exists. Run `make build` \
+                 (`make deps` and `cargo build --release --locked`); `make test` does it first."
+            )
+        })
 }
 
 /// Python (PyGObject) reads the custom meta's structure, map and regions through the installed
@@ -1217,14 +1221,10 @@ fn built_plugin() -> Option<PathBuf> {
 #[test]
 fn metadata_is_readable_from_python() {
     let python = Path::new("/usr/bin/python3");
-    let Some(plugin) = built_plugin().filter(|_| python.is_file()) else {
-        eprintln!(
-            "SKIPPED metadata_is_readable_from_python: no libgstlogsad.so beside the test binary \
-             or in target/release (run `cargo build --release`), or no {}",
-            python.display()
-        );
-        return;
-    };
+    if !python.is_file() {
+        missing("Debian's python3 (with python3-gi)", python);
+    }
+    let plugin = built_plugin();
     let t = tiny();
     // A folder with only our plugin, and a registry of our own, so nothing stale is picked up.
     let plugins = t.dir.path().join("plugins");

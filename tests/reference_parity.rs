@@ -9,7 +9,7 @@
 //! axis then shrinking and the other growing to the model input.
 //!
 //! Needs what `make deps` prepares in `.deps/`: the DINOv2 model, the textile images and the
-//! venv's onnxruntime (skips with a message without them).
+//! venv's onnxruntime (fails naming what is missing without them).
 
 use gstlogsad::detect::preprocess::Resample;
 use gstlogsad::detect::tiling::Tiling;
@@ -22,13 +22,11 @@ use gstlogsad::profile::PatchSpec;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::{require_dinov2, require_python_modules, require_textile};
+
 /// A crop: left, top, width, height in pixels.
 type Crop = (u32, u32, u32, u32);
-fn deps() -> PathBuf {
-    std::env::var_os("LOGSAD_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps"))
-}
 
 /// Writes `source` as an RGB PNG in `dir`, cropped to `(x, y, width, height)` when given.
 fn to_png(source: &Path, crop: Option<Crop>, dir: &Path, name: &str) -> PathBuf {
@@ -124,25 +122,9 @@ fn python_scores(
 
 #[test]
 fn faithful_scores_match_the_numpy_reference() {
-    let manifest = deps().join("models/dinov2-vits14-224/manifest.json");
-    let textile = deps().join("data/textile");
-    let python = deps().join("venv/bin/python");
-    if !manifest.with_file_name("model.onnx").is_file() || !textile.join("nominal").is_dir() {
-        eprintln!("SKIPPED faithful_scores_match_the_numpy_reference: run `make deps` first");
-        return;
-    }
-    let has_onnxruntime = Command::new(&python)
-        .args(["-c", "import numpy, onnxruntime"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_onnxruntime {
-        eprintln!(
-            "SKIPPED faithful_scores_match_the_numpy_reference: no onnxruntime in {} \
-             (run scripts/setup-deps.sh)",
-            python.display()
-        );
-        return;
-    }
+    let manifest = require_dinov2();
+    let textile = require_textile();
+    let python = require_python_modules(&["numpy", "onnxruntime"]);
 
     let dir = tempfile::tempdir().unwrap();
     let nominal = |i: u32| textile.join(format!("nominal/textile_{i:04}.jpg"));

@@ -2,7 +2,7 @@
 //! 11x23 px at (162, 196)) with the demo's profile (4 references, 20 validation images,
 //! `multiscale-embedding`, 2x2 tiles, median/MAD calibration) and the DINOv2 ViT-S/14 backbone.
 //!
-//! Needs what `make deps` prepares in `.deps/` (skips with a message without the model or data).
+//! Needs what `make deps` prepares in `.deps/` (fails naming the model or data it cannot find).
 
 use gstlogsad::detect::calibrate::CalibrationMethod;
 use gstlogsad::detect::regions::RegionOptions;
@@ -12,23 +12,16 @@ use gstlogsad::imageio::load_rgb;
 use gstlogsad::inspector::{self, frame_regions, JudgeOptions};
 use std::path::PathBuf;
 
-fn deps() -> PathBuf {
-    std::env::var_os("LOGSAD_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps"))
-}
+mod common;
+use common::{require_dinov2, require_textile};
 
 /// The speck's extent in frame pixels (left, top, right, bottom, inclusive), read off the image.
 const SPECK: (u32, u32, u32, u32) = (162, 196, 172, 218);
 
 #[test]
 fn one_box_frames_the_demo_speck() {
-    let manifest = deps().join("models/dinov2-vits14-224/manifest.json");
-    let textile = deps().join("data/textile");
-    if !manifest.with_file_name("model.onnx").is_file() || !textile.join("nominal").is_dir() {
-        eprintln!("SKIPPED one_box_frames_the_demo_speck: run `make deps` first");
-        return;
-    }
+    let manifest = require_dinov2();
+    let textile = require_textile();
     let nominal = |i: u32| textile.join(format!("nominal/textile_{i:04}.jpg"));
     let references: Vec<PathBuf> = (1..=4).map(nominal).collect();
     let validation: Vec<PathBuf> = (5..=24).map(nominal).collect();

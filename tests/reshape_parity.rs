@@ -4,16 +4,14 @@
 //! under the `faithful` and `multiscale-embedding` presets, enrolled on three references and
 //! three validation images; this test repeats the same commands and compares every number.
 //!
-//! Needs the DINOv2 model and the textile images that `make deps` prepares (skips without them).
+//! Needs the DINOv2 model and the textile images that `make deps` prepares (fails naming what is
+//! missing without them).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn deps() -> PathBuf {
-    std::env::var_os("LOGSAD_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps"))
-}
+mod common;
+use common::{require_dinov2, require_textile};
 
 fn logsad(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_logsad"))
@@ -46,14 +44,9 @@ fn assert_close(what: &str, before: f64, after: f64, tolerance: f64) {
 
 #[test]
 fn preset_scores_are_those_from_before_the_reshape() {
-    let data = deps().join("data/textile");
-    if !data.join("nominal/textile_0001.jpg").exists() {
-        eprintln!(
-            "skipping: no textile data in {} (run make deps)",
-            data.display()
-        );
-        return;
-    }
+    // `logsad enroll` without `--model` uses the default backbone.
+    require_dinov2();
+    let data = require_textile();
     let rel = |p: &Path| p.to_str().unwrap().to_owned();
     let image = |kind: &str, n: u32| rel(&data.join(format!("{kind}/textile_{n:04}.jpg")));
     let fixture = std::fs::read_to_string(

@@ -13,11 +13,7 @@ use std::time::Duration;
 
 #[test]
 fn timings_split_the_frame_and_flops_count_every_matched_block() {
-    let textile = common::deps().join("data/textile/nominal");
-    if !textile.is_dir() {
-        eprintln!("SKIPPED: run `make deps` first");
-        return;
-    }
+    let textile = common::require_textile().join("nominal");
     let nominal = |i: usize| textile.join(format!("textile_{i:04}.jpg"));
     let references: Vec<PathBuf> = (1..=4).map(nominal).collect();
     let validation: Vec<PathBuf> = (5..=8).map(nominal).collect();

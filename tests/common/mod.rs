@@ -24,20 +24,107 @@ pub fn deps() -> PathBuf {
         .unwrap_or_else(|| root().join(".deps"))
 }
 
-/// The tiny test model (28x28 input, 2x2 token grid, 8 channels, 4 stages, seed 0).
-pub fn tiny_manifest() -> PathBuf {
-    let path = deps().join("models/tiny/manifest.json");
-    assert!(
-        path.is_file() && path.with_file_name("model.onnx").is_file(),
-        "{} is missing: run `make deps` (or models/make_test_model.py --out .deps/models/tiny)",
+// What `make deps` (scripts/setup-deps.sh) prepares. A test that needs one of these and cannot
+// find it fails naming it: it never passes without having run. `make test` runs the set-up first.
+
+/// Fails the test: `what` (at `path`) is missing, and `make deps` prepares it.
+#[track_caller]
+pub fn missing(what: &str, path: &Path) -> ! {
+    panic!(
+        "missing {what}: {} does not exist. Run `make deps` (scripts/setup-deps.sh), which \
+         prepares it in .deps/ (or $LOGSAD_DATA_DIR).",
         path.display()
-    );
+    )
+}
+
+/// The manifest of the model in `.deps/models/<name>`, after checking that it and its
+/// `model.onnx` are there.
+#[track_caller]
+pub fn require_model(name: &str) -> PathBuf {
+    let path = deps().join("models").join(name).join("manifest.json");
+    for file in [path.clone(), path.with_file_name("model.onnx")] {
+        if !file.is_file() {
+            missing(&format!("the model {name}"), &file);
+        }
+    }
     path
+}
+
+/// The tiny test model (28x28 input, 2x2 token grid, 8 channels, 4 stages, seed 0).
+#[track_caller]
+pub fn tiny_manifest() -> PathBuf {
+    require_model("tiny")
+}
+
+/// The default backbone, DINOv2 ViT-S/14 at 224 px: its manifest.
+#[track_caller]
+pub fn require_dinov2() -> PathBuf {
+    require_model("dinov2-vits14-224")
+}
+
+/// The textile sample images: `.deps/data/textile`, after checking that its `nominal`, `local`
+/// and `global` folders are there.
+#[track_caller]
+pub fn require_textile() -> PathBuf {
+    let root = deps().join("data/textile");
+    for kind in ["nominal", "local", "global"] {
+        let dir = root.join(kind);
+        if !dir.is_dir() {
+            missing("the textile images", &dir);
+        }
+    }
+    root
+}
+
+/// The nominal textile JPEGs, sorted by name (at least `count` of them).
+#[track_caller]
+pub fn require_textile_nominal(count: usize) -> Vec<PathBuf> {
+    let dir = require_textile().join("nominal");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= count,
+        "{} holds {} images, {count} are needed: run `make deps` (scripts/setup-deps.sh)",
+        dir.display(),
+        files.len()
+    );
+    files
+}
+
+/// The project's Python, `.deps/venv/bin/python`.
+#[track_caller]
+pub fn require_python() -> PathBuf {
+    let python = deps().join("venv/bin/python");
+    if !python.is_file() {
+        missing("the project's Python (venv)", &python);
+    }
+    python
+}
+
+/// The project's Python, after checking that it imports every module of `modules`.
+#[track_caller]
+pub fn require_python_modules(modules: &[&str]) -> PathBuf {
+    let python = require_python();
+    let import = format!("import {}", modules.join(", "));
+    let output = std::process::Command::new(&python)
+        .args(["-c", &import])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    assert!(
+        output.status.success(),
+        "{} cannot `{import}`: run `make deps` (scripts/setup-deps.sh), which installs them:\n{}",
+        python.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    python
 }
 
 /// Writes a tiny test model with `models/make_test_model.py` into `out`; returns its manifest.
 pub fn make_tiny_model(out: &Path, seed: u32) -> PathBuf {
-    let python = deps().join("venv/bin/python");
+    let python = require_python();
     let status = std::process::Command::new(&python)
         .arg(root().join("models/make_test_model.py"))
         .arg("--out")
