@@ -205,6 +205,18 @@ pub struct PartOptions {
     pub masks: Option<MaskStage>,
 }
 
+impl PartOptions {
+    /// Parts at pixel resolution with the default mask stage and colour weight
+    /// ([`MASK_COLOUR_WEIGHT`]): what `logsad enroll --preset logsad` uses unless told otherwise.
+    pub fn pixels() -> Self {
+        PartOptions {
+            colour_weight: MASK_COLOUR_WEIGHT,
+            masks: Some(MaskStage::default()),
+            ..PartOptions::default()
+        }
+    }
+}
+
 impl Default for PartOptions {
     fn default() -> Self {
         PartOptions {

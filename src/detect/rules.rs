@@ -1729,6 +1729,9 @@ pub struct LearnOptions {
     /// only when it fires on at most this many of the nominal layouts it did not learn from;
     /// `None` keeps every learned rule.
     pub max_held_out_fires: Option<usize>,
+    /// The held-out check learns with the ratio and position margins scaled by this factor
+    /// (default [`HELD_OUT_MARGIN_SCALE`]): a rule must hold with part of its margin to spare.
+    pub held_out_margin_scale: f64,
     /// Measure positions in the references' pose ([`ReferenceStats::pose`]), so that a part's
     /// place survives a shift or a turn of the whole object; false: in the frame.
     pub align_pose: bool,
@@ -1744,6 +1747,7 @@ impl Default for LearnOptions {
             connectivity: Connectivity::Eight,
             min_component_cells: 1,
             max_held_out_fires: Some(0),
+            held_out_margin_scale: HELD_OUT_MARGIN_SCALE,
             align_pose: true,
         }
     }
@@ -2106,13 +2110,13 @@ pub struct UnstableRule {
     pub held_out: usize,
 }
 
-/// The held-out check of [`learn_held_out_rules`] learns with the ratio and position margins
-/// scaled by this factor, chosen on the tuning family of `logsad synth --loco`.
-pub const HELD_OUT_MARGIN_SCALE: f64 = 0.5;
+/// The default [`LearnOptions::held_out_margin_scale`], chosen on the tuning family of
+/// `logsad synth --loco`.
+pub const HELD_OUT_MARGIN_SCALE: f64 = 0.25;
 
 /// [`learn_rules`] on all `nominal` layouts, keeping only the rules that hold on good frames
 /// they did not learn from: for each layout, the rules learned from the others, with margins
-/// scaled by [`HELD_OUT_MARGIN_SCALE`], are evaluated on it (leave-one-out); a rule (by [`Rule::name`]) that fires on more than `max_fired` held-out
+/// scaled by [`LearnOptions::held_out_margin_scale`], are evaluated on it (leave-one-out); a rule (by [`Rule::name`]) that fires on more than `max_fired` held-out
 /// layouts is left out, since its range is narrower than the product's nominal variation and
 /// it would fire on good frames. Returns the kept rules, the statistics of all layouts and the
 /// rules left out, in the order learned. With fewer than 3 layouts every rule is kept (one
@@ -2132,8 +2136,8 @@ pub fn learn_held_out_rules(
     // A rule must hold on the frames it did not learn from with a fraction of its margin to
     // spare: a handful of good frames under-samples the tails of the nominal variation.
     let strict = LearnOptions {
-        ratio_margin: options.ratio_margin * HELD_OUT_MARGIN_SCALE,
-        position_margin: options.position_margin * HELD_OUT_MARGIN_SCALE,
+        ratio_margin: options.ratio_margin * options.held_out_margin_scale,
+        position_margin: options.position_margin * options.held_out_margin_scale,
         ..options.clone()
     };
     let mut fired: BTreeMap<String, usize> = BTreeMap::new();

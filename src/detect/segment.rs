@@ -177,11 +177,25 @@ impl MaskGenerator for GraphSegmenter {
         self.validate()?;
         let (width, height) = self.working_size(image.width, image.height);
         let lab = lab_image(image, width, height)?;
-        let smooth = gaussian_blur(&lab, width, height, self.sigma);
+        self.segment_lab(&lab, width, height)
+    }
+}
+
+impl GraphSegmenter {
+    /// [`MaskGenerator::segment`] of a frame already resized to its working size and converted
+    /// to CIELAB ([`lab_image`]), for callers that need the colours too.
+    pub fn segment_lab(
+        &self,
+        lab: &[[f32; 3]],
+        width: usize,
+        height: usize,
+    ) -> Result<SegmentMap, SegmentError> {
+        self.validate()?;
+        let smooth = gaussian_blur(lab, width, height, self.sigma);
         let graph = felzenszwalb(&smooth, width, height, self.scale, self.min_size);
         Ok(merge_similar(
             &graph,
-            &lab,
+            lab,
             self.merge_distance,
             self.lightness_weight,
         ))
@@ -231,15 +245,22 @@ pub fn lab_image(
 
 /// One sRGB colour (8 bits per channel) in CIELAB (D65 white).
 pub fn srgb_to_lab(rgb: [u8; 3]) -> [f32; 3] {
-    let linear = |c: u8| {
-        let c = c as f32 / 255.0;
-        if c <= 0.04045 {
-            c / 12.92
-        } else {
-            ((c + 0.055) / 1.055).powf(2.4)
-        }
-    };
-    let (r, g, b) = (linear(rgb[0]), linear(rgb[1]), linear(rgb[2]));
+    static LINEAR: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    let linear = LINEAR.get_or_init(|| {
+        std::array::from_fn(|i| {
+            let c = i as f32 / 255.0;
+            if c <= 0.04045 {
+                c / 12.92
+            } else {
+                ((c + 0.055) / 1.055).powf(2.4)
+            }
+        })
+    });
+    let (r, g, b) = (
+        linear[rgb[0] as usize],
+        linear[rgb[1] as usize],
+        linear[rgb[2] as usize],
+    );
     let x = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047;
     let y = 0.2126 * r + 0.7152 * g + 0.0722 * b;
     let z = (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883;
@@ -370,7 +391,9 @@ pub fn felzenszwalb(
             }
         }
     }
-    edges.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    // Non-negative floats order as their bit patterns; ties in pixel order keep it
+    // deterministic.
+    edges.sort_unstable_by_key(|&(w, a, b)| ((w.to_bits() as u64) << 32 | a as u64, b));
     let mut sets = DisjointSets::new(width * height);
     for &(weight, a, b) in &edges {
         let (ra, rb) = (sets.find(a as usize), sets.find(b as usize));

@@ -232,12 +232,13 @@ fn segmented(
     features: &PatchFeatures,
     image: &RgbImage,
 ) -> Result<SegmentedImage, PartError> {
+    let (width, height) = stage.segmenter.working_size(image.width, image.height);
+    let lab = lab_image(image, width, height)
+        .map_err(|e| PartError::InvalidModel(format!("mask generator: {e}")))?;
     let map = stage
         .segmenter
-        .segment(image)
+        .segment_lab(&lab, width, height)
         .map_err(|e| PartError::InvalidModel(format!("mask generator: {e}")))?;
-    let lab = lab_image(image, map.width, map.height)
-        .map_err(|e| PartError::InvalidModel(e.to_string()))?;
     let cells = super::cell_features(features, stages)?;
     let dim = features.dim * stages.len();
     let features = segment_features(
