@@ -29,13 +29,29 @@
 //! (case-insensitive); only the files directly inside a folder count, and names starting
 //! with `.` are skipped. Lists are sorted by path (for files of one folder: by name, byte-wise).
 //! Missing masks of anomalous MVTec AD / LOCO images are not an error: the mask list is empty.
+//!
+//! **Anomaly subtypes** ([`Sample::subtype`]) of the anomalous test images of an MVTec category
+//! (AD or LOCO), from two sources, in this order (see [`subtypes_of_category`]):
+//!
+//! 1. `<category>/defects_config.json` ([`DEFECTS_CONFIG`], the MVTec LOCO convention): a JSON
+//!    list of `{"defect_name": "...", "pixel_value": 0..=255, ...}` (other fields ignored). Each
+//!    mask of an image carries its defect's `pixel_value` on its non-zero pixels; see
+//!    [`masks_subtype`].
+//! 2. `<category>/logic.json` ([`LOGIC_KEY`], written by `logsad synth --loco`): an object whose
+//!    `test` list holds `{"image": "test/logical_anomalies/000.png", "anomaly": "missing_pin"
+//!    | null, ...}` (`image` relative to the category folder, other fields ignored); `anomaly`
+//!    is the subtype. Used for the images the first source leaves without a subtype.
+//!
+//! Good images and anomalous images neither source names keep `None`.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use image::GrayImage;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +63,13 @@ pub const PLAIN_GOOD_FOLDERS: [&str; 4] = ["good", "nominal", "normal", "ok"];
 
 /// The VisA split file, relative to the dataset root.
 pub const VISA_CSV: &str = "split_csv/1cls.csv";
+
+/// The MVTec LOCO file naming each category's defect types and their mask pixel values,
+/// relative to the category folder.
+pub const DEFECTS_CONFIG: &str = "defects_config.json";
+
+/// The answer key of synthetic scenes (`logsad synth --loco`), relative to the category folder.
+pub const LOGIC_KEY: &str = "logic.json";
 
 /// Default number of validation images taken from the end of the training images.
 pub const DEFAULT_VALIDATION_COUNT: usize = 20;
@@ -136,6 +159,12 @@ pub struct Sample {
     pub split: Option<Split>,
     /// Ground-truth masks (0..n); their union marks the anomalous pixels.
     pub masks: Vec<PathBuf>,
+    /// Anomaly subtype of an anomalous sample (such as `missing_pin` or
+    /// `missing_almonds+extra_banana`), from the category's `defects_config.json` and masks or
+    /// its `logic.json` (see the module documentation); `None` for good samples, for other
+    /// layouts and where neither names one. Absent from older serialisations: `None`.
+    #[serde(default)]
+    pub subtype: Option<String>,
 }
 
 impl Sample {
@@ -553,16 +582,168 @@ fn load_mvtec_category(name: String, dir: &Path, layout: Layout) -> Result<Categ
                 defect: kind.clone(),
                 split,
                 masks,
+                subtype: None,
             });
         }
     }
     test.sort_by(|a, b| a.path.cmp(&b.path));
+    subtypes_of_category(dir, &mut test)?;
     Ok(Category {
         name,
         train,
         validation,
         test,
     })
+}
+
+// --- Anomaly subtypes
+
+/// Reads `defects_config.json` (MVTec LOCO): a JSON list of objects with `defect_name` (a
+/// string) and `pixel_value` (an integer 0..=255); other fields are ignored. Returns the
+/// defect name of each pixel value (the first entry wins where a value is listed twice).
+pub fn read_defects_config(path: &Path) -> Result<BTreeMap<u8, String>, DatasetError> {
+    #[derive(Deserialize)]
+    struct Entry {
+        defect_name: String,
+        pixel_value: u8,
+    }
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let entries: Vec<Entry> = serde_json::from_str(&text).map_err(|e| DatasetError::Invalid {
+        path: path.to_path_buf(),
+        message: format!(
+            "expected a list of {{\"defect_name\": ..., \"pixel_value\": 0..255}}: {e}"
+        ),
+    })?;
+    let mut names = BTreeMap::new();
+    for entry in entries {
+        names.entry(entry.pixel_value).or_insert(entry.defect_name);
+    }
+    Ok(names)
+}
+
+/// Reads the test list of a `logic.json` answer key: each entry's `image` (relative to the
+/// category folder, `/`-separated) with its `anomaly` (a string, or `null` / absent for good
+/// and structural images). Entries without a string `image` are skipped; other fields are
+/// ignored. Errors when the file is not JSON or has no `test` list.
+pub fn read_logic_key(path: &Path) -> Result<Vec<(PathBuf, Option<String>)>, DatasetError> {
+    let invalid = |message: String| DatasetError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let test = value
+        .get("test")
+        .and_then(|t| t.as_array())
+        .ok_or_else(|| invalid("expected an object with a `test` list".into()))?;
+    Ok(test
+        .iter()
+        .filter_map(|entry| {
+            let image = entry.get("image")?.as_str()?;
+            let anomaly = entry
+                .get("anomaly")
+                .and_then(|a| a.as_str())
+                .map(str::to_string);
+            Some((image.split('/').collect::<PathBuf>(), anomaly))
+        })
+        .collect())
+}
+
+/// The subtype of an image from its ground-truth masks and the pixel values of
+/// [`read_defects_config`]: each mask names the defect of its most frequent non-zero pixel
+/// value among those `names` knows (ties: the smaller value); a mask with none names nothing.
+/// The distinct names, sorted, are joined with `+`; `None` when no mask names one.
+pub fn masks_subtype(masks: &[GrayImage], names: &BTreeMap<u8, String>) -> Option<String> {
+    let mut found = BTreeSet::new();
+    for mask in masks {
+        let mut counts = [0usize; 256];
+        for &v in mask.as_raw() {
+            counts[v as usize] += 1;
+        }
+        let best = (1..256)
+            .filter(|&v| counts[v] > 0 && names.contains_key(&(v as u8)))
+            .max_by(|&a, &b| counts[a].cmp(&counts[b]).then(b.cmp(&a)));
+        if let Some(v) = best {
+            found.insert(names[&(v as u8)].as_str());
+        }
+    }
+    (!found.is_empty()).then(|| found.into_iter().collect::<Vec<_>>().join("+"))
+}
+
+/// Reads an 8-bit grey mask as stored (values are not rescaled).
+fn read_mask(path: &Path) -> Result<GrayImage> {
+    crate::imageio::load(path)
+        .map(|m| m.into_luma8())
+        .map_err(|e| DatasetError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("cannot read the mask: {e}"),
+        })
+}
+
+/// Fills [`Sample::subtype`] of the anomalous samples of the category in `dir`: from
+/// `defects_config.json` and each sample's masks where the file exists (the masks are decoded
+/// here, on several threads), then from `logic.json` for those still without one. Neither
+/// file: nothing changes.
+pub fn subtypes_of_category(dir: &Path, test: &mut [Sample]) -> Result<(), DatasetError> {
+    let config = dir.join(DEFECTS_CONFIG);
+    if config.is_file() {
+        let names = read_defects_config(&config)?;
+        let wanted: Vec<usize> = (0..test.len())
+            .filter(|&i| test[i].anomalous && !test[i].masks.is_empty())
+            .collect();
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8)
+            .min(wanted.len().max(1));
+        let samples: &[Sample] = test;
+        let found: Vec<Result<(usize, Option<String>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|w| {
+                    let (wanted, names) = (&wanted, &names);
+                    scope.spawn(move || {
+                        wanted
+                            .iter()
+                            .skip(w)
+                            .step_by(workers)
+                            .map(|&i| {
+                                let masks = samples[i]
+                                    .masks
+                                    .iter()
+                                    .map(|p| read_mask(p))
+                                    .collect::<Result<Vec<_>>>()?;
+                                Ok((i, masks_subtype(&masks, names)))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("mask reader panicked"))
+                .collect()
+        });
+        for result in found {
+            let (i, subtype) = result?;
+            test[i].subtype = subtype;
+        }
+    }
+    let key = dir.join(LOGIC_KEY);
+    if key.is_file() && test.iter().any(|s| s.anomalous && s.subtype.is_none()) {
+        let entries: HashMap<PathBuf, Option<String>> = read_logic_key(&key)?.into_iter().collect();
+        for sample in test
+            .iter_mut()
+            .filter(|s| s.anomalous && s.subtype.is_none())
+        {
+            let Ok(rel) = sample.path.strip_prefix(dir) else {
+                continue;
+            };
+            if let Some(Some(anomaly)) = entries.get(rel) {
+                sample.subtype = Some(anomaly.clone());
+            }
+        }
+    }
+    Ok(())
 }
 
 // --- VisA
@@ -681,6 +862,7 @@ fn load_visa(root: &Path) -> Result<Vec<Category>> {
                     defect,
                     split: None,
                     masks,
+                    subtype: None,
                 });
             }
             other => return Err(csv_err(format!("split '{other}' (expected train or test)"))),
@@ -884,6 +1066,7 @@ fn load_plain_category(root: PlainRoot) -> Result<Category> {
             defect: "good".into(),
             split: None,
             masks: Vec::new(),
+            subtype: None,
         })
         .collect();
     for (defect, dir) in &root.defects {
@@ -894,6 +1077,7 @@ fn load_plain_category(root: PlainRoot) -> Result<Category> {
                 defect: defect.clone(),
                 split: None,
                 masks: Vec::new(),
+                subtype: None,
             });
         }
     }
@@ -1461,6 +1645,193 @@ mod tests {
             names(&tile.test[4].masks, root),
             ["tile/ground_truth/hole/000_mask.png"]
         );
+    }
+
+    /// `mask` with every non-zero pixel set to `value`.
+    fn recolour(path: &Path, value: u8) {
+        let mut mask = image::open(path).unwrap().into_luma8();
+        assert!(
+            mask.pixels().any(|p| p.0[0] != 0),
+            "{} empty",
+            path.display()
+        );
+        for p in mask.pixels_mut() {
+            if p.0[0] != 0 {
+                p.0[0] = value;
+            }
+        }
+        mask.save(path).unwrap();
+    }
+
+    fn subtypes(c: &Category, root: &Path) -> Vec<(String, Option<String>)> {
+        c.test
+            .iter()
+            .map(|s| {
+                (
+                    names(std::slice::from_ref(&s.path), root)[0].clone(),
+                    s.subtype.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn owned(rows: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+        rows.iter()
+            .map(|(p, t)| (p.to_string(), t.map(str::to_string)))
+            .collect()
+    }
+
+    #[test]
+    fn masks_subtype_by_pixel_value() {
+        let names = BTreeMap::from([(255u8, "missing".to_string()), (200, "extra".to_string())]);
+        let mask = |values: &[u8]| GrayImage::from_raw(values.len() as u32, 1, values.to_vec());
+        // Most frequent known value: 200 (3 pixels) over 255 (2); 9 is unknown however frequent.
+        let a = mask(&[0, 255, 255, 200, 200, 200, 9, 9, 9, 9]).unwrap();
+        assert_eq!(
+            masks_subtype(std::slice::from_ref(&a), &names).as_deref(),
+            Some("extra")
+        );
+        // Two masks, two names: sorted and joined; a repeated name once.
+        let b = mask(&[0, 0, 255, 0]).unwrap();
+        assert_eq!(
+            masks_subtype(&[b.clone(), a.clone(), b.clone()], &names).as_deref(),
+            Some("extra+missing")
+        );
+        // A tie goes to the smaller value.
+        let tie = mask(&[255, 200]).unwrap();
+        assert_eq!(masks_subtype(&[tie], &names).as_deref(), Some("extra"));
+        // Only zero or unknown values, or no masks: none.
+        let none = mask(&[0, 9, 0]).unwrap();
+        assert_eq!(masks_subtype(&[none], &names), None);
+        assert_eq!(masks_subtype(&[], &names), None);
+    }
+
+    /// MVTec LOCO: `defects_config.json` names pixel values; each image's masks carry them.
+    /// `logic.json` fills in only what the masks leave unnamed.
+    #[test]
+    fn loco_subtypes_from_defects_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write_miniature(root, Layout::MvtecLoco).unwrap();
+        let cat = root.join("breakfast_box");
+        let gt = cat.join("ground_truth");
+        fs::write(
+            cat.join(DEFECTS_CONFIG),
+            r#"[
+  {"defect_name": "missing_almonds", "pixel_value": 255, "saturation_threshold": 2500,
+   "relative_saturation": false},
+  {"defect_name": "extra_banana", "pixel_value": 200, "saturation_threshold": 1.0,
+   "relative_saturation": true},
+  {"defect_name": "box_damaged", "pixel_value": 100, "saturation_threshold": 1.0,
+   "relative_saturation": true}
+]"#,
+        )
+        .unwrap();
+        // logical 000: masks 255 and 200; logical 001: both 200; structural 000: 100;
+        // structural 001: an unknown value, named by logic.json instead.
+        recolour(&gt.join("logical_anomalies/000/001.png"), 200);
+        recolour(&gt.join("logical_anomalies/001/000.png"), 200);
+        recolour(&gt.join("logical_anomalies/001/001.png"), 200);
+        recolour(&gt.join("structural_anomalies/000/000.png"), 100);
+        recolour(&gt.join("structural_anomalies/001/000.png"), 7);
+        let ds = load(root, None, &LoadOptions::default()).unwrap();
+        let expected = [
+            ("breakfast_box/test/good/000.png", None),
+            ("breakfast_box/test/good/001.png", None),
+            (
+                "breakfast_box/test/logical_anomalies/000.png",
+                Some("extra_banana+missing_almonds"),
+            ),
+            (
+                "breakfast_box/test/logical_anomalies/001.png",
+                Some("extra_banana"),
+            ),
+            (
+                "breakfast_box/test/structural_anomalies/000.png",
+                Some("box_damaged"),
+            ),
+            ("breakfast_box/test/structural_anomalies/001.png", None),
+        ];
+        assert_eq!(subtypes(&ds.categories[0], root), owned(&expected));
+
+        fs::write(
+            cat.join(LOGIC_KEY),
+            r#"{"category": "breakfast_box", "test": [
+  {"image": "test/logical_anomalies/000.png", "anomaly": "ignored", "broken_rules": []},
+  {"image": "test/structural_anomalies/001.png", "anomaly": "dent", "broken_rules": []},
+  {"image": "test/good/000.png", "anomaly": "not for a good image"}
+]}"#,
+        )
+        .unwrap();
+        let ds = load(root, None, &LoadOptions::default()).unwrap();
+        let mut expected = expected;
+        expected[5].1 = Some("dent");
+        assert_eq!(subtypes(&ds.categories[0], root), owned(&expected));
+
+        fs::write(
+            cat.join(DEFECTS_CONFIG),
+            r#"[{"defect_name": "x", "pixel_value": 300}]"#,
+        )
+        .unwrap();
+        let err = load(root, None, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("defects_config.json") && err.contains("pixel_value"),
+            "{err}"
+        );
+    }
+
+    /// Synthetic scenes: no `defects_config.json`; `logic.json`'s `anomaly` is the subtype.
+    #[test]
+    fn loco_subtypes_from_logic_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write_miniature(root, Layout::MvtecLoco).unwrap();
+        let cat = root.join("breakfast_box");
+        let entry = |image: &str, anomaly: Option<&str>| serde_json::json!({"image": image, "anomaly": anomaly, "broken_rules": []});
+        let key = serde_json::json!({
+            "category": "tray",
+            "rules": ["pin_count"],
+            "test": [
+                entry("test/good/000.png", None),
+                entry("test/logical_anomalies/000.png", Some("missing_pin")),
+                entry("test/logical_anomalies/001.png", Some("extra_pin")),
+                entry("test/structural_anomalies/000.png", None),
+                {"image": 3},
+            ]
+        });
+        fs::write(cat.join(LOGIC_KEY), key.to_string()).unwrap();
+        let ds = load(root, None, &LoadOptions::default()).unwrap();
+        assert_eq!(
+            subtypes(&ds.categories[0], root),
+            owned(&[
+                ("breakfast_box/test/good/000.png", None),
+                ("breakfast_box/test/good/001.png", None),
+                (
+                    "breakfast_box/test/logical_anomalies/000.png",
+                    Some("missing_pin")
+                ),
+                (
+                    "breakfast_box/test/logical_anomalies/001.png",
+                    Some("extra_pin")
+                ),
+                ("breakfast_box/test/structural_anomalies/000.png", None),
+                ("breakfast_box/test/structural_anomalies/001.png", None),
+            ])
+        );
+        // Without either file, no subtypes; a broken key is an error naming it.
+        fs::write(cat.join(LOGIC_KEY), "{\"rules\": []}").unwrap();
+        let err = load(root, None, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("logic.json") && err.contains("`test` list"),
+            "{err}"
+        );
+        fs::remove_file(cat.join(LOGIC_KEY)).unwrap();
+        let ds = load(root, None, &LoadOptions::default()).unwrap();
+        assert!(ds.categories[0].test.iter().all(|s| s.subtype.is_none()));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Evaluation reporting, GStreamer-free: per-image scores, exact pixel-level metrics over whole
-//! test sets, per-category reports with the MVTec LOCO logical/structural splits, a mean row, an
-//! aligned terminal table and JSON.
+//! test sets, per-category reports with the MVTec LOCO logical/structural splits, defect types,
+//! anomaly subtypes (with the share a composition rule caught) and detectors, a mean row,
+//! aligned terminal tables and JSON.
 //!
 //! Image-level metrics come from [`crate::detect::metrics`]. Pixel-level metrics are computed by
 //! [`PixelAccumulator`], which gives the same exact AUROC and F1-max as those functions over the
@@ -29,6 +30,11 @@ pub struct ScoredImage {
     /// MVTec LOCO anomaly kind of a defective image: `"logical"` or `"structural"`; `None` for
     /// normal images and datasets without the distinction.
     pub split: Option<String>,
+    /// Anomaly subtype of a defective image ([`crate::eval::dataset::Sample::subtype`]: such as
+    /// `missing_pin`, from `defects_config.json` and the masks or from `logic.json`); `None`
+    /// for normal images, unlabelled ones and reports written before subtypes.
+    #[serde(default)]
+    pub subtype: Option<String>,
     /// Image anomaly score, higher is more anomalous: the fused ranking score
     /// ([`crate::inspector::FrameResult::ranking_score`]), `inf` when a composition rule fired.
     /// Non-finite values are written to JSON as the strings `"inf"`, `"-inf"` and `"NaN"`.
@@ -598,6 +604,67 @@ pub struct DefectMetrics {
     pub metrics: SplitMetrics,
 }
 
+/// Image-level metrics of one anomaly subtype ([`ScoredImage::subtype`]): the category's
+/// normal images plus the anomalous images of that subtype and split, as [`DefectMetrics`]
+/// does for defect types; and how many of those anomalous images a composition rule caught.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubtypeMetrics {
+    /// Subtype name (several defects of one image joined with `+`, sorted).
+    pub subtype: String,
+    /// `"logical"` or `"structural"` (MVTec LOCO); `None` for images without a split. A
+    /// subtype found in two splits gets one entry per split.
+    pub split: Option<String>,
+    /// `images` (normal plus this subtype's), `anomalies` (this subtype's), `auroc`, `f1_max`.
+    #[serde(flatten)]
+    pub metrics: SplitMetrics,
+    /// Fraction of this subtype's anomalous images on which a composition rule fired
+    /// ([`ScoredImage::rules`] non-empty); `None` when no image of the category has a
+    /// `composition` detector score (the preset has no composition detector).
+    pub caught_by_rules: Option<f64>,
+}
+
+impl SubtypeMetrics {
+    /// One entry per (split, subtype) of the anomalous images that carry a subtype, ordered by
+    /// split (`logical`, `structural`, none) and then by name.
+    fn of_all(scores: &[ScoredImage]) -> Vec<Self> {
+        let rank = |split: &Option<String>| match split.as_deref() {
+            Some(s) if s.eq_ignore_ascii_case("logical") => 0,
+            Some(s) if s.eq_ignore_ascii_case("structural") => 1,
+            Some(_) => 2,
+            None => 3,
+        };
+        let mut keys: Vec<(&Option<String>, &str)> = scores
+            .iter()
+            .filter(|s| s.anomalous)
+            .filter_map(|s| Some((&s.split, s.subtype.as_deref()?)))
+            .collect();
+        keys.sort_by(|a, b| (rank(a.0), a.0, a.1).cmp(&(rank(b.0), b.0, b.1)));
+        keys.dedup();
+        let rules_ran = scores
+            .iter()
+            .any(|s| s.detectors.contains_key("composition"));
+        keys.into_iter()
+            .map(|(split, name)| {
+                let own = |s: &ScoredImage| {
+                    s.anomalous && s.split == *split && s.subtype.as_deref() == Some(name)
+                };
+                let metrics = SplitMetrics::of(scores.iter().filter(|s| !s.anomalous || own(s)));
+                let caught = scores
+                    .iter()
+                    .filter(|s| own(s) && !s.rules.is_empty())
+                    .count();
+                SubtypeMetrics {
+                    subtype: name.to_string(),
+                    split: split.clone(),
+                    caught_by_rules: rules_ran
+                        .then(|| caught as f64 / metrics.anomalies.max(1) as f64),
+                    metrics,
+                }
+            })
+            .collect()
+    }
+}
+
 /// Wall-clock timings of a category run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timing {
@@ -637,6 +704,10 @@ pub struct CategoryReport {
     /// One entry per defect type, in order of first appearance.
     #[serde(default)]
     pub defects: Vec<DefectMetrics>,
+    /// One entry per anomaly subtype and split ([`SubtypeMetrics::of_all`] order); empty when
+    /// no image carries a subtype, and in reports written before subtypes.
+    #[serde(default)]
+    pub subtypes: Vec<SubtypeMetrics>,
     /// Each detector's own image AUROC (overall and per LOCO split), in name order; empty
     /// when the images carry no per-detector scores.
     #[serde(default)]
@@ -661,8 +732,9 @@ fn is_split(s: &ScoredImage, name: &str) -> bool {
 }
 
 impl CategoryReport {
-    /// Computes image-level metrics from per-image scores, overall and per detector. Normal
-    /// images count in both LOCO splits and in every defect type; a split is reported only
+    /// Computes image-level metrics from per-image scores, overall, per defect type, per anomaly
+    /// subtype and per detector. Normal images count in both LOCO splits, in every defect type
+    /// and in every subtype; a split is reported only
     /// when some anomalous image carries it. The scores are kept in [`CategoryReport::per_image`].
     pub fn from_scores(
         category: impl Into<String>,
@@ -704,6 +776,7 @@ impl CategoryReport {
             logical: split("logical"),
             structural: split("structural"),
             defects,
+            subtypes: SubtypeMetrics::of_all(scores),
             detectors: DetectorMetrics::of_all(scores),
             pixel,
             boxes: Vec::new(),
@@ -955,6 +1028,41 @@ impl Report {
         Some(aligned_table(2, &header, &body, None))
     }
 
+    /// Anomaly subtypes as rows (category, split, subtype, images, image AUROC, F1-max, caught
+    /// by rules), each over the category's normal images plus that subtype's; in percent with
+    /// the alignment of [`Report::defect_table`] (three name columns), `-` where undefined
+    /// (caught by rules: no composition detector). `None` when no category has subtypes.
+    pub fn subtype_table(&self) -> Option<String> {
+        let header = [
+            "category",
+            "split",
+            "subtype",
+            "images",
+            "image AUROC",
+            "F1-max",
+            "caught by rules",
+        ]
+        .map(String::from);
+        let body: Vec<[String; 7]> = self
+            .categories
+            .iter()
+            .flat_map(|c| {
+                c.subtypes.iter().map(|t| {
+                    [
+                        c.category.clone(),
+                        t.split.clone().unwrap_or_else(|| "-".into()),
+                        t.subtype.clone(),
+                        t.metrics.images.to_string(),
+                        pct(t.metrics.auroc),
+                        pct(t.metrics.f1_max),
+                        pct(t.caught_by_rules),
+                    ]
+                })
+            })
+            .collect();
+        (!body.is_empty()).then(|| aligned_table(3, &header, &body, None))
+    }
+
     /// Rows in [`Report::defect_table`].
     pub fn defect_rows(&self) -> usize {
         self.categories.iter().map(|c| c.defects.len()).sum()
@@ -1027,6 +1135,7 @@ mod tests {
             anomalous,
             defect: if anomalous { "defect" } else { "good" }.to_string(),
             split: split.map(str::to_string),
+            subtype: None,
             score,
             detectors: BTreeMap::new(),
             rules: Vec::new(),
@@ -1606,6 +1715,203 @@ bottle    fused              100.0        -           -
         )
         .unwrap_err();
         assert!(error.to_string().contains("found \"big\""), "{error}");
+    }
+
+    /// A LOCO category with subtypes: (score, split, subtype, a rule fired). The composition
+    /// detector ran on every image (its score: the number of fired rules).
+    fn subtype_scores(composition: bool) -> Vec<ScoredImage> {
+        let inf = f64::INFINITY;
+        let rows: [(f64, Option<&str>, Option<&str>, bool); 8] = [
+            (0.1, None, None, false),
+            (0.3, None, None, false),
+            (inf, None, None, true),
+            (inf, Some("logical"), Some("missing"), true),
+            (0.2, Some("logical"), Some("missing"), false),
+            (0.4, Some("logical"), Some("extra"), false),
+            (0.35, Some("structural"), Some("missing"), false),
+            (0.9, Some("structural"), Some("scratch"), false),
+        ];
+        let mut scores: Vec<ScoredImage> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &(score, split, subtype, fired))| ScoredImage {
+                path: format!("{i}.png"),
+                subtype: subtype.map(str::to_string),
+                detectors: if composition {
+                    BTreeMap::from([("composition".to_string(), fired as u8 as f64)])
+                } else {
+                    BTreeMap::new()
+                },
+                rules: if fired {
+                    vec!["pins: 8, expected 9".to_string()]
+                } else {
+                    Vec::new()
+                },
+                ..img(score, split.is_some(), split)
+            })
+            .collect();
+        // An anomalous image without a subtype takes part in no subtype's metrics.
+        scores.push(img(0.05, true, Some("structural")));
+        scores
+    }
+
+    #[test]
+    fn per_subtype_metrics_hand_computed() {
+        let c = CategoryReport::from_scores(
+            "tray",
+            &subtype_scores(true),
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        // (split, subtype, images, anomalies, caught by rules)
+        type Row<'a> = (Option<&'a str>, &'a str, usize, usize, Option<f64>);
+        let rows: Vec<Row> = c
+            .subtypes
+            .iter()
+            .map(|t| {
+                (
+                    t.split.as_deref(),
+                    t.subtype.as_str(),
+                    t.metrics.images,
+                    t.metrics.anomalies,
+                    t.caught_by_rules,
+                )
+            })
+            .collect();
+        // Logical before structural, then by name; `missing` once per split.
+        assert_eq!(
+            rows,
+            [
+                (Some("logical"), "extra", 4, 1, Some(0.0)),
+                (Some("logical"), "missing", 5, 2, Some(0.5)),
+                (Some("structural"), "missing", 4, 1, Some(0.0)),
+                (Some("structural"), "scratch", 4, 1, Some(0.0)),
+            ]
+        );
+        // Normals 0.1, 0.3, inf. logical extra 0.4 beats two of three: 2/3, F1 at 0.4: tp 1,
+        // fp 1 -> 2/3. logical missing: inf ties inf and beats two (2.5), 0.2 beats one: 3.5/6;
+        // F1 at 0.2: tp 2, fp 2 -> 4/6. structural missing 0.35 and scratch 0.9: 2/3 each.
+        let auroc: Vec<Option<f64>> = c.subtypes.iter().map(|t| t.metrics.auroc).collect();
+        let expected = [2.0 / 3.0, 3.5 / 6.0, 2.0 / 3.0, 2.0 / 3.0];
+        for (got, want) in auroc.iter().zip(expected) {
+            assert!(close(*got, Some(want)), "{auroc:?}");
+        }
+        for t in &c.subtypes {
+            assert!(close(t.metrics.f1_max, Some(2.0 / 3.0)), "{t:?}");
+        }
+
+        // Without a composition detector: caught_by_rules is undefined, the AUROC the same.
+        let c = CategoryReport::from_scores(
+            "tray",
+            &subtype_scores(false),
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        assert_eq!(c.subtypes.len(), 4);
+        assert!(c.subtypes.iter().all(|t| t.caught_by_rules.is_none()));
+        assert!(close(c.subtypes[1].metrics.auroc, Some(3.5 / 6.0)));
+
+        // No subtypes at all: none.
+        let c = CategoryReport::from_scores(
+            "juice_bottle",
+            &loco_scores(),
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        assert!(c.subtypes.is_empty());
+
+        // Images without a split (MVTec AD style) come after the split ones.
+        let mut scores = subtype_scores(true);
+        scores.push(ScoredImage {
+            subtype: Some("crack".into()),
+            ..img(0.2, true, None)
+        });
+        let c = CategoryReport::from_scores(
+            "tray",
+            &scores,
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        let last = c.subtypes.last().unwrap();
+        assert_eq!(
+            (last.split.as_deref(), last.subtype.as_str()),
+            (None, "crack")
+        );
+        // 0.2 beats 0.1 only: 1/3; no rule fired on it.
+        assert!(close(last.metrics.auroc, Some(1.0 / 3.0)));
+        assert_eq!(last.caught_by_rules, Some(0.0));
+    }
+
+    #[test]
+    fn subtype_table_and_json() {
+        let tray = CategoryReport::from_scores(
+            "tray",
+            &subtype_scores(true),
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        let plain = CategoryReport::from_scores(
+            "kit",
+            &subtype_scores(false)[..6],
+            None,
+            Timing::default(),
+            serde_json::Value::Null,
+        );
+        let r = Report::new(vec![tray, plain]);
+        let t = r.subtype_table().unwrap();
+        // Widths: 8, 10 (structural), 7, 6, 11, 6, 15; 63 + 6 separators of 2 = 75.
+        let expected = "\
+category  split       subtype  images  image AUROC  F1-max  caught by rules
+---------------------------------------------------------------------------
+tray      logical     extra         4         66.7    66.7              0.0
+tray      logical     missing       5         58.3    66.7             50.0
+tray      structural  missing       4         66.7    66.7              0.0
+tray      structural  scratch       4         66.7    66.7              0.0
+kit       logical     extra         4         66.7    66.7                -
+kit       logical     missing       5         58.3    66.7                -
+";
+        assert_eq!(t, expected, "\n{t}");
+        assert_eq!(Report::new(Vec::new()).subtype_table(), None);
+
+        let j = r.to_json();
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        let missing = &v["categories"][0]["subtypes"][1];
+        assert_eq!(missing["subtype"], "missing");
+        assert_eq!(missing["split"], "logical");
+        assert_eq!(missing["images"], 5);
+        assert_eq!(missing["anomalies"], 2);
+        assert_eq!(missing["caught_by_rules"], 0.5);
+        assert!((missing["auroc"].as_f64().unwrap() - 3.5 / 6.0).abs() < 1e-12);
+        assert_eq!(
+            v["categories"][1]["subtypes"][0]["caught_by_rules"],
+            serde_json::Value::Null
+        );
+        assert_eq!(v["categories"][0]["per_image"][3]["subtype"], "missing");
+        assert_eq!(
+            v["categories"][0]["per_image"][0]["subtype"],
+            serde_json::Value::Null
+        );
+        assert_eq!(Report::from_json(&j).unwrap(), r);
+
+        // A report.json from before subtypes: no `subtypes`, no `subtype` per image.
+        let mut old = v.clone();
+        let category = old["categories"][0].as_object_mut().unwrap();
+        category.remove("subtypes");
+        for image in category["per_image"].as_array_mut().unwrap() {
+            image.as_object_mut().unwrap().remove("subtype");
+        }
+        let back = Report::from_json(&old.to_string()).unwrap();
+        assert!(back.categories[0].subtypes.is_empty());
+        assert!(back.categories[0]
+            .per_image
+            .iter()
+            .all(|s| s.subtype.is_none()));
+        assert_eq!(back.categories[0].per_image.len(), 9);
     }
 
     #[test]

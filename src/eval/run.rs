@@ -502,6 +502,7 @@ fn score_category(
                     anomalous: sample.anomalous,
                     defect: sample.defect.clone(),
                     split: sample.split.map(|s| s.name().to_string()),
+                    subtype: sample.subtype.clone(),
                     score: result.ranking_score(),
                     detectors: result.detector_ranking_scores().into_iter().collect(),
                     rules: result
@@ -823,6 +824,7 @@ mod tests {
             defect: defect.into(),
             split: None,
             masks: Vec::new(),
+            subtype: None,
         }
     }
 
@@ -889,6 +891,7 @@ mod tests {
             anomalous: split.is_some(),
             defect: split.unwrap_or("good").into(),
             split: split.map(str::to_string),
+            subtype: None,
             score,
             detectors: Default::default(),
             rules: Vec::new(),
