@@ -860,6 +860,9 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         if let Some(table) = report.detector_table() {
             out!("{table}");
         }
+        if let Some(table) = report.subtype_table() {
+            out!("{table}");
+        }
         if let Some(table) = report.boxes_table() {
             out!("region boxes against the masks\n{table}");
         }
