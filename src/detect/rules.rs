@@ -1265,8 +1265,7 @@ impl<'a> Frame<'a> {
     /// The frame with positions measured in the `reference` pose (see [`ReferenceStats::pose`]).
     fn aligned_to(mut self, reference: Option<Pose>) -> Self {
         let pose = reference.and_then(|_| foreground_pose(self.labels));
-        self.alignment =
-            Alignment::between(pose, reference, self.labels.width, self.labels.height);
+        self.alignment = Alignment::between(pose, reference, self.labels.width, self.labels.height);
         self
     }
 
@@ -1297,10 +1296,9 @@ impl<'a> Frame<'a> {
 
     /// An instance centroid in relative coordinates (0..1), in the references' pose.
     fn relative(&self, inst: &Instance) -> (f64, f64) {
-        let (x, y) = self.alignment.apply((
-            f64::from(inst.centroid.0),
-            f64::from(inst.centroid.1),
-        ));
+        let (x, y) = self
+            .alignment
+            .apply((f64::from(inst.centroid.0), f64::from(inst.centroid.1)));
         (x / self.labels.width as f64, y / self.labels.height as f64)
     }
 
@@ -1799,7 +1797,10 @@ fn widen_position(lo: f64, hi: f64, margin: f64, clamp: bool) -> [f64; 2] {
     if clamp {
         // Never inside the observed range: aligned to the references' pose, a part near the
         // edge may lie just outside the frame.
-        (lo, hi) = (lo.max(0.0f64.min(lo + margin)), hi.min(1.0f64.max(hi - margin)));
+        (lo, hi) = (
+            lo.max(0.0f64.min(lo + margin)),
+            hi.min(1.0f64.max(hi - margin)),
+        );
     }
     [floor3(lo), ceil3(hi)]
 }
@@ -1902,11 +1903,15 @@ pub fn learn_rules(
     // The anchor must be found alike in every frame: a part whose count varies moves its
     // centre with its pieces.
     let steady = |p: u16| frames.iter().all(|f| f.count(p) == frames[0].count(p));
-    let anchor = always.iter().copied().filter(|&p| steady(p)).max_by(|&a, &b| {
-        stat(&stats.mean_area, a)
-            .total_cmp(&stat(&stats.mean_area, b))
-            .then(b.cmp(&a))
-    });
+    let anchor = always
+        .iter()
+        .copied()
+        .filter(|&p| steady(p))
+        .max_by(|&a, &b| {
+            stat(&stats.mean_area, a)
+                .total_cmp(&stat(&stats.mean_area, b))
+                .then(b.cmp(&a))
+        });
     let mut rules = Vec::new();
 
     for &p in &parts {
@@ -2973,13 +2978,21 @@ mod tests {
         assert_eq!(pose.axis, Some(0.0));
         let upright = Scene::new(&["..1.", "..1.", "..1.", "..1."]);
         let axis = foreground_pose(&upright.map).unwrap().axis.unwrap();
-        assert!((axis.abs() - std::f64::consts::FRAC_PI_2).abs() < 1e-12, "{axis}");
+        assert!(
+            (axis.abs() - std::f64::consts::FRAC_PI_2).abs() < 1e-12,
+            "{axis}"
+        );
         // A diagonal: 45 degrees (y grows downwards).
         let diagonal = Scene::new(&["1...", ".1..", "..1.", "...1"]);
         let axis = foreground_pose(&diagonal.map).unwrap().axis.unwrap();
         assert!((axis - std::f64::consts::FRAC_PI_4).abs() < 1e-12, "{axis}");
         // A square has no axis; an empty map no pose.
-        assert_eq!(foreground_pose(&Scene::new(&["11", "11"]).map).unwrap().axis, None);
+        assert_eq!(
+            foreground_pose(&Scene::new(&["11", "11"]).map)
+                .unwrap()
+                .axis,
+            None
+        );
         assert_eq!(foreground_pose(&Scene::new(&["..", ".."]).map), None);
         // Turns between axes take the short way, modulo pi.
         assert!((axis_turn(3.0) - (3.0 - std::f64::consts::PI)).abs() < 1e-12);
@@ -3046,7 +3059,10 @@ mod tests {
         let (tolerant, _, _) = learn_held_out_rules(&layouts, &names(), &options, 1).unwrap();
         assert!(names_of(&tolerant).contains(&"count(part3)".to_string()));
         let (two, _, none) = learn_held_out_rules(&layouts[..2], &names(), &options, 0).unwrap();
-        assert_eq!(two, learn_rules(&layouts[..2], &names(), &options).unwrap().0);
+        assert_eq!(
+            two,
+            learn_rules(&layouts[..2], &names(), &options).unwrap().0
+        );
         assert!(none.is_empty());
     }
 

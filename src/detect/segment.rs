@@ -295,9 +295,15 @@ pub fn gaussian_blur(image: &[[f32; 3]], width: usize, height: usize, sigma: f32
                 for (k, &weight) in kernel.iter().enumerate() {
                     let offset = k as isize - radius;
                     let (sx, sy) = if horizontal {
-                        ((x as isize + offset).clamp(0, width as isize - 1) as usize, y)
+                        (
+                            (x as isize + offset).clamp(0, width as isize - 1) as usize,
+                            y,
+                        )
                     } else {
-                        (x, (y as isize + offset).clamp(0, height as isize - 1) as usize)
+                        (
+                            x,
+                            (y as isize + offset).clamp(0, height as isize - 1) as usize,
+                        )
                     };
                     let p = src[sy * width + sx];
                     acc.iter_mut().zip(p).for_each(|(a, v)| *a += weight * v);

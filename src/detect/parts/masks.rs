@@ -336,7 +336,8 @@ pub fn learn_mask_parts(
                     cells: sample.len(),
                 });
             }
-            (f64::INFINITY, k)
+            // No height stops the merging: only the count.
+            (f64::NEG_INFINITY, k)
         }
         None => {
             if options.max_parts < 2 {
@@ -519,8 +520,11 @@ mod tests {
         assert_eq!(cut(4, &merges, 2.0, 10), vec![0, 0, 1, 2]);
         assert_eq!(cut(4, &merges, 5.0, 10), vec![0, 0, 0, 1]);
         assert_eq!(cut(4, &merges, 100.0, 10), vec![0, 0, 0, 0]);
-        // A cap on the number of clusters goes on merging past the height.
+        // A cap on the number of clusters goes on merging past the height; with no height,
+        // merging stops at the cap (a fixed number of parts).
         assert_eq!(cut(4, &merges, 0.5, 2), vec![0, 0, 0, 1]);
+        assert_eq!(cut(4, &merges, f64::NEG_INFINITY, 3), vec![0, 0, 1, 2]);
+        assert_eq!(cut(4, &merges, f64::NEG_INFINITY, 4), vec![0, 1, 2, 3]);
     }
 
     #[test]
@@ -537,8 +541,9 @@ mod tests {
         let points: Vec<f32> = (0..24 * dim).map(|_| next()).collect();
         let n = points.len() / dim;
         let d = |i: usize, j: usize| {
-            ((points[i * 2] - points[j * 2]).powi(2) + (points[i * 2 + 1] - points[j * 2 + 1]).powi(2))
-                .sqrt() as f64
+            ((points[i * 2] - points[j * 2]).powi(2)
+                + (points[i * 2 + 1] - points[j * 2 + 1]).powi(2))
+            .sqrt() as f64
         };
         let mut clusters: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
         let mut brute = Vec::new();
@@ -561,7 +566,10 @@ mod tests {
             let joined = clusters.remove(best.2);
             clusters[best.1].extend(joined);
         }
-        let fast: Vec<f64> = average_linkage(&points, dim).iter().map(|m| m.height).collect();
+        let fast: Vec<f64> = average_linkage(&points, dim)
+            .iter()
+            .map(|m| m.height)
+            .collect();
         assert_eq!(fast.len(), brute.len());
         for (f, b) in fast.iter().zip(&brute) {
             // The points are f32: heights agree to f32 precision.
