@@ -546,7 +546,26 @@ pub fn enroll_with(
                         let learning = rule_learning(options, parts);
                         let learned = match learning.max_held_out_fires {
                             Some(max) => learn_held_out_rules(&views, &parts.names, &learning, max)
-                                .map(|(rules, stats, _)| (rules, stats)),
+                                .map(|(rules, stats, unstable)| {
+                                    if !unstable.is_empty() {
+                                        let names: Vec<String> = unstable
+                                            .iter()
+                                            .map(|u| {
+                                                format!(
+                                                    "{} ({} of {})",
+                                                    u.name, u.fired, u.held_out
+                                                )
+                                            })
+                                            .collect();
+                                        warnings.push(format!(
+                                            "{} learned rules left out: they fired on good images \
+                                             they did not learn from: {}",
+                                            unstable.len(),
+                                            names.join(", ")
+                                        ));
+                                    }
+                                    (rules, stats)
+                                }),
                             None => learn_rules(&views, &parts.names, &learning),
                         };
                         learned.map_err(|e| InspectError::Parts(format!("learning rules: {e}")))?

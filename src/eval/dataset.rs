@@ -600,7 +600,8 @@ fn load_mvtec_category(name: String, dir: &Path, layout: Layout) -> Result<Categ
 
 /// Reads `defects_config.json` (MVTec LOCO): a JSON list of objects with `defect_name` (a
 /// string) and `pixel_value` (an integer 0..=255); other fields are ignored. Returns the
-/// defect name of each pixel value (the first entry wins where a value is listed twice).
+/// defect name of each pixel value; a value listed for two different names is left out (it
+/// tells the defects apart no more: their masks name no subtype).
 pub fn read_defects_config(path: &Path) -> Result<BTreeMap<u8, String>, DatasetError> {
     #[derive(Deserialize)]
     struct Entry {
@@ -614,11 +615,20 @@ pub fn read_defects_config(path: &Path) -> Result<BTreeMap<u8, String>, DatasetE
             "expected a list of {{\"defect_name\": ..., \"pixel_value\": 0..255}}: {e}"
         ),
     })?;
-    let mut names = BTreeMap::new();
+    let mut names: BTreeMap<u8, Option<String>> = BTreeMap::new();
     for entry in entries {
-        names.entry(entry.pixel_value).or_insert(entry.defect_name);
+        let name = names
+            .entry(entry.pixel_value)
+            .or_insert(Some(entry.defect_name.clone()));
+        // One value for two defects names neither: such masks fall back to logic.json.
+        if name.as_deref() != Some(entry.defect_name.as_str()) {
+            *name = None;
+        }
     }
-    Ok(names)
+    Ok(names
+        .into_iter()
+        .filter_map(|(value, name)| Some((value, name?)))
+        .collect())
 }
 
 /// Reads the test list of a `logic.json` answer key: each entry's `image` (relative to the
@@ -1780,6 +1790,23 @@ mod tests {
             err.contains("defects_config.json") && err.contains("pixel_value"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_pixel_value_shared_by_two_defects_names_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DEFECTS_CONFIG);
+        fs::write(
+            &path,
+            r#"[{"defect_name": "missing", "pixel_value": 255},
+                {"defect_name": "extra", "pixel_value": 255},
+                {"defect_name": "scratch", "pixel_value": 100},
+                {"defect_name": "scratch", "pixel_value": 100}]"#,
+        )
+        .unwrap();
+        let names = read_defects_config(&path).unwrap();
+        assert_eq!(names.len(), 1);
+        assert_eq!(names[&100], "scratch");
     }
 
     /// Synthetic scenes: no `defects_config.json`; `logic.json`'s `anomaly` is the subtype.
