@@ -20,6 +20,7 @@ use gstlogsad::eval::run::{
 };
 use gstlogsad::imageio;
 use gstlogsad::inspector::{self, JudgeOptions};
+use gstlogsad::synth::family_b::{write_family_b, FamilyBOptions};
 use gstlogsad::synth::loco::{write_loco_scenes, LocoOptions};
 use gstlogsad::synth::{write_structural_set, StructuralSetOptions};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -92,6 +93,11 @@ struct SynthArgs {
     /// ground truth, and each category's answer key in logic.json.
     #[arg(long, conflicts_with_all = ["skip", "per_kind", "category", "sources"])]
     loco: bool,
+    /// With --loco: the family of scenes, a (tray, kit, bottle) or b (blister, terminals,
+    /// tubes: other products and looks, a held-out test; defaults 10 train, 20 validation, 30
+    /// good, 30 logical and 20 structural test images) [default: a].
+    #[arg(long, value_enum, requires = "loco")]
+    family: Option<SceneFamily>,
     /// Leave out the first N source images (to build disjoint tuning and test sets).
     #[arg(long, value_name = "N", default_value_t = 0)]
     skip: usize,
@@ -118,6 +124,13 @@ struct SynthArgs {
     /// Anomaly-free source images or folders (used in sorted order).
     #[arg(required_unless_present = "loco")]
     sources: Vec<PathBuf>,
+}
+
+/// A family of synthetic logic scenes (`synth --loco --family`).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SceneFamily {
+    A,
+    B,
 }
 
 #[derive(Args)]
@@ -1000,25 +1013,40 @@ fn run_synth(args: SynthArgs) -> Result<()> {
 }
 
 fn run_synth_loco(args: &SynthArgs) -> Result<()> {
-    let defaults = LocoOptions::default();
-    let per_test = args.per_test.unwrap_or(defaults.good);
-    let options = LocoOptions {
-        seed: args.seed,
-        train: args.train.unwrap_or(defaults.train),
-        validation: args.validation.unwrap_or(defaults.validation),
-        good: per_test,
-        logical: per_test,
-        structural: per_test,
-        ..defaults
+    let (categories, images, masks) = if args.family == Some(SceneFamily::B) {
+        let defaults = FamilyBOptions::default();
+        let options = FamilyBOptions {
+            seed: args.seed,
+            train: args.train.unwrap_or(defaults.train),
+            validation: args.validation.unwrap_or(defaults.validation),
+            good: args.per_test.unwrap_or(defaults.good),
+            logical: args.per_test.unwrap_or(defaults.logical),
+            structural: args.per_test.unwrap_or(defaults.structural),
+            ..defaults
+        };
+        let s = write_family_b(&args.out, &options).with_context(|| {
+            format!("cannot write the family b scenes to {}", args.out.display())
+        })?;
+        (s.categories, s.images, s.masks)
+    } else {
+        let defaults = LocoOptions::default();
+        let per_test = args.per_test.unwrap_or(defaults.good);
+        let options = LocoOptions {
+            seed: args.seed,
+            train: args.train.unwrap_or(defaults.train),
+            validation: args.validation.unwrap_or(defaults.validation),
+            good: per_test,
+            logical: per_test,
+            structural: per_test,
+            ..defaults
+        };
+        let s = write_loco_scenes(&args.out, &options)
+            .with_context(|| format!("cannot write the LOCO scenes to {}", args.out.display()))?;
+        (s.categories, s.images, s.masks)
     };
-    let summary = write_loco_scenes(&args.out, &options)
-        .with_context(|| format!("cannot write the LOCO scenes to {}", args.out.display()))?;
     eprintln!(
-        "wrote {}: {} categories, {} images, {} ground-truth masks (MVTec LOCO layout)",
+        "wrote {}: {categories} categories, {images} images, {masks} ground-truth masks (MVTec LOCO layout)",
         args.out.display(),
-        summary.categories,
-        summary.images,
-        summary.masks
     );
     Ok(())
 }

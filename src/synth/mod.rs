@@ -15,13 +15,16 @@
 //! separates the two. The same seed and sources give byte-identical sets.
 //!
 //! [`loco`] renders whole scenes with known logic (counts, class pairings, positions, fill
-//! levels) in the MVTec LOCO layout, logical and structural anomalies alike.
+//! levels) in the MVTec LOCO layout, logical and structural anomalies alike; [`family_b`] is a
+//! second, independent family of such scenes (other products, sizes and rendering), a held-out
+//! test for detectors tuned on the first.
 
 use image::{GrayImage, Luma, RgbImage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 
+pub mod family_b;
 pub mod loco;
 
 /// Distance of a defect's centre from the frame's edges, px: more than the longest half-extent
