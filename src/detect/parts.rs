@@ -504,27 +504,14 @@ pub fn learn_parts_with_colours(
     if counts.contains(&0) {
         return Err(PartError::Indistinct);
     }
-    let background = (0..k)
-        .max_by_key(|&c| (border[c], counts[c], std::cmp::Reverse(c)))
-        .unwrap_or(0);
-    let mut order: Vec<usize> = (0..k).filter(|&c| c != background).collect();
-    order.sort_by_key(|&c| (std::cmp::Reverse(counts[c]), c));
-    order.insert(0, background);
+    let order = background_first(&border, &counts);
     Ok(PartModel {
         centres: order
             .iter()
             .map(|&c| centres[c * dim..(c + 1) * dim].to_vec())
             .collect(),
         background: 0,
-        names: (0..k)
-            .map(|i| {
-                if i == 0 {
-                    "background".to_string()
-                } else {
-                    format!("part{i}")
-                }
-            })
-            .collect(),
+        names: part_names(k),
         stages: options.stages.clone(),
         min_cells: options.min_cells,
         connectivity: options.connectivity,
@@ -540,6 +527,30 @@ pub fn learn_parts_with_colours(
         },
         masks: None,
     })
+}
+
+/// The order parts are stored in: the background first (the class with the most `border`
+/// cells or pixels; ties: the larger `area`, then the lower index), then the others by
+/// decreasing `area` (ties: lower index). Both slices hold one value per class.
+fn background_first(border: &[usize], area: &[usize]) -> Vec<usize> {
+    let k = area.len();
+    let background = (0..k)
+        .max_by_key(|&c| (border[c], area[c], std::cmp::Reverse(c)))
+        .unwrap_or(0);
+    let mut order: Vec<usize> = (0..k).filter(|&c| c != background).collect();
+    order.sort_by_key(|&c| (std::cmp::Reverse(area[c]), c));
+    order.insert(0, background);
+    order
+}
+
+/// The names of `k` parts in stored order: `background`, `part1`, `part2`, ...
+fn part_names(k: usize) -> Vec<String> {
+    (0..k)
+        .map(|i| match i {
+            0 => "background".to_string(),
+            _ => format!("part{i}"),
+        })
+        .collect()
 }
 
 /// Merges clusters of fewer than `threshold` cells into the cluster with the nearest centre

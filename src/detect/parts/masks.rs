@@ -10,7 +10,9 @@
 //! the number of classes follows from how far apart the parts are, with no criterion that
 //! prefers few large clusters, so a class of 15 small pins stands as well as the background.
 
-use super::{centroid_cells, LabelMap, PartError, PartModel, PartOptions};
+use super::{
+    background_first, centroid_cells, part_names, LabelMap, PartError, PartModel, PartOptions,
+};
 use crate::detect::features::{normalise_rows, PatchFeatures};
 use crate::detect::preprocess::RgbImage;
 use crate::detect::segment::{lab_image, GraphSegmenter, MaskGenerator, SegmentMap};
@@ -380,24 +382,14 @@ pub fn learn_mask_parts(
             }
         }
     }
-    let background = (0..k)
-        .max_by_key(|&c| (border[c], area[c], std::cmp::Reverse(c)))
-        .unwrap_or(0);
-    let mut order: Vec<usize> = (0..k).filter(|&c| c != background).collect();
-    order.sort_by_key(|&c| (std::cmp::Reverse(area[c]), c));
-    order.insert(0, background);
+    let order = background_first(&border, &area);
     Ok(PartModel {
         centres: order
             .iter()
             .map(|&c| centres[c * dim..(c + 1) * dim].to_vec())
             .collect(),
         background: 0,
-        names: (0..k)
-            .map(|i| match i {
-                0 => "background".to_string(),
-                _ => format!("part{i}"),
-            })
-            .collect(),
+        names: part_names(k),
         stages: options.stages.clone(),
         min_cells: stage.min_area,
         connectivity: options.connectivity,
