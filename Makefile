@@ -37,7 +37,7 @@ bench: build
 	./target/release/logsad eval --preset logsad --shots 4 --no-pixel --out out/bench-logsad \
 		out/bench-loco | tail -n 1
 
-# The presets bench with ONNX Runtime's CUDA and TensorRT providers (README "GPU"); says what is
+# The presets bench with ONNX Runtime's CUDA and TensorRT providers (docs/gpu.md); says what is
 # missing and exits 0 where there is no GPU. BUNDLE=DIR runs an unpacked scripts/gpu-bundle.sh.
 bench-gpu:
 	./scripts/bench-gpu.sh

@@ -93,7 +93,7 @@ DEFECT_START=${DEFECT_START:-1}
 FPS=${FPS:-2}
 WIDTH=${WIDTH:-500}
 HEIGHT=${HEIGHT:-500}
-# Regions are cut to the cells above half the frame's peak over their tile's background (README,
+# Regions are cut to the cells above half the frame's peak over their tile's background (docs/method.md,
 # "Region boxes"): one box frames local/textile_0001's speck. Regions under 2 cells are noise.
 MIN_REGION_AREA=${MIN_REGION_AREA:-2}
 DEVICE=${DEVICE:-cpu}

@@ -48,7 +48,7 @@ A CAMERA is one of:
 Without CAMERA arguments: the textile demo. Camera 1 and 3 see nominal textile images, camera
 2 nominal ones with a local defect every 8th frame (frames 3, 11, ...), camera 4 the same with
 global defects; FRAMES images each, at FPS. With no PROFILE it enrolls one with the `fast`
-preset, the live-rate one (int8 backbone, README "The fast preset"; $OUT/multi-camera.logsad,
+preset, the live-rate one (int8 backbone, docs/results.md "The fast preset"; $OUT/multi-camera.logsad,
 4 references, 20 validation images, under a minute).
 
 Settings (environment variables, defaults in brackets):

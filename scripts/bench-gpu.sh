@@ -8,7 +8,7 @@
 #
 # Where things are looked for (first found wins):
 #   ONNX Runtime GPU  ORT_GPU_DIR; $BUNDLE/onnxruntime-gpu; onnxruntime/capi in GPU_VENV
-#                     (.deps/venv-gpu, see README "GPU"): libonnxruntime.so.* beside
+#                     (.deps/venv-gpu, see docs/gpu.md): libonnxruntime.so.* beside
 #                     libonnxruntime_providers_cuda.so (and _tensorrt.so for TensorRT)
 #   CUDA, cuDNN, TensorRT libraries  CUDA_LIB_DIRS (colon list); $BUNDLE/cuda-libs; the NVIDIA
 #                     wheels in GPU_VENV (nvidia/*/lib, tensorrt_libs); the system (ldconfig)
@@ -132,7 +132,7 @@ echo "bench-gpu: ONNX Runtime GPU build: ${ort:-not found}"
 if ((${#missing[@]} > 0)); then
     echo "bench-gpu: no GPU run on this machine. Missing:"
     for m in "${missing[@]}"; do echo "  - $m"; done
-    echo "bench-gpu: see README.md, section GPU. Nothing was measured; exiting 0."
+    echo "bench-gpu: see docs/gpu.md. Nothing was measured; exiting 0."
     exit 0
 fi
 
