@@ -118,6 +118,13 @@ if [[ ! -x $LOGSAD_BIN ]] || ! gst-inspect-1.0 logsad >/dev/null 2>&1; then
     exit 1
 fi
 
+# --- every element property documented in docs/elements.md ------------------------------------
+if "$REPO/tests/docs-elements.sh" >"$work/docs-elements.txt" 2>&1; then
+    pass "$(tail -n 1 "$work/docs-elements.txt")"
+else
+    fail "docs-elements.sh" "$(grep -v '^docs-elements: [0-9]* missing' "$work/docs-elements.txt" | tr '\n' ';')"
+fi
+
 # --- --help of every script --------------------------------------------------------------------
 for script in "$P"/*.sh; do
     name=$(basename "$script")
