@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's results table: `logsad eval` on the textile set (PyPI conformal-clip-data 0.1.4)
+# The results table of docs/results.md (Textile set): `logsad eval` on the textile set (PyPI conformal-clip-data 0.1.4)
 # for 1, 2 and 4 shots and each detector option, image AUROC nominal vs local, vs global, vs all.
 #   scripts/textile-results.sh                       # every option below
 #   scripts/textile-results.sh "--tiles 3x3"         # only the options given (one per argument)
