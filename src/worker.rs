@@ -11,6 +11,12 @@
 //! then for up to `batch_timeout` for more, and runs at most `batch_size` frames in one call.
 //! Frames whose profiles need different tilings share the calls of the tilings they have in
 //! common.
+//!
+//! Streams submit through a [`StreamMember`], which tells the worker how many frames the stream
+//! can have in flight and when it stops sending (EOS, flush, error, removal). Without a timeout
+//! (`batch_timeout: None`) a batch waits only while some active stream can still add a frame
+//! to it, so that it shrinks when streams end and a lone stream never waits for partners it
+//! cannot have ([`Membership::can_grow`]).
 
 use crate::detect::preprocess::RgbImage;
 use crate::detect::tiling::Tiling;
@@ -19,6 +25,7 @@ use crate::inspector::{Extractor, FrameFeatures, InspectError, Inspector, ModelT
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -29,7 +36,8 @@ pub struct Batching {
     /// The most frames in one inference (at least 1).
     pub batch_size: usize,
     /// How long to wait for more frames after the first one arrived; `None` waits until the
-    /// batch is full. `Some(ZERO)` takes only the frames already waiting.
+    /// batch is full or no active stream can add a frame to it. `Some(ZERO)` takes only the
+    /// frames already waiting.
     pub batch_timeout: Option<Duration>,
 }
 
@@ -66,11 +74,141 @@ struct Job {
     image: Arc<RgbImage>,
     tilings: Arc<[Tiling]>,
     reply: Reply,
+    /// The stream that sent it; `None` for a caller that waits for this one frame.
+    member: Option<MemberId>,
+}
+
+/// Identifies a [`StreamMember`] within its worker.
+type MemberId = u64;
+
+/// What the worker thread receives: frames, and news of the streams that send them.
+enum Message {
+    Job(Job),
+    /// A stream joined, or can now have this many frames in flight.
+    Capacity(MemberId, usize),
+    /// A stream sends no more frames until its next one (EOS, flush, error).
+    Idle(MemberId),
+    Left(MemberId),
+}
+
+/// One stream's state as the worker thread sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MemberState {
+    /// The most frames the stream can have in flight (its `max-in-flight`).
+    capacity: usize,
+    /// Whether more frames may come: false from joining or going idle to its next frame.
+    active: bool,
+}
+
+/// The streams of a worker, for deciding whether a batch can still grow. Knows nothing of
+/// threads; [`serve`] feeds it the [`Message`]s.
+#[derive(Debug, Default)]
+struct Membership {
+    members: HashMap<MemberId, MemberState>,
+}
+
+impl Membership {
+    fn apply(&mut self, message: &Message) {
+        match *message {
+            Message::Job(Job {
+                member: Some(id), ..
+            }) => {
+                if let Some(m) = self.members.get_mut(&id) {
+                    m.active = true;
+                }
+            }
+            Message::Job(_) => {}
+            Message::Capacity(id, capacity) => {
+                let m = self.members.entry(id).or_insert(MemberState {
+                    capacity,
+                    active: false,
+                });
+                m.capacity = capacity.max(1);
+            }
+            Message::Idle(id) => {
+                if let Some(m) = self.members.get_mut(&id) {
+                    m.active = false;
+                }
+            }
+            Message::Left(id) => {
+                self.members.remove(&id);
+            }
+        }
+    }
+
+    /// Whether any stream could still add a frame to a batch that holds `batch`: an active
+    /// stream with fewer frames in it than it may have in flight. A frame without a stream
+    /// (a caller waiting for it) adds nothing more.
+    fn can_grow(&self, batch: &[Job]) -> bool {
+        self.members.iter().any(|(&id, m)| {
+            m.active && batch.iter().filter(|job| job.member == Some(id)).count() < m.capacity
+        })
+    }
+}
+
+/// A stream's handle on a worker: its frames go through it, and it tells the worker how many
+/// frames the stream may have in flight and when it stops sending. Dropping it leaves.
+pub struct StreamMember {
+    id: MemberId,
+    worker: Arc<InferenceWorker>,
+    capacity: usize,
+}
+
+impl StreamMember {
+    /// Joins `worker` as a stream that may have up to `capacity` frames in flight. The stream
+    /// counts as active from its first frame on.
+    pub fn join(worker: Arc<InferenceWorker>, capacity: usize) -> Self {
+        let id = worker.next_member.fetch_add(1, Ordering::Relaxed);
+        let capacity = capacity.max(1);
+        worker.send(Message::Capacity(id, capacity));
+        StreamMember {
+            id,
+            worker,
+            capacity,
+        }
+    }
+
+    pub fn worker(&self) -> &Arc<InferenceWorker> {
+        &self.worker
+    }
+
+    /// Says that the stream may now have up to `capacity` frames in flight.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        let capacity = capacity.max(1);
+        if capacity != self.capacity {
+            self.capacity = capacity;
+            self.worker.send(Message::Capacity(self.id, capacity));
+        }
+    }
+
+    /// Says that the stream sends no more frames for now (EOS, flush, error): batches stop
+    /// waiting for it until its next frame.
+    pub fn idle(&self) {
+        self.worker.send(Message::Idle(self.id));
+    }
+
+    /// Queues `image` for the backbone under each of `tilings`; `reply` is called once, from
+    /// the worker's thread, with its features or the error (at once if the worker stopped).
+    pub fn submit(&self, image: Arc<RgbImage>, tilings: Arc<[Tiling]>, reply: Reply) {
+        self.worker.submit_job(Job {
+            image,
+            tilings,
+            reply,
+            member: Some(self.id),
+        });
+    }
+}
+
+impl Drop for StreamMember {
+    fn drop(&mut self) {
+        self.worker.send(Message::Left(self.id));
+    }
 }
 
 /// A loaded backbone running in its own thread. Cheap to share: hold it in an [`Arc`].
 pub struct InferenceWorker {
-    jobs: Mutex<Option<Sender<Job>>>,
+    messages: Mutex<Option<Sender<Message>>>,
+    next_member: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: ThreadId,
     manifest_path: PathBuf,
@@ -112,7 +250,8 @@ impl InferenceWorker {
             .spawn(move || serve(extractor, receiver, batching))
             .map_err(|e| WorkerError::Thread(e.to_string()))?;
         let worker = InferenceWorker {
-            jobs: Mutex::new(Some(sender)),
+            messages: Mutex::new(Some(sender)),
+            next_member: AtomicU64::new(0),
             thread_id: thread.thread().id(),
             thread: Mutex::new(Some(thread)),
             manifest_path: manifest_path.to_path_buf(),
@@ -202,21 +341,18 @@ impl InferenceWorker {
         })
     }
 
-    /// Queues `image` for the backbone under each of `tilings`; `reply` is called once, from
-    /// the worker's thread, with its features or the error. A reply after the worker stopped
-    /// is called at once with an error.
-    pub fn submit(&self, image: Arc<RgbImage>, tilings: Arc<[Tiling]>, reply: Reply) {
-        let job = Job {
-            image,
-            tilings,
-            reply,
-        };
-        let sender = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let refused = match sender {
-            Some(sender) => sender.send(job).err().map(|e| e.0),
-            None => Some(job),
-        };
-        if let Some(job) = refused {
+    /// Sends `message` to the worker thread; returns it when the worker has stopped.
+    fn send(&self, message: Message) -> Option<Message> {
+        let sender = self.messages.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match sender {
+            Some(sender) => sender.send(message).err().map(|e| e.0),
+            None => Some(message),
+        }
+    }
+
+    /// Queues `job`; a job the stopped worker cannot take is answered at once with an error.
+    fn submit_job(&self, job: Job) {
+        if let Some(Message::Job(job)) = self.send(Message::Job(job)) {
             (job.reply)(Err(InspectError::Image(
                 "the inference worker has stopped".into(),
             )));
@@ -274,13 +410,14 @@ impl InferenceWorker {
         tilings: Arc<[Tiling]>,
     ) -> Result<FrameFeatures, InspectError> {
         let (sender, receiver) = mpsc::channel();
-        self.submit(
+        self.submit_job(Job {
             image,
             tilings,
-            Box::new(move |answer| {
+            reply: Box::new(move |answer| {
                 let _ = sender.send(answer);
             }),
-        );
+            member: None,
+        });
         receiver
             .recv()
             .map_err(|_| InspectError::Image("the inference worker has stopped".into()))?
@@ -290,7 +427,7 @@ impl InferenceWorker {
 impl Drop for InferenceWorker {
     fn drop(&mut self) {
         // Closing the channel ends the thread once the queued frames are answered.
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.messages.lock().unwrap_or_else(|e| e.into_inner()).take();
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         // The last handle can be dropped by a reply running on the worker's own thread.
         if let Some(thread) = thread.filter(|_| std::thread::current().id() != self.thread_id) {
@@ -311,20 +448,37 @@ fn describe(b: &Batching) -> String {
 }
 
 /// The worker thread: gathers batches and answers them until the channel closes.
-fn serve(mut extractor: Extractor, jobs: Receiver<Job>, batching: Batching) {
-    while let Ok(first) = jobs.recv() {
+fn serve(mut extractor: Extractor, messages: Receiver<Message>, batching: Batching) {
+    let mut membership = Membership::default();
+    loop {
+        // The first frame, taking in news of the streams meanwhile.
+        let first = loop {
+            let Ok(message) = messages.recv() else {
+                return;
+            };
+            membership.apply(&message);
+            if let Message::Job(job) = message {
+                break job;
+            }
+        };
         let mut batch = vec![first];
         let deadline = batching.batch_timeout.map(|t| Instant::now() + t);
         while batch.len() < batching.batch_size {
-            let next = match deadline {
-                None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            if deadline.is_none() && !membership.can_grow(&batch) {
+                break;
+            }
+            let message = match deadline {
+                None => messages.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(deadline) => {
-                    jobs.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    messages.recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 }
             };
-            match next {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+            let Ok(message) = message else {
+                break;
+            };
+            membership.apply(&message);
+            if let Message::Job(job) = message {
+                batch.push(job);
             }
         }
         run_batch(&mut extractor, batch);
@@ -386,5 +540,72 @@ fn run_batch(extractor: &mut Extractor, batch: Vec<Job>) {
             })
             .map_err(InspectError::Image);
         (job.reply)(answer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(member: Option<MemberId>) -> Job {
+        Job {
+            image: Arc::new(RgbImage::new(1, 1, vec![0; 3]).unwrap()),
+            tilings: Arc::from(Vec::new()),
+            reply: Box::new(|_| {}),
+            member,
+        }
+    }
+
+    fn membership(news: Vec<Message>) -> Membership {
+        let mut membership = Membership::default();
+        for message in &news {
+            membership.apply(message);
+        }
+        membership
+    }
+
+    #[test]
+    fn a_lone_waiting_caller_never_waits_for_partners() {
+        // The warm-up frame: no stream at all.
+        assert!(!membership(vec![]).can_grow(&[job(None)]));
+        // A stream that joined but sent nothing yet is not waited for.
+        assert!(!membership(vec![Message::Capacity(0, 4)]).can_grow(&[job(None)]));
+    }
+
+    #[test]
+    fn a_stream_is_waited_for_up_to_its_frames_in_flight() {
+        let m = membership(vec![Message::Capacity(0, 2), Message::Job(job(Some(0)))]);
+        assert!(m.can_grow(&[job(Some(0))]));
+        assert!(!m.can_grow(&[job(Some(0)), job(Some(0))]));
+    }
+
+    #[test]
+    fn a_stream_that_ends_or_leaves_is_not_waited_for() {
+        let mut m = membership(vec![
+            Message::Capacity(0, 1),
+            Message::Capacity(1, 1),
+            Message::Job(job(Some(0))),
+            Message::Job(job(Some(1))),
+        ]);
+        let batch = [job(Some(0))];
+        assert!(m.can_grow(&batch), "stream 1 may still send a frame");
+        m.apply(&Message::Idle(1));
+        assert!(!m.can_grow(&batch), "stream 1 reached EOS");
+        m.apply(&Message::Job(job(Some(1))));
+        assert!(m.can_grow(&batch), "stream 1 sends again after a flush");
+        m.apply(&Message::Left(1));
+        assert!(!m.can_grow(&batch), "stream 1 was removed");
+    }
+
+    #[test]
+    fn a_capacity_change_applies_to_the_waiting_batch() {
+        let mut m = membership(vec![Message::Capacity(0, 1), Message::Job(job(Some(0)))]);
+        let batch = [job(Some(0))];
+        assert!(!m.can_grow(&batch));
+        m.apply(&Message::Capacity(0, 3));
+        assert!(m.can_grow(&batch));
+        // Zero is taken as one: a stream always has room for a frame.
+        m.apply(&Message::Capacity(0, 0));
+        assert!(!m.can_grow(&batch));
     }
 }

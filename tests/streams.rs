@@ -593,6 +593,52 @@ fn streams_share_one_instance_and_get_their_own_results() {
     drop(f.dir);
 }
 
+/// `batch-timeout=-1` (wait for a full batch) never waits for frames that cannot come: a lone
+/// stream batching 2 prerolls (its warm-up frame runs alone) and gets every frame out, and four
+/// streams of 6, 12, 18 and 24 frames on one instance batching 4 get every frame out as the
+/// shorter ones reach EOS. Runs in a thread with a deadline, so that a hang fails the test.
+#[test]
+fn batches_without_timeout_shrink_as_streams_end() {
+    let f = fixture();
+    let (profile, manifest) = (f.vertical.clone(), f.manifest.clone());
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let run = |id: &str, batch_size: u32, frames: u64| -> usize {
+            let stream = Stream::new(
+                &format!(
+                    "logsad name=d model-instance-id={id} batch-size={batch_size} \
+                     batch-timeout=-1 drop-policy=wait profile={} model={}",
+                    path_str(&profile),
+                    path_str(&manifest)
+                ),
+                W,
+                H,
+                false,
+            );
+            stream.play();
+            for i in 0..frames {
+                stream.push(frame(&Look::nominal(Stripes::Vertical, i), W, H, i));
+            }
+            stream.finish().len()
+        };
+        let lone = run("batch-wait-lone", 2, 5);
+        let four: Vec<usize> = std::thread::scope(|scope| {
+            let streams: Vec<_> = [6, 12, 18, 24]
+                .into_iter()
+                .map(|frames| scope.spawn(move || run("batch-wait-four", 4, frames)))
+                .collect();
+            streams.into_iter().map(|s| s.join().unwrap()).collect()
+        });
+        let _ = done.send((lone, four));
+    });
+    let (lone, four) = finished
+        .recv_timeout(Duration::from_secs(120))
+        .expect("streams with batch-timeout=-1 hung or failed");
+    assert_eq!(lone, 5, "the lone stream's frames out");
+    assert_eq!(four, vec![6, 12, 18, 24], "the four streams' frames out");
+    drop(f.dir);
+}
+
 /// Two elements with one `model-instance-id` and different models: the second fails to start,
 /// naming both models; with its own id it starts.
 #[test]

@@ -58,7 +58,7 @@ use crate::engine::{self, EngineError, EngineOptions, Manifest};
 use crate::inspector::{check_stages, FrameFeatures, InspectError, Inspector, JudgeOptions};
 use crate::meta::{AnomalyResult, SkipReason};
 use crate::profile::Profile;
-use crate::worker::{Batching, InferenceWorker, WorkerError};
+use crate::worker::{Batching, InferenceWorker, StreamMember, WorkerError};
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -178,7 +178,8 @@ impl Settings {
 
 /// What the streaming thread keeps between frames.
 struct State {
-    worker: Arc<InferenceWorker>,
+    /// This stream's place on the inference worker, shared or not.
+    member: StreamMember,
     /// The profile frames are judged with now; replaced whole by a profile swap.
     inspector: Arc<Inspector>,
     /// The file `inspector` was loaded from.
@@ -434,7 +435,9 @@ impl ObjectImpl for Logsad {
                     .nick("Batch timeout")
                     .blurb(
                         "Microseconds to wait for more frames after the first of a batch \
-                         (0: batch only frames already waiting; -1: wait for a full batch)",
+                         (0: batch only frames already waiting; -1: wait until the batch is \
+                         full or no stream still sending can add a frame: streams that reached \
+                         EOS, flushed, failed or left are not waited for)",
                     )
                     .minimum(-1)
                     .default_value(DEFAULT_BATCH_TIMEOUT_US)
@@ -747,8 +750,9 @@ impl Logsad {
             queue.last = None;
         }
         *lock(&self.qos_earliest) = None;
+        let member = StreamMember::join(worker, in_flight_limit(settings.max_in_flight, false));
         *lock(&self.state) = Some(State {
-            worker,
+            member,
             inspector,
             profile_path: profile,
             converter: None,
@@ -811,7 +815,10 @@ impl Logsad {
             );
             return;
         };
-        let Some(worker) = lock(&self.state).as_ref().map(|s| s.worker.clone()) else {
+        let Some(worker) = lock(&self.state)
+            .as_ref()
+            .map(|s| s.member.worker().clone())
+        else {
             // Not started: the profile is loaded at start.
             return;
         };
@@ -957,6 +964,7 @@ impl Logsad {
         use gst::EventView;
         match event.view() {
             EventView::FlushStart(_) => {
+                self.stream_idle();
                 let forwarded = self.srcpad.push_event(event);
                 {
                     let mut queue = lock(&self.shared.queue);
@@ -1010,8 +1018,20 @@ impl Logsad {
                 }
                 self.enqueue(Item::Event(event))
             }
+            EventView::Eos(_) => {
+                self.stream_idle();
+                self.enqueue(Item::Event(event))
+            }
             _ if event.is_serialized() => self.enqueue(Item::Event(event)),
             _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
+        }
+    }
+
+    /// Tells the inference worker that this stream sends no frames for now (EOS, flush,
+    /// error), so that batches without a timeout stop waiting for it.
+    fn stream_idle(&self) {
+        if let Some(state) = lock(&self.state).as_ref() {
+            state.member.idle();
         }
     }
 
@@ -1198,6 +1218,7 @@ impl Logsad {
                 _ => {}
             }
             if err != gst::FlowError::Eos {
+                self.stream_idle();
                 let _ = self.srcpad.pause_task();
             }
         }
@@ -1354,6 +1375,7 @@ impl Logsad {
                 other => other,
             };
             let max = in_flight_limit(settings.max_in_flight, live);
+            state.member.set_capacity(max);
             let mut queue = lock(&self.shared.queue);
             queue.limit = max;
             if policy == LogsadDropPolicy::Skip {
@@ -1433,7 +1455,6 @@ impl Logsad {
         let image = Arc::new(image);
         let inspector = state.inspector.clone();
         let tilings: Arc<[_]> = inspector.tilings().into();
-        let worker = state.worker.clone();
         let frame = Frame {
             buffer,
             index,
@@ -1458,7 +1479,7 @@ impl Logsad {
         };
         // Sent after queueing, outside the lock: the reply may come at once.
         let shared = self.shared.clone();
-        worker.submit(
+        state.member.submit(
             image,
             tilings,
             Box::new(move |answer| {
