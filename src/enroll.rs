@@ -6,7 +6,7 @@ use crate::detect::copies::{is_near_copy, pixel_digest, PixelDigest, NEAR_COPY_D
 use crate::detect::coreset::greedy_coreset;
 use crate::detect::interest::InstanceEmbeddings;
 use crate::detect::parts::{
-    cell_colours, learn_mask_parts, learn_parts_with_colours, PartModel, PartOptions,
+    cell_colours, learn_mask_parts, learn_parts_with_colours, part_names, PartModel, PartOptions,
 };
 use crate::detect::patch::MemoryBank;
 use crate::detect::rules::{
@@ -200,6 +200,8 @@ pub fn enroll(
     options: &EnrollOptions,
     progress: &mut dyn FnMut(Phase, usize, usize),
 ) -> Result<(Profile, Vec<String>), InspectError> {
+    // A bad rule file is refused before the model loads.
+    check_rule_file(options)?;
     let (mut extractor, mut warnings) = Extractor::load(manifest_path, &options.engine)?;
     let (profile, more) = enroll_with(&mut extractor, references, validation, options, progress)?;
     warnings.extend(more);
@@ -226,6 +228,7 @@ pub fn enroll_with(
     if references.is_empty() {
         return Err(InspectError::Image("no reference images".into()));
     }
+    let rule_file = check_rule_file(options)?;
     if validation.len() < 2 {
         return Err(too_few_validation_images(
             validation.len(),
@@ -344,6 +347,7 @@ pub fn enroll_with(
             &reference_features,
             &reference_colours,
             &reference_images,
+            rule_file,
             options,
         )?)
     } else {
@@ -660,40 +664,88 @@ fn too_few_validation_images(distinct: usize, given: usize) -> InspectError {
     ))
 }
 
+/// The most part classes a profile can learn, the background included: more than a few
+/// references can tell apart. A rule file's `parts` map asking for more (a mistyped index) is
+/// refused before any clustering.
+pub const MAX_PART_CLASSES: usize = 64;
+
+/// A rule file read and checked against the part names the profile will have.
+struct CheckedRuleFile {
+    path: PathBuf,
+    text: String,
+    /// The part count (background included) the file's `parts` map sets, if any.
+    parts: Option<usize>,
+}
+
+/// Reads `options.rules` and checks it before any expensive step (model, features,
+/// clustering): the part count follows from `--parts`, else from the largest part index the
+/// file's `parts` map names, else it is at most the automatic choice's largest; the names of
+/// that many parts and, at pixel resolution, the most instances a frame can hold are checked
+/// as [`parse_rules`] does. `None` without a rule file.
+///
+/// Errors ([`InspectError::Parts`]): an unreadable file, more than [`MAX_PART_CLASSES`]
+/// part classes, and every [`parse_rules`] error that does not need the learned parts.
+fn check_rule_file(options: &EnrollOptions) -> Result<Option<CheckedRuleFile>, InspectError> {
+    let Some(path) = &options.rules else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        InspectError::Parts(format!("cannot read rule file {}: {e}", path.display()))
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let largest_index = value
+        .get("parts")
+        .and_then(|p| p.as_object())
+        .and_then(|map| map.values().filter_map(|v| v.as_u64()).max());
+    let parts = options
+        .parts
+        .parts
+        .map(|k| k as u64)
+        .or(largest_index.map(|i| i.saturating_add(1)));
+    let most_parts = parts.unwrap_or(options.parts.max_parts as u64);
+    if most_parts > MAX_PART_CLASSES as u64 {
+        let why = match (options.parts.parts, largest_index) {
+            (Some(_), _) => "--parts asks".to_string(),
+            (None, Some(i)) => format!("its parts map names index {i}, which asks"),
+            (None, None) => "the automatic choice tries".to_string(),
+        };
+        return Err(InspectError::Parts(format!(
+            "rule file {}: {why} for {most_parts} part classes (background included); at most \
+             {MAX_PART_CLASSES} can be learned",
+            path.display()
+        )));
+    }
+    let max_instances = options.parts.masks.as_ref().map(|stage| stage.max_instances());
+    parse_rules(&text, path, &part_names(most_parts as usize), max_instances)
+        .map_err(|e| InspectError::Parts(e.to_string()))?;
+    Ok(Some(CheckedRuleFile {
+        path: path.clone(),
+        text,
+        parts: parts.map(|k| k as usize),
+    }))
+}
+
 /// Learns the parts from the references' whole-frame features, and reads the rule file if one
 /// is given (its `parts` map sets the number of parts when the options do not).
 fn enroll_parts(
     reference_features: &[crate::detect::features::PatchFeatures],
     reference_colours: &[Vec<f32>],
     reference_images: &[crate::detect::preprocess::RgbImage],
+    rule_file: Option<CheckedRuleFile>,
     options: &EnrollOptions,
 ) -> Result<(PartModel, Option<RuleFile>), InspectError> {
     let mut part_options = options.parts.clone();
-    let text = match &options.rules {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-            InspectError::Parts(format!("cannot read rule file {}: {e}", path.display()))
-        })?),
-        None => None,
-    };
-    if let (Some(text), None) = (&text, part_options.parts) {
-        // The largest part index the file names sets the count (background included).
-        let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
-        if let Some(map) = value.get("parts").and_then(|p| p.as_object()) {
-            let largest = map.values().filter_map(|v| v.as_u64()).max();
-            part_options.parts = largest.map(|l| l as usize + 1);
-        }
+    if let Some(file) = &rule_file {
+        part_options.parts = file.parts;
     }
     let parts = match part_options.masks {
         Some(_) => learn_mask_parts(reference_features, reference_images, &part_options),
         None => learn_parts_with_colours(reference_features, reference_colours, &part_options),
     }
     .map_err(|e| InspectError::Parts(format!("learning parts: {e}")))?;
-    let rules = match (&options.rules, text) {
-        (Some(path), Some(text)) => Some(
-            parse_rules(&text, path, &parts.names)
-                .map_err(|e| InspectError::Parts(e.to_string()))?,
-        ),
-        _ => None,
-    };
+    let rules = rule_file
+        .map(|file| parse_rules(&file.text, &file.path, &parts.names, Some(parts.max_instances())))
+        .transpose()
+        .map_err(|e| InspectError::Parts(e.to_string()))?;
     Ok((parts, rules))
 }

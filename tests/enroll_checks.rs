@@ -387,3 +387,42 @@ fn the_fast_preset_brings_its_model_calibration_coreset_and_neighbourhood() {
     assert_eq!(global_spec.tiling.rows, 1);
     assert_eq!(profile.banks[global_bank].len(), 2);
 }
+
+/// A rule file is checked before any expensive step: with a model that does not even exist,
+/// `logsad enroll --rules` names the rule file's fault, not the model. A part index of 2000
+/// (2001 part classes) and a count no frame can reach (2^64) are refused.
+#[test]
+fn a_bad_rule_file_is_refused_before_the_model_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let refuse = |rules: &str| -> String {
+        let path = dir.path().join("rules.json");
+        std::fs::write(&path, rules).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_logsad"))
+            .args(["enroll", "--preset", "logsad", "--model"])
+            .arg(dir.path().join("no-such-model/manifest.json"))
+            .arg("--rules")
+            .arg(&path)
+            .arg("--out")
+            .arg(dir.path().join("p.logsad"))
+            .args([nominal(1), nominal(2)])
+            .arg("--validation")
+            .args([nominal(3), nominal(4)])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(!stderr.contains("no-such-model"), "{stderr}");
+        stderr
+    };
+    let stderr = refuse(r#"{"category": "kit", "parts": {"pin": 2000}, "rules": []}"#);
+    assert!(
+        stderr.contains("its parts map names index 2000, which asks for 2001 part classes"),
+        "{stderr}"
+    );
+    let stderr = refuse(
+        r#"{"category": "kit", "parts": {"pin": 1},
+            "rules": [{"kind": "count", "part": "pin", "equal": 18446744073709551616}]}"#,
+    );
+    assert!(stderr.contains("rules[0].equal"), "{stderr}");
+    assert!(stderr.contains("can never be reached"), "{stderr}");
+}

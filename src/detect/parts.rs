@@ -544,7 +544,7 @@ fn background_first(border: &[usize], area: &[usize]) -> Vec<usize> {
 }
 
 /// The names of `k` parts in stored order: `background`, `part1`, `part2`, ...
-fn part_names(k: usize) -> Vec<String> {
+pub fn part_names(k: usize) -> Vec<String> {
     (0..k)
         .map(|i| match i {
             0 => "background".to_string(),
@@ -597,6 +597,16 @@ fn merge_small(
 }
 
 impl PartModel {
+    /// The most instances of one part a frame can hold: the cells of the largest label map
+    /// this model labels (the mask stage's working image is at most `long_side` squared)
+    /// over the smallest instance kept. A count rule asking for more can never be met.
+    pub fn max_instances(&self) -> u64 {
+        match &self.masks {
+            Some(stage) => stage.max_instances(),
+            None => (self.width * self.height / self.min_cells.max(1)) as u64,
+        }
+    }
+
     /// Number of parts, the background included.
     pub fn parts(&self) -> usize {
         self.centres.len()

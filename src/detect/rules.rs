@@ -485,6 +485,10 @@ pub enum RuleErrorKind {
     /// A count with a fraction.
     #[error("{0} is not a whole number (a count)")]
     NotWhole(f64),
+    /// A lower bound (`min` or `equal`) above the most a frame can hold: the rule would fire
+    /// on every frame.
+    #[error("{value} can never be reached: a frame holds at most {most} ({why})")]
+    Unreachable { value: f64, most: u64, why: String },
     /// Anything else, said in words.
     #[error("{0}")]
     Invalid(String),
@@ -545,17 +549,20 @@ fn from_value<T: serde::de::DeserializeOwned>(
 
 /// Reads and validates a rule file. `source` names the file in errors; `part_names` are the
 /// profile's part names by index (besides them, rules may use the names the file's `parts`
-/// gives, whose indices must be below `part_names.len()`).
+/// gives, whose indices must be below `part_names.len()`); `max_instances`, when known, is the
+/// most instances of one part a frame can hold ([`crate::detect::parts::PartModel::max_instances`]).
 ///
 /// Errors ([`RuleError`]: file, JSON path, cause): bad JSON (line and column), a missing or
 /// unknown field or a wrong type (serde's message), an unknown rule kind (the known ones
 /// listed), an unknown part (the known ones listed), a part index out of range, bounds out of
 /// order, a negative or fractional count, a negative ratio, no bounds at all, `equal` together
-/// with `min`/`max`, an empty group or list, a class that is not in its group.
+/// with `min`/`max`, an empty group or list, a class that is not in its group, a count that no
+/// frame can reach (above `max_instances`, or more parts than a co-occurrence lists).
 pub fn parse_rules(
     text: &str,
     source: &Path,
     part_names: &[String],
+    max_instances: Option<u64>,
 ) -> Result<RuleFile, RuleError> {
     let error = |(path, kind): Invalid| RuleError {
         file: source.to_path_buf(),
@@ -583,6 +590,7 @@ pub fn parse_rules(
     let names = Names {
         renames: &parts,
         names: part_names,
+        max_instances,
     };
     let mut rules = Vec::with_capacity(raw.rules.len());
     for (i, value) in raw.rules.into_iter().enumerate() {
@@ -692,13 +700,15 @@ fn parse_rule(value: serde_json::Value, path: &str) -> Result<Rule, Invalid> {
 }
 
 /// Checks `equal`/`min`/`max` at `path`: at least one given, `equal` alone, finite, >= 0,
-/// whole for counts, and `min <= max`.
+/// whole for counts, `min <= max`, and `equal`/`min` no more than `most` (the largest value a
+/// frame can give, and why) when known.
 fn check_bounds(
     path: &str,
     equal: Option<f64>,
     min: Option<f64>,
     max: Option<f64>,
     whole: bool,
+    most: Option<(u64, &str)>,
 ) -> Result<(), Invalid> {
     if equal.is_none() && min.is_none() && max.is_none() {
         let what = if whole {
@@ -731,6 +741,13 @@ fn check_bounds(
         }
         if whole && v.fract() != 0.0 {
             return Err((at, RuleErrorKind::NotWhole(v)));
+        }
+        match most {
+            Some((most, why)) if field != "max" && v > most as f64 => {
+                let why = why.to_string();
+                return Err((at, RuleErrorKind::Unreachable { value: v, most, why }));
+            }
+            _ => {}
         }
     }
     if let (Some(lo), Some(hi)) = (min, max) {
@@ -804,11 +821,11 @@ fn validate_rule(rule: &Rule, path: &str, names: &Names) -> Result<(), Invalid> 
     match rule {
         Rule::Count(r) => {
             names.check(&r.part, &at("part"))?;
-            check_bounds(path, r.equal, r.min, r.max, true)
+            check_bounds(path, r.equal, r.min, r.max, true, names.most_instances())
         }
         Rule::Area(r) => {
             names.check(&r.part, &at("part"))?;
-            check_bounds(path, None, r.min, r.max, false)
+            check_bounds(path, None, r.min, r.max, false, None)
         }
         Rule::Pairs(r) => {
             check_group(&at("first"), &r.first, names)?;
@@ -871,12 +888,15 @@ fn validate_rule(rule: &Rule, path: &str, names: &Names) -> Result<(), Invalid> 
                     ));
                 }
                 let whole = r.measure == Measure::Count;
-                check_bounds(&here, bounds.equal, bounds.min, bounds.max, whole)?;
+                let most = names.most_instances().filter(|_| whole);
+                check_bounds(&here, bounds.equal, bounds.min, bounds.max, whole, most)?;
             }
             Ok(())
         }
-        Rule::Components(r) => check_bounds(path, r.equal, r.min, r.max, true),
-        Rule::Balance(r) => check_bounds(path, None, r.min, r.max, false),
+        Rule::Components(r) => {
+            check_bounds(path, r.equal, r.min, r.max, true, names.most_instances())
+        }
+        Rule::Balance(r) => check_bounds(path, None, r.min, r.max, false, None),
         Rule::Crossing(r) => {
             names.check(&r.part, &at("part"))?;
             if !(0.0..=1.0).contains(&r.at) {
@@ -885,11 +905,11 @@ fn validate_rule(rule: &Rule, path: &str, names: &Names) -> Result<(), Invalid> 
                     RuleErrorKind::Invalid(format!("{} is not a relative position in 0..1", r.at)),
                 ));
             }
-            check_bounds(path, r.equal, r.min, r.max, true)
+            check_bounds(path, r.equal, r.min, r.max, true, names.most_instances())
         }
         Rule::Distance(r) => {
             names.check(&r.part, &at("part"))?;
-            check_bounds(path, None, r.min, r.max, false)
+            check_bounds(path, None, r.min, r.max, false, None)
         }
         Rule::Position(r) => {
             names.check(&r.part, &at("part"))?;
@@ -913,7 +933,8 @@ fn validate_rule(rule: &Rule, path: &str, names: &Names) -> Result<(), Invalid> 
         }
         Rule::CoOccurrence(r) => {
             check_group(&at("parts"), &r.parts, names)?;
-            check_bounds(path, r.equal, r.min, r.max, true)
+            let most = (r.parts.len() as u64, "the parts the rule lists");
+            check_bounds(path, r.equal, r.min, r.max, true, Some(most))
         }
     }
 }
@@ -922,9 +943,16 @@ fn validate_rule(rule: &Rule, path: &str, names: &Names) -> Result<(), Invalid> 
 struct Names<'a> {
     renames: &'a BTreeMap<String, u16>,
     names: &'a [String],
+    /// The most instances of one part a frame can hold, when known.
+    max_instances: Option<u64>,
 }
 
 impl Names<'_> {
+    fn most_instances(&self) -> Option<(u64, &'static str)> {
+        self.max_instances
+            .map(|most| (most, "instances of the smallest part area in the label map"))
+    }
+
     fn index(&self, name: &str) -> Option<u16> {
         self.renames.get(name).copied().or_else(|| {
             let i = self.names.iter().position(|n| n == name)?;
@@ -1477,6 +1505,7 @@ pub fn evaluate(rules: &RuleFile, layout: &FrameLayout, stats: &ReferenceStats) 
     let names = Names {
         renames: &rules.parts,
         names: layout.names,
+        max_instances: None,
     };
     rules
         .rules
@@ -2360,7 +2389,7 @@ mod tests {
 
     fn file(rules: &str) -> RuleFile {
         let text = format!(r#"{{"category": "test", "parts": {{"pins": 1}}, "rules": [{rules}]}}"#);
-        parse_rules(&text, Path::new("test.json"), &names()).unwrap()
+        parse_rules(&text, Path::new("test.json"), &names(), None).unwrap()
     }
 
     /// Names of the rules that fire, and their messages.
@@ -2372,11 +2401,52 @@ mod tests {
     }
 
     fn err(text: &str) -> RuleError {
-        parse_rules(text, Path::new("meta/kit.json"), &names()).unwrap_err()
+        parse_rules(text, Path::new("meta/kit.json"), &names(), None).unwrap_err()
     }
 
     fn rules_err(rules: &str) -> RuleError {
         err(&format!(r#"{{"category": "kit", "rules": [{rules}]}}"#))
+    }
+
+    #[test]
+    fn counts_no_frame_can_reach_are_refused() {
+        let parse = |rules: &str, most: Option<u64>| {
+            let text = format!(r#"{{"category": "kit", "rules": [{rules}]}}"#);
+            parse_rules(&text, Path::new("kit.json"), &names(), most)
+        };
+        // 2^64: every frame would fire.
+        let e = parse(
+            r#"{"kind": "count", "part": "part1", "equal": 18446744073709551616}"#,
+            Some(5000),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "rules[0].equal");
+        assert!(
+            matches!(e.kind, RuleErrorKind::Unreachable { most: 5000, .. }),
+            "{e}"
+        );
+        assert!(parse(r#"{"kind": "count", "part": "part1", "min": 5000}"#, Some(5000)).is_ok());
+        let e = parse(r#"{"kind": "count", "part": "part1", "min": 5001}"#, Some(5000));
+        assert_eq!(e.unwrap_err().path, "rules[0].min");
+        // An upper bound above the most is always met: harmless, kept.
+        assert!(parse(r#"{"kind": "count", "part": "part1", "max": 1e30}"#, Some(5000)).is_ok());
+        // Unknown label map: the count alone cannot be judged.
+        assert!(parse(r#"{"kind": "count", "part": "part1", "min": 5001}"#, None).is_ok());
+        let e = parse(
+            r#"{"kind": "components", "min": 7000}"#,
+            Some(6999),
+        );
+        assert_eq!(e.unwrap_err().path, "rules[0].min");
+        // Two listed parts: at most 2 of them are present.
+        let e = parse(
+            r#"{"kind": "co-occurrence", "parts": ["part1", "part2"], "equal": 3}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e.kind, RuleErrorKind::Unreachable { most: 2, .. }),
+            "{e}"
+        );
     }
 
     #[test]
@@ -3158,7 +3228,7 @@ mod tests {
             !text.contains("1.0"),
             "counts are written as whole numbers: {text}"
         );
-        let back = parse_rules(&text, Path::new("kit.json"), &names()).unwrap();
+        let back = parse_rules(&text, Path::new("kit.json"), &names(), None).unwrap();
         assert_eq!(back, rules);
         assert_eq!(write_rules(&back), text);
         // A profile stores the rule file through the derived serde impls (no validation).
@@ -3188,7 +3258,7 @@ mod tests {
     #[test]
     fn template_parses_with_every_kind() {
         let text = include_str!("../../meta/template.json");
-        let rules = parse_rules(text, Path::new("meta/template.json"), &names()).unwrap();
+        let rules = parse_rules(text, Path::new("meta/template.json"), &names(), None).unwrap();
         let kinds: BTreeSet<&str> = rules.rules.iter().map(Rule::kind).collect();
         assert_eq!(kinds, RULE_KINDS.into_iter().collect());
         // Serialising each rule writes the kind that `kind()` reports.
@@ -3498,12 +3568,12 @@ mod fuzz {
 
         #[test]
         fn random_text_never_panics(text in any::<String>()) {
-            let _ = parse_rules(&text, Path::new("fuzz.json"), &names());
+            let _ = parse_rules(&text, Path::new("fuzz.json"), &names(), None);
         }
 
         #[test]
         fn json_like_text_never_panics(text in r#"[\[\]{}":,0-9a-z .\-]{0,160}"#) {
-            let _ = parse_rules(&text, Path::new("fuzz.json"), &names());
+            let _ = parse_rules(&text, Path::new("fuzz.json"), &names(), None);
         }
 
         #[test]
@@ -3518,9 +3588,9 @@ mod fuzz {
                 mutate(&mut value, m);
             }
             let text = serde_json::to_string_pretty(&value).unwrap();
-            if let Ok(rules) = parse_rules(&text, Path::new("fuzz.json"), &names()) {
+            if let Ok(rules) = parse_rules(&text, Path::new("fuzz.json"), &names(), None) {
                 let _ = evaluate(&rules, &grid.layout(), &stats);
-                let back = parse_rules(&write_rules(&rules), Path::new("back.json"), &names());
+                let back = parse_rules(&write_rules(&rules), Path::new("back.json"), &names(), None);
                 prop_assert_eq!(back, Ok(rules));
             }
             // A rule file deserialised without validation must not panic evaluation either.
@@ -3538,7 +3608,7 @@ mod fuzz {
             for layout in &layouts {
                 prop_assert_eq!(evaluate(&rules, layout, &stats), vec![]);
             }
-            let back = parse_rules(&write_rules(&rules), Path::new("learned.json"), &names());
+            let back = parse_rules(&write_rules(&rules), Path::new("learned.json"), &names(), None);
             prop_assert_eq!(back, Ok(rules));
         }
 

@@ -39,6 +39,14 @@ pub struct MaskStage {
     pub min_area: usize,
 }
 
+impl MaskStage {
+    /// The most instances of one part a frame can hold: the working image (at most
+    /// `long_side` squared pixels) over the smallest instance, `min_area`.
+    pub fn max_instances(&self) -> u64 {
+        u64::from(self.segmenter.long_side).pow(2) / self.min_area.max(1) as u64
+    }
+}
+
 impl Default for MaskStage {
     fn default() -> Self {
         MaskStage {
