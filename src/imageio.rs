@@ -9,6 +9,10 @@
 //!   chunk (the JPEG decoder itself fills a cut-off scan with grey and reports nothing); BMP and
 //!   TIFF rely on their decoders, which fail on missing data.
 //!
+//! * Only regular files are read (after following links): a named pipe, socket, device or
+//!   folder, a dangling link or a link loop is refused without blocking
+//!   ([`LoadError::NotAFile`]).
+//!
 //! Every error names the file and its cause as a [`LoadError`].
 
 use std::io::Cursor;
@@ -35,6 +39,10 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Not a regular file once links are followed: a named pipe (never opened for reading, so
+    /// it cannot block), a socket, a device, a folder, a dangling link or a link loop.
+    #[error("{}: not an image file: {what}", path.display())]
+    NotAFile { path: PathBuf, what: &'static str },
     /// The file has 0 bytes.
     #[error("{}: empty file (0 bytes)", path.display())]
     Empty { path: PathBuf },
@@ -67,11 +75,12 @@ pub enum LoadError {
 }
 
 impl LoadError {
-    /// A short machine-readable name of the cause: `io`, `empty`, `unknown-format`,
-    /// `unsupported`, `truncated` or `corrupt`.
+    /// A short machine-readable name of the cause: `io`, `not-a-file`, `empty`,
+    /// `unknown-format`, `unsupported`, `truncated` or `corrupt`.
     pub fn kind(&self) -> &'static str {
         match self {
             LoadError::Io { .. } => "io",
+            LoadError::NotAFile { .. } => "not-a-file",
             LoadError::Empty { .. } => "empty",
             LoadError::UnknownFormat { .. } => "unknown-format",
             LoadError::Unsupported { .. } => "unsupported",
@@ -84,6 +93,7 @@ impl LoadError {
     pub fn path(&self) -> &Path {
         match self {
             LoadError::Io { path, .. }
+            | LoadError::NotAFile { path, .. }
             | LoadError::Empty { path }
             | LoadError::UnknownFormat { path, .. }
             | LoadError::Unsupported { path, .. }
@@ -142,16 +152,70 @@ pub fn dimensions(path: &Path) -> Result<(u32, u32), LoadError> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io_error = |source| LoadError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // Non-blocking, so that opening a named pipe returns at once; the type is then read from
+    // the open file, so nothing can swap it in between.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| not_a_file_link(path, &e).unwrap_or_else(|| io_error(e)))?;
+    let file_type = file.metadata().map_err(io_error)?.file_type();
+    if !file_type.is_file() {
+        return Err(LoadError::NotAFile {
+            path: path.to_path_buf(),
+            what: file_type_name(file_type),
+        });
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io_error)?;
     if bytes.is_empty() {
         return Err(LoadError::Empty {
             path: path.to_path_buf(),
         });
     }
     Ok(bytes)
+}
+
+/// What a file that is not a regular one is, in words.
+fn file_type_name(file_type: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// The refusal of a symbolic link that `open` could not follow: its target is missing, or
+/// links lead back to it. `None` when `path` is no link or the error is another.
+fn not_a_file_link(path: &Path, error: &std::io::Error) -> Option<LoadError> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let what = match error.raw_os_error() {
+        _ if !is_link => return None,
+        Some(libc::ELOOP) => "a symbolic link loop",
+        _ if error.kind() == std::io::ErrorKind::NotFound => {
+            "a dangling symbolic link (its target does not exist)"
+        }
+        _ => return None,
+    };
+    Some(LoadError::NotAFile {
+        path: path.to_path_buf(),
+        what,
+    })
 }
 
 /// The format of the content; the file name plays no part.
@@ -373,6 +437,43 @@ mod tests {
         DynamicImage::ImageRgb8(ImageBuffer::from_fn(40, 24, |x, y| {
             Rgb([(x * 6) as u8, (y * 10) as u8, 128])
         }))
+    }
+
+    /// Makes a named pipe at `path`.
+    pub(crate) fn mkfifo(path: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+    }
+
+    #[test]
+    fn special_files_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        mkfifo(&at("pipe.png"));
+        std::os::unix::fs::symlink(at("missing.png"), at("dangling.png")).unwrap();
+        std::os::unix::fs::symlink(at("loop-b.png"), at("loop-a.png")).unwrap();
+        std::os::unix::fs::symlink(at("loop-a.png"), at("loop-b.png")).unwrap();
+        std::fs::create_dir(at("folder.png")).unwrap();
+        std::fs::write(at("real.png"), encode(&gradient(), ImageFormat::Png)).unwrap();
+        std::os::unix::fs::symlink(at("real.png"), at("link.png")).unwrap();
+        for (name, want) in [
+            ("pipe.png", "a named pipe (FIFO)"),
+            ("dangling.png", "a dangling symbolic link (its target does not exist)"),
+            ("loop-a.png", "a symbolic link loop"),
+            ("folder.png", "a folder"),
+        ] {
+            match load(&at(name)) {
+                Err(LoadError::NotAFile { path, what }) => {
+                    assert_eq!((path, what), (at(name), want), "{name}")
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        // A link to a regular file is followed; a missing file stays an I/O error.
+        assert_eq!(load_rgb(&at("link.png")).unwrap().width, 40);
+        assert_eq!(load(&at("missing.png")).unwrap_err().kind(), "io");
     }
 
     #[test]

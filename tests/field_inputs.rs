@@ -502,3 +502,178 @@ fn eval_leaves_out_unreadable_test_images() {
         "in path order"
     );
 }
+
+/// Runs `logsad` with `args`, killing it after `seconds`: a hang fails the test instead of
+/// stopping the suite.
+fn logsad_within(args: &[&str], seconds: u64) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_logsad"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running logsad");
+    let pid = child.id();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    match receiver.recv_timeout(std::time::Duration::from_secs(seconds)) {
+        Ok(output) => output.expect("waiting for logsad"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("logsad {args:?} hung for {seconds} s");
+        }
+    }
+}
+
+/// Makes, in `dir`, the special files a folder of images can hold: a named pipe, a dangling
+/// link and a link loop, each with an image extension; returns (file name, what the loader
+/// says it is).
+fn special_files(dir: &Path) -> Vec<(&'static str, &'static str)> {
+    let fifo = std::ffi::CString::new(dir.join("2-pipe.png").to_str().unwrap()).unwrap();
+    // SAFETY: `fifo` is a valid NUL-terminated path for the duration of the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
+    std::os::unix::fs::symlink(dir.join("gone.png"), dir.join("3-dangling.png")).unwrap();
+    std::os::unix::fs::symlink(dir.join("4-loop.png"), dir.join("5-loop.png")).unwrap();
+    std::os::unix::fs::symlink(dir.join("5-loop.png"), dir.join("4-loop.png")).unwrap();
+    vec![
+        ("2-pipe.png", "a named pipe (FIFO)"),
+        (
+            "3-dangling.png",
+            "a dangling symbolic link (its target does not exist)",
+        ),
+        ("4-loop.png", "a symbolic link loop"),
+        ("5-loop.png", "a symbolic link loop"),
+    ]
+}
+
+/// A named pipe, a dangling link and a link loop in a folder: `logsad score` neither hangs nor
+/// skips them silently, but gives each an error line naming what it is, scores the others and
+/// exits with status 1.
+#[test]
+fn special_files_in_a_folder_are_named_not_opened() {
+    let model = tiny_manifest();
+    let textile = textile();
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::copy(&textile[4], images.join("1.jpg")).unwrap();
+    let special = special_files(&images);
+    let profile = profile(dir.path(), &model, &textile);
+    let output = logsad_within(
+        &["score", "--model", s(&model), "--profile", s(&profile), s(&images)],
+        120,
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let lines = json_lines(&output);
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(score_of(&lines[0]).is_finite());
+    for ((name, what), line) in special.iter().zip(&lines[1..]) {
+        let path = images.join(name);
+        assert_eq!(line["path"], path.display().to_string());
+        assert_eq!(line["error"]["kind"], "not-a-file", "{name}");
+        assert_eq!(
+            line["error"]["message"],
+            format!("{}: not an image file: {what}", path.display())
+        );
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error: 4 of 5 images could not be read"),
+        "{stderr}"
+    );
+}
+
+/// The same special files among the test images of `logsad eval`: each is left out, named on
+/// standard error and listed in report.json; no hang.
+#[test]
+fn eval_names_special_files_it_leaves_out() {
+    let model = tiny_manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("fabric");
+    gstlogsad::eval::dataset::testing::write_miniature(
+        &root,
+        gstlogsad::eval::dataset::Layout::Plain,
+    )
+    .unwrap();
+    let special = special_files(&root.join("scratch"));
+    let out = dir.path().join("out");
+    let output = logsad_within(
+        &[
+            "eval",
+            "--shots",
+            "2",
+            "--validation-count",
+            "2",
+            "--model",
+            s(&model),
+            "--out",
+            s(&out),
+            s(&root),
+        ],
+        300,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for (name, what) in &special {
+        let path = root.join("scratch").join(name);
+        assert!(
+            stderr.contains(&format!(
+                "error: {}: not an image file: {what} (left out)",
+                path.display()
+            )),
+            "{name}: {stderr}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let unreadable = json["draws"][0]["categories"][0]["settings"]["unreadable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["kind"].as_str().unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(unreadable, ["not-a-file"; 4]);
+}
+
+/// `logsad score --fail-on-anomaly` exits with status 3 when an image is anomalous and 0 when
+/// none is; without the flag a defect does not change the status. An empty folder and a
+/// missing file are errors that say so.
+#[test]
+fn score_exit_status_tells_anomalies() {
+    let model = tiny_manifest();
+    let textile = textile();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = profile(dir.path(), &model, &textile);
+    let image = s(&textile[5]);
+    let score = |extra: &[&str]| {
+        let mut args = vec!["score", "--model", s(&model), "--profile", s(&profile)];
+        args.extend_from_slice(extra);
+        logsad(&args)
+    };
+    // Threshold 0: every calibrated score reaches it; 1: a nominal image's does not.
+    let anomalous = score(&["--threshold", "0", "--fail-on-anomaly", image]);
+    assert_eq!(json_lines(&anomalous)[0]["anomalous"], true);
+    assert_eq!(anomalous.status.code(), Some(3), "{anomalous:?}");
+    let stderr = String::from_utf8_lossy(&anomalous.stderr);
+    assert!(stderr.contains("1 of 1 images anomalous"), "{stderr}");
+    let normal = score(&["--threshold", "1", "--fail-on-anomaly", image]);
+    assert_eq!(json_lines(&normal)[0]["anomalous"], false);
+    assert_eq!(normal.status.code(), Some(0), "{normal:?}");
+    assert_eq!(score(&["--threshold", "0", image]).status.code(), Some(0));
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let output = score(&[s(&empty)]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("error: no image files ("), "{stderr}");
+    let missing = dir.path().join("missing.png");
+    let output = score(&[s(&missing)]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("error: {}: no such file or folder", missing.display())),
+        "{stderr}"
+    );
+}

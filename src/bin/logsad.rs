@@ -395,10 +395,17 @@ struct ScoreArgs {
     /// Override the profile's verdict threshold.
     #[arg(long)]
     threshold: Option<f64>,
+    /// Exit with status 3 when any image is judged anomalous (status 1, for images that could
+    /// not be read or any other error, comes first), so that a script can act on a defect.
+    #[arg(long)]
+    fail_on_anomaly: bool,
     /// Images or folders.
     #[arg(required = true)]
     images: Vec<PathBuf>,
 }
+
+/// The exit status of `logsad score --fail-on-anomaly` when an image is anomalous.
+const EXIT_ANOMALOUS: i32 = 3;
 
 #[derive(Args)]
 struct EvalArgs {
@@ -501,10 +508,11 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .collect();
             files.sort();
             out.extend(files);
-        } else if input.is_file() {
+        } else if input.symlink_metadata().is_ok() {
+            // A file, or something else the loader refuses by name and cause.
             out.push(input.clone());
         } else {
-            bail!("{} is neither an image file nor a folder", input.display());
+            bail!("{}: no such file or folder", input.display());
         }
     }
     Ok(out)
@@ -691,11 +699,24 @@ fn check_threshold(threshold: f64) -> Result<()> {
     Ok(())
 }
 
-fn run_score(args: ScoreArgs) -> Result<()> {
+/// Scores the images; returns the exit status: 0, or [`EXIT_ANOMALOUS`] with
+/// `--fail-on-anomaly` when an image is anomalous.
+fn run_score(args: ScoreArgs) -> Result<i32> {
     if let Some(t) = args.threshold {
         check_threshold(t)?;
     }
     let images = expand(&args.images)?;
+    if images.is_empty() {
+        bail!(
+            "no image files ({}) in {}",
+            IMAGE_EXTENSIONS.map(|e| format!(".{e}")).join(", "),
+            args.images
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let (mut extractor, inspector, warnings) = inspector::load(
         &args.profile,
         &args.engine.manifest_for(&args.profile)?,
@@ -713,6 +734,7 @@ fn run_score(args: ScoreArgs) -> Result<()> {
     }
     let progress = bar(images.len(), "scoring");
     let mut unreadable = 0;
+    let mut anomalous = 0;
     for path in &images {
         let image = match imageio::load_rgb(path) {
             Ok(image) => image,
@@ -732,6 +754,7 @@ fn run_score(args: ScoreArgs) -> Result<()> {
             }
         };
         let result = inspector.inspect(&mut extractor, &image, &judging)?;
+        anomalous += usize::from(result.anomalous);
         let map = &result.map;
         let detectors: serde_json::Map<String, serde_json::Value> = result
             .detectors
@@ -762,7 +785,11 @@ fn run_score(args: ScoreArgs) -> Result<()> {
     if unreadable > 0 {
         bail!("{unreadable} of {} images could not be read", images.len());
     }
-    Ok(())
+    if args.fail_on_anomaly && anomalous > 0 {
+        eprintln!("{anomalous} of {} images anomalous", images.len());
+        return Ok(EXIT_ANOMALOUS);
+    }
+    Ok(0)
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {
@@ -1132,17 +1159,19 @@ fn draw_parts(args: &InfoArgs, image_path: &Path, out: &Path) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Enroll(args) => run_enroll(args),
+        Command::Enroll(args) => run_enroll(args).map(|()| 0),
         Command::Score(args) => run_score(args),
-        Command::Eval(args) => run_eval(args),
-        Command::Info(args) => run_info(&args),
-        Command::Synth(args) => run_synth(args),
+        Command::Eval(args) => run_eval(args).map(|()| 0),
+        Command::Info(args) => run_info(&args).map(|()| 0),
+        Command::Synth(args) => run_synth(args).map(|()| 0),
     };
-    if let Err(e) = result {
-        if e.is::<StdoutClosed>() {
-            return;
+    match result {
+        Ok(0) => {}
+        Ok(status) => std::process::exit(status),
+        Err(e) if e.is::<StdoutClosed>() => {}
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
         }
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
     }
 }

@@ -309,11 +309,9 @@ fn entries(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
             continue;
         }
         let path = entry.path();
-        // Follows symbolic links.
+        // Follows symbolic links. Anything else (a named pipe, a dangling link, a link loop)
+        // is kept as a file: the loader refuses it by name and cause, and the report lists it.
         let is_dir = path.is_dir();
-        if !is_dir && !path.is_file() {
-            continue;
-        }
         out.push((name, path, is_dir));
     }
     out.sort();
