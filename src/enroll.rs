@@ -715,7 +715,11 @@ fn check_rule_file(options: &EnrollOptions) -> Result<Option<CheckedRuleFile>, I
             path.display()
         )));
     }
-    let max_instances = options.parts.masks.as_ref().map(|stage| stage.max_instances());
+    let max_instances = options
+        .parts
+        .masks
+        .as_ref()
+        .map(|stage| stage.max_instances());
     parse_rules(&text, path, &part_names(most_parts as usize), max_instances)
         .map_err(|e| InspectError::Parts(e.to_string()))?;
     Ok(Some(CheckedRuleFile {
@@ -744,7 +748,14 @@ fn enroll_parts(
     }
     .map_err(|e| InspectError::Parts(format!("learning parts: {e}")))?;
     let rules = rule_file
-        .map(|file| parse_rules(&file.text, &file.path, &parts.names, Some(parts.max_instances())))
+        .map(|file| {
+            parse_rules(
+                &file.text,
+                &file.path,
+                &parts.names,
+                Some(parts.max_instances()),
+            )
+        })
         .transpose()
         .map_err(|e| InspectError::Parts(e.to_string()))?;
     Ok((parts, rules))

@@ -460,7 +460,10 @@ mod tests {
         std::os::unix::fs::symlink(at("real.png"), at("link.png")).unwrap();
         for (name, want) in [
             ("pipe.png", "a named pipe (FIFO)"),
-            ("dangling.png", "a dangling symbolic link (its target does not exist)"),
+            (
+                "dangling.png",
+                "a dangling symbolic link (its target does not exist)",
+            ),
             ("loop-a.png", "a symbolic link loop"),
             ("folder.png", "a folder"),
         ] {

@@ -24,8 +24,8 @@ use crate::engine::{EngineError, EngineOptions, Manifest, ModelIdentity};
 use crate::inspector::{Extractor, FrameFeatures, InspectError, Inspector, ModelTime};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -343,7 +343,11 @@ impl InferenceWorker {
 
     /// Sends `message` to the worker thread; returns it when the worker has stopped.
     fn send(&self, message: Message) -> Option<Message> {
-        let sender = self.messages.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let sender = self
+            .messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         match sender {
             Some(sender) => sender.send(message).err().map(|e| e.0),
             None => Some(message),
@@ -427,7 +431,10 @@ impl InferenceWorker {
 impl Drop for InferenceWorker {
     fn drop(&mut self) {
         // Closing the channel ends the thread once the queued frames are answered.
-        self.messages.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         // The last handle can be dropped by a reply running on the worker's own thread.
         if let Some(thread) = thread.filter(|_| std::thread::current().id() != self.thread_id) {

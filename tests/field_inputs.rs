@@ -561,7 +561,14 @@ fn special_files_in_a_folder_are_named_not_opened() {
     let special = special_files(&images);
     let profile = profile(dir.path(), &model, &textile);
     let output = logsad_within(
-        &["score", "--model", s(&model), "--profile", s(&profile), s(&images)],
+        &[
+            "score",
+            "--model",
+            s(&model),
+            "--profile",
+            s(&profile),
+            s(&images),
+        ],
         120,
     );
     assert_eq!(output.status.code(), Some(1), "{output:?}");
@@ -673,7 +680,10 @@ fn score_exit_status_tells_anomalies() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains(&format!("error: {}: no such file or folder", missing.display())),
+        stderr.contains(&format!(
+            "error: {}: no such file or folder",
+            missing.display()
+        )),
         "{stderr}"
     );
 }

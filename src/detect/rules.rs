@@ -745,7 +745,14 @@ fn check_bounds(
         match most {
             Some((most, why)) if field != "max" && v > most as f64 => {
                 let why = why.to_string();
-                return Err((at, RuleErrorKind::Unreachable { value: v, most, why }));
+                return Err((
+                    at,
+                    RuleErrorKind::Unreachable {
+                        value: v,
+                        most,
+                        why,
+                    },
+                ));
             }
             _ => {}
         }
@@ -2425,17 +2432,25 @@ mod tests {
             matches!(e.kind, RuleErrorKind::Unreachable { most: 5000, .. }),
             "{e}"
         );
-        assert!(parse(r#"{"kind": "count", "part": "part1", "min": 5000}"#, Some(5000)).is_ok());
-        let e = parse(r#"{"kind": "count", "part": "part1", "min": 5001}"#, Some(5000));
+        assert!(parse(
+            r#"{"kind": "count", "part": "part1", "min": 5000}"#,
+            Some(5000)
+        )
+        .is_ok());
+        let e = parse(
+            r#"{"kind": "count", "part": "part1", "min": 5001}"#,
+            Some(5000),
+        );
         assert_eq!(e.unwrap_err().path, "rules[0].min");
         // An upper bound above the most is always met: harmless, kept.
-        assert!(parse(r#"{"kind": "count", "part": "part1", "max": 1e30}"#, Some(5000)).is_ok());
+        assert!(parse(
+            r#"{"kind": "count", "part": "part1", "max": 1e30}"#,
+            Some(5000)
+        )
+        .is_ok());
         // Unknown label map: the count alone cannot be judged.
         assert!(parse(r#"{"kind": "count", "part": "part1", "min": 5001}"#, None).is_ok());
-        let e = parse(
-            r#"{"kind": "components", "min": 7000}"#,
-            Some(6999),
-        );
+        let e = parse(r#"{"kind": "components", "min": 7000}"#, Some(6999));
         assert_eq!(e.unwrap_err().path, "rules[0].min");
         // Two listed parts: at most 2 of them are present.
         let e = parse(
