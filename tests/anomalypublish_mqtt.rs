@@ -16,6 +16,8 @@ use std::sync::{mpsc, Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod common;
+
 fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
@@ -74,6 +76,11 @@ struct Broker {
 impl Broker {
     /// Starts a broker; `users` (name, password) makes it refuse anonymous clients.
     fn start(users: &[(&str, &str)]) -> Broker {
+        Broker::start_with(users, "")
+    }
+
+    /// Starts a broker with `more` appended to its configuration (another listener).
+    fn start_with(users: &[(&str, &str)], more: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -103,6 +110,7 @@ impl Broker {
                 passwd.display()
             ));
         }
+        conf.push_str(more);
         std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
         let mut broker = Broker {
             dir,
@@ -715,4 +723,248 @@ fn bad_mqtt_settings_fail_start_with_the_cause() {
         );
         pipeline.set_state(gst::State::Null).unwrap();
     }
+}
+
+/// Every published line carries `wall_time`, RFC 3339 UTC with milliseconds, from this run.
+#[test]
+fn lines_carry_the_wall_clock_time() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("times.jsonl");
+    let before = chrono::Utc::now() - chrono::Duration::milliseconds(1);
+    run_videotestsrc(&format!("location={}", path.display()), 20, false, || {});
+    let after = chrono::Utc::now() + chrono::Duration::milliseconds(1);
+    let times: Vec<chrono::DateTime<chrono::Utc>> = file_lines(&path)
+        .iter()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let text = v["wall_time"].as_str().expect("a wall_time").to_string();
+            assert!(text.ends_with('Z') && text.len() == 24, "{text}");
+            chrono::DateTime::parse_from_rfc3339(&text)
+                .unwrap()
+                .to_utc()
+        })
+        .collect();
+    assert_eq!(times.len(), 20);
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(times[0] >= before && times[19] <= after, "{times:?}");
+}
+
+/// A CA, a broker certificate for 127.0.0.1 and a client certificate, made with openssl.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn make() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        // The extensions make the certificates X.509 v3, which rustls requires of the one it
+        // presents; the broker's names the address the client dials.
+        let script = r#"
+            set -e
+            key="-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+            openssl req -x509 $key -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca
+            printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext
+            printf 'extendedKeyUsage=clientAuth\n' > client.ext
+            for name in server client; do
+                openssl req $key -keyout $name.key -out $name.csr -subj /CN=$name
+                openssl x509 -req -in $name.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                    -out $name.pem -days 2 -extfile $name.ext
+            done
+        "#;
+        let output = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir.path())
+            .output()
+            .expect("sh");
+        assert!(
+            output.status.success(),
+            "making certificates with openssl (Debian package openssl): {output:?}"
+        );
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// A TLS listener on `port` that requires a client certificate signed by the CA.
+    fn listener(&self, port: u16) -> String {
+        format!(
+            "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+             require_certificate true\n",
+            self.path("ca.pem"),
+            self.path("server.pem"),
+            self.path("server.key")
+        )
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Mutual TLS against Mosquitto requiring client certificates: with `mqtt-cert-file` and
+/// `mqtt-key-file` every line arrives; without them the broker refuses the handshake and
+/// nothing arrives (a warning says the broker cannot be reached); a key that is not PEM is an
+/// error naming the file.
+#[test]
+fn client_certificates_for_brokers_that_require_them() {
+    init();
+    let certs = Certs::make();
+    let tls_port = free_port();
+    let broker = Broker::start_with(&[], &certs.listener(tls_port));
+    let url = format!("mqtts://127.0.0.1:{tls_port}");
+    let dir = tempfile::tempdir().unwrap();
+
+    let sub = Subscriber::new(broker.port, "logsad/mtls", None);
+    let path = dir.path().join("mtls.jsonl");
+    let messages = run_videotestsrc(
+        &format!(
+            "location={} stream-name=mtls mqtt-url={url} mqtt-ca-file={} mqtt-cert-file={} \
+             mqtt-key-file={}",
+            path.display(),
+            certs.path("ca.pem"),
+            certs.path("client.pem"),
+            certs.path("client.key")
+        ),
+        30,
+        false,
+        || {},
+    );
+    assert!(warnings(&messages).is_empty(), "{:?}", warnings(&messages));
+    assert_eq!(sub.wait_for(30), file_lines(&path));
+
+    let sub = Subscriber::new(broker.port, "logsad/no-cert", None);
+    let messages = run_videotestsrc(
+        &format!(
+            "stream-name=no-cert mqtt-url={url} mqtt-ca-file={} mqtt-drain-timeout=1000",
+            certs.path("ca.pem")
+        ),
+        10,
+        false,
+        || {},
+    );
+    let texts: Vec<String> = warnings(&messages).into_iter().map(|w| w.0).collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with(&format!("Cannot connect to MQTT broker {url}"))),
+        "{texts:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sub.wait_for(0).is_empty());
+
+    let (pipeline, _, _) = appsrc_pipeline(&format!(
+        "location=- mqtt-url={url} mqtt-ca-file={} mqtt-cert-file={} mqtt-key-file={}",
+        certs.path("ca.pem"),
+        certs.path("client.pem"),
+        certs.path("client.csr")
+    ));
+    assert!(pipeline.set_state(gst::State::Playing).is_err());
+    let messages = collect_until(
+        &pipeline.bus().unwrap(),
+        Duration::from_secs(5),
+        is_eos_or_error,
+    );
+    let errs = errors(&messages);
+    let expected = format!(
+        "'{}' holds no usable PEM private key",
+        certs.path("client.csr")
+    );
+    assert!(
+        errs.first()
+            .is_some_and(|e| e.to_string().contains(&expected)),
+        "{errs:?}"
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// Each camera's retained online status: `online: true` on connecting and `reason: stopped`
+/// on a clean stop; when the process dies (SIGKILL, nothing sent), the broker publishes the
+/// last will, `reason: connection lost`, for that camera.
+#[test]
+fn online_status_and_last_will_per_camera() {
+    init();
+    let broker = Broker::start(&[]);
+    let sub = Subscriber::new(broker.port, "line/+/status", None);
+    let status = |line: &str| -> (String, bool, Option<String>, bool) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        (
+            v["stream"].as_str().unwrap().to_string(),
+            v["online"].as_bool().unwrap(),
+            v["reason"].as_str().map(str::to_string),
+            v["wall_time"].is_string(),
+        )
+    };
+    run_videotestsrc(
+        &format!(
+            "stream-name=cam-a mqtt-url={} mqtt-status-topic=line/{{stream}}/status",
+            broker.url()
+        ),
+        10,
+        false,
+        || {},
+    );
+    let got: Vec<_> = sub.wait_for(2).iter().map(|l| status(l)).collect();
+    assert_eq!(
+        got,
+        [
+            ("cam-a".to_string(), true, None, true),
+            (
+                "cam-a".to_string(),
+                false,
+                Some("stopped".to_string()),
+                true
+            )
+        ]
+    );
+
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::built_plugin(),
+        plugins.path().join("libgstlogsad.so"),
+    )
+    .unwrap();
+    let mut camera = Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            "is-live=true",
+            "!",
+            "video/x-raw,width=64,height=48",
+            "!",
+            "anomalypublish",
+            "stream-name=cam-b",
+            &format!("mqtt-url={}", broker.url()),
+            "mqtt-status-topic=line/{stream}/status",
+            "!",
+            "fakesink",
+        ])
+        .env("GST_PLUGIN_PATH", plugins.path())
+        .env("GST_REGISTRY", plugins.path().join("registry.bin"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gst-launch-1.0 (Debian package gstreamer1.0-tools)");
+    let online = sub.wait_for(3);
+    assert_eq!(online.len(), 3, "cam-b never came online: {online:?}");
+    assert_eq!(status(&online[2]), ("cam-b".to_string(), true, None, true));
+    camera.kill().unwrap();
+    camera.wait().unwrap();
+    let got = sub.wait_for(4);
+    assert_eq!(got.len(), 4, "no last will: {got:?}");
+    assert_eq!(
+        status(&got[3]),
+        (
+            "cam-b".to_string(),
+            false,
+            Some("connection lost".to_string()),
+            false
+        )
+    );
 }

@@ -1189,32 +1189,6 @@ fn real_model_textile() {
 // Tests: metadata outside Rust
 // ---------------------------------------------------------------------------------------------
 
-/// The plugin library: the one cargo built with this test binary (`target/<profile>/deps`, where
-/// the cdylib lands; cargo copies it up one level only on `cargo build`), else the one
-/// `cargo build --release` left in `target/release`; fails the test naming them without one.
-fn built_plugin() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let deps_dir = exe.parent().expect("the test binary's folder");
-    let candidates = [
-        deps_dir.join("libgstlogsad.so"),
-        deps_dir
-            .parent()
-            .unwrap_or(deps_dir)
-            .join("libgstlogsad.so"),
-        root().join("target/release/libgstlogsad.so"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "the plugin library is missing: none of {candidates:?} exists. Run `make build` \
-                 (`make deps` and `cargo build --release --locked`); `make test` does it first."
-            )
-        })
-}
-
 /// Python (PyGObject) reads the custom meta's structure, map and regions through the installed
 /// plugin, after a `videoscale`. With threshold 0 and regions left uncut (peak fraction 0) every
 /// frame is anomalous with one region: the whole frame, scored the map's maximum.

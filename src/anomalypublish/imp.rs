@@ -12,7 +12,8 @@
  * Each line is one JSON object:
  *
  * ```json
- * {"timestamp": 33333333, "pts": "0:00:00.033", "frame": 1, "stream": "cam0", "analysed": true,
+ * {"timestamp": 33333333, "pts": "0:00:00.033", "wall_time": "2026-12-08T01:23:56.123Z",
+ *  "frame": 1, "stream": "cam0", "analysed": true,
  *  "score": 0.82, "calibrated": 0.97, "anomalous": true, "threshold": 0.5, "stale": false,
  *  "analysed_frame": 1, "detectors": {"patch": {"score": 0.82, "calibrated": 0.97}},
  *  "regions": [{"x": 10, "y": 20, "width": 32, "height": 16, "score": 0.9}],
@@ -22,6 +23,9 @@
  * ```
  *
  * - `timestamp`: buffer PTS in nanoseconds, or `null`; `pts`: the same as `h:mm:ss.mmm`, or `null`;
+ * - `wall_time`: when this element made the line, UTC, RFC 3339 with milliseconds
+ *   (`2026-12-08T01:23:56.123Z`): the time on the line's clock, for joining with other systems
+ *   (the frame's capture time is `timestamp` in stream time);
  * - `frame`: running count of the buffers this element has seen since it started (from 0; frames
  *   filtered out by `only-anomalous`/`skip-unanalysed` still count, so gaps show them);
  * - `stream`: the `stream-name` property (the element name when unset);
@@ -78,7 +82,14 @@
  * drops its oldest line, counted in `mqtt-dropped` and warned about. EOS waits up to
  * `mqtt-drain-timeout` ms for the backlog to drain. A broker that is down warns once and is
  * retried; one that refuses the credentials is an element error (`GST_RESOURCE_ERROR_NOT_AUTHORIZED`).
- * With `mqtt-url` set and `location` unset, nothing is written locally.
+ * With `mqtt-url` set and `location` unset, nothing is written locally. Brokers that require
+ * client certificates (mutual TLS) get `mqtt-cert-file` and `mqtt-key-file`.
+ *
+ * Each camera has a retained online status on `mqtt-status-topic` (`logsad/{stream}/status`):
+ * `{"stream": "cam0", "online": true, "wall_time": …}` on every connection,
+ * `{"stream": "cam0", "online": false, "reason": "stopped", "wall_time": …}` on a clean stop, and
+ * `{"stream": "cam0", "online": false, "reason": "connection lost"}` as the last will the broker
+ * publishes when the connection dies without a goodbye (a crash, a cable pulled).
  *
  * ## Example launch line
  *
@@ -132,6 +143,7 @@ const DEFAULT_SKIP_UNANALYSED: bool = false;
 const DEFAULT_INCLUDE_MAP: bool = false;
 const DEFAULT_APPEND: bool = false;
 const DEFAULT_MQTT_TOPIC: &str = "logsad/{stream}";
+const DEFAULT_MQTT_STATUS_TOPIC: &str = "logsad/{stream}/status";
 const DEFAULT_MQTT_QOS: u32 = 1;
 const DEFAULT_MQTT_BACKLOG: u32 = 10_000;
 const DEFAULT_MQTT_DRAIN_TIMEOUT: u32 = 5000;
@@ -168,7 +180,10 @@ struct Settings {
     mqtt_username: Option<String>,
     mqtt_password: Option<String>,
     mqtt_ca_file: Option<String>,
+    mqtt_cert_file: Option<String>,
+    mqtt_key_file: Option<String>,
     mqtt_client_id: Option<String>,
+    mqtt_status_topic: String,
     mqtt_backlog: u32,
     mqtt_drain_timeout: u32,
 }
@@ -191,7 +206,10 @@ impl Default for Settings {
             mqtt_username: None,
             mqtt_password: None,
             mqtt_ca_file: None,
+            mqtt_cert_file: None,
+            mqtt_key_file: None,
             mqtt_client_id: None,
+            mqtt_status_topic: DEFAULT_MQTT_STATUS_TOPIC.to_string(),
             mqtt_backlog: DEFAULT_MQTT_BACKLOG,
             mqtt_drain_timeout: DEFAULT_MQTT_DRAIN_TIMEOUT,
         }
@@ -495,6 +513,7 @@ struct MapRecord {
 struct Record<'a> {
     timestamp: Option<u64>,
     pts: Option<String>,
+    wall_time: String,
     frame: u64,
     stream: &'a str,
     analysed: bool,
@@ -651,13 +670,38 @@ impl AnomalyPublish {
                 )
             )
         })?;
+        let client_auth = match (
+            settings.mqtt_cert_file.as_deref(),
+            settings.mqtt_key_file.as_deref(),
+        ) {
+            (Some(cert), Some(key)) if url.tls => Some((Path::new(cert), Path::new(key))),
+            (Some(_), Some(_)) => {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    (
+                        "mqtt-cert-file and mqtt-key-file are set but mqtt-url {} is plain \
+                         TCP: client certificates need mqtts://",
+                        url
+                    )
+                ))
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("mqtt-cert-file and mqtt-key-file go together: set both or neither")
+                ))
+            }
+            (None, None) => None,
+        };
         let tls = match (url.tls, settings.mqtt_ca_file.as_deref()) {
-            (true, Some(path)) => Some(mqtt::tls_config(Path::new(path)).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenRead,
-                    ("Could not load the CA certificates of mqtt-ca-file: {}", e)
-                )
-            })?),
+            (true, Some(path)) => Some(mqtt::tls_config(Path::new(path), client_auth).map_err(
+                |e| {
+                    gst::error_msg!(
+                        gst::ResourceError::OpenRead,
+                        ("Could not set up TLS (mqtt-ca-file, mqtt-cert-file, mqtt-key-file): {}", e)
+                    )
+                },
+            )?),
             (true, None) => {
                 return Err(gst::error_msg!(
                     gst::ResourceError::Settings,
@@ -695,6 +739,23 @@ impl AnomalyPublish {
             .mqtt_client_id
             .clone()
             .unwrap_or_else(|| format!("logsad-{stream}-{}", std::process::id()));
+        let status = match settings.mqtt_status_topic.as_str() {
+            "" => None,
+            pattern => Some(mqtt::StatusConfig {
+                topic: expand_topic(pattern, &stream).map_err(|e| {
+                    gst::error_msg!(
+                        gst::ResourceError::Settings,
+                        (
+                            "Invalid mqtt-status-topic '{}' for stream '{}': {}",
+                            pattern,
+                            stream,
+                            e
+                        )
+                    )
+                })?,
+                stream: stream.clone(),
+            }),
+        };
         Ok(mqtt::Config {
             url,
             topic,
@@ -702,6 +763,7 @@ impl AnomalyPublish {
             credentials,
             tls,
             client_id,
+            status,
             backlog: settings.mqtt_backlog.max(1) as usize,
         })
     }
@@ -977,6 +1039,7 @@ impl AnomalyPublish {
         let record = Record {
             timestamp: pts.map(|t| t.nseconds()),
             pts: pts.map(|t| format_pts(t.nseconds())),
+            wall_time: super::wall_time_now(),
             frame,
             stream,
             analysed: r.is_some(),
@@ -1281,6 +1344,35 @@ impl ObjectImpl for AnomalyPublish {
                     )
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("mqtt-cert-file")
+                    .nick("MQTT client certificate file")
+                    .blurb(
+                        "PEM file of this client's certificate (chain), for brokers that \
+                         require client certificates (mutual TLS); needs mqtts:// and \
+                         mqtt-key-file, read at start",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("mqtt-key-file")
+                    .nick("MQTT client key file")
+                    .blurb(
+                        "PEM file of the private key of mqtt-cert-file (PKCS#8, PKCS#1 or \
+                         SEC1, unencrypted), read at start",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("mqtt-status-topic")
+                    .nick("MQTT status topic")
+                    .blurb(
+                        "Topic of this camera's retained online status: {\"online\": true} \
+                         when connected, {\"online\": false, \"reason\": \"stopped\"} on a \
+                         clean stop, and the same with \"connection lost\" as the last will \
+                         the broker sends when the connection dies; {stream} becomes the \
+                         stream name; empty: no status and no last will",
+                    )
+                    .default_value(Some(DEFAULT_MQTT_STATUS_TOPIC))
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecString::builder("mqtt-client-id")
                     .nick("MQTT client id")
                     .blurb("Client id (unset: logsad-<stream name>-<process id>)")
@@ -1355,6 +1447,19 @@ impl ObjectImpl for AnomalyPublish {
                 settings.mqtt_password = value.get::<Option<String>>().ok().flatten()
             }
             "mqtt-ca-file" => settings.mqtt_ca_file = value.get::<Option<String>>().ok().flatten(),
+            "mqtt-cert-file" => {
+                settings.mqtt_cert_file = value.get::<Option<String>>().ok().flatten()
+            }
+            "mqtt-key-file" => {
+                settings.mqtt_key_file = value.get::<Option<String>>().ok().flatten()
+            }
+            "mqtt-status-topic" => {
+                settings.mqtt_status_topic = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| DEFAULT_MQTT_STATUS_TOPIC.to_string())
+            }
             "mqtt-client-id" => {
                 settings.mqtt_client_id = value.get::<Option<String>>().ok().flatten()
             }
@@ -1384,6 +1489,9 @@ impl ObjectImpl for AnomalyPublish {
             "mqtt-qos" => settings.mqtt_qos.to_value(),
             "mqtt-username" => settings.mqtt_username.to_value(),
             "mqtt-ca-file" => settings.mqtt_ca_file.to_value(),
+            "mqtt-cert-file" => settings.mqtt_cert_file.to_value(),
+            "mqtt-key-file" => settings.mqtt_key_file.to_value(),
+            "mqtt-status-topic" => settings.mqtt_status_topic.to_value(),
             "mqtt-client-id" => settings.mqtt_client_id.to_value(),
             "mqtt-backlog" => settings.mqtt_backlog.to_value(),
             "mqtt-drain-timeout" => settings.mqtt_drain_timeout.to_value(),

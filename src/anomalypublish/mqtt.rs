@@ -10,12 +10,17 @@
 //! unsent in the backlog ([`Backlog::rewind`]) and is sent again, in order, on the next
 //! connection. At QoS 1 a line leaves the backlog on its PUBACK, at QoS 0 once rumqttc has
 //! flushed it to the socket.
+//!
+//! Online status ([`StatusConfig`]): each connection leaves a last will (retained,
+//! `{"stream": …, "online": false, "reason": "connection lost"}`) that the broker publishes if
+//! the connection dies without a goodbye, publishes `"online": true` (retained) when the broker
+//! accepts it, and on a clean stop `"online": false, "reason": "stopped"` before disconnecting.
 
 use super::backlog::{Backlog, BrokerUrl};
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttOptions,
-    Outgoing, QoS, TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
+    MqttOptions, Outgoing, QoS, TlsConfiguration, Transport,
 };
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -37,6 +42,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How often waits for the backlog re-check their interruption condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a clean stop waits for the broker to take the offline status.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Locks a mutex, recovering the data if another thread panicked while holding it.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,34 +62,91 @@ pub struct Config {
     /// TLS settings (from [`tls_config`]); plain TCP when `None`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub client_id: String,
+    /// The online-status messages and last will; none when `None`.
+    pub status: Option<StatusConfig>,
     /// Lines kept while the broker is unreachable or slow (see [`Backlog`]).
     pub backlog: usize,
 }
 
-/// Reads the PEM CA certificates in `path` and makes the TLS settings that trust them (and only
-/// them), with rustls on the *ring* provider. Errors name the file and the cause: it cannot be
-/// read, holds a malformed PEM block, or no certificate at all.
-pub fn tls_config(path: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
+/// Where and for which stream the online status goes.
+pub struct StatusConfig {
+    /// The expanded status topic.
+    pub topic: String,
+    /// The stream name the messages carry.
+    pub stream: String,
+}
 
+impl StatusConfig {
+    /// The status message: `online`, and for an offline one why (`reason`); `wall_time` when
+    /// the message is sent now (a last will is sent later, by the broker, so it has none).
+    fn message(&self, online: bool, reason: Option<&str>, now: bool) -> String {
+        let mut message = serde_json::json!({"stream": self.stream, "online": online});
+        if let Some(reason) = reason {
+            message["reason"] = reason.into();
+        }
+        if now {
+            message["wall_time"] = super::wall_time_now().into();
+        }
+        message.to_string()
+    }
+}
+
+/// The PEM certificates in `path`; errors name the file and the cause.
+fn read_certificates(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
     let name = path.display();
     let pem = std::fs::read(path).map_err(|e| format!("cannot read '{name}': {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("'{name}' holds a malformed PEM block: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("'{name}' holds an unusable certificate: {e}"))?;
-    }
-    if roots.is_empty() {
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("'{name}' holds a malformed PEM block: {e}"))?;
+    if certs.is_empty() {
         return Err(format!("'{name}' holds no PEM certificate"));
     }
+    Ok(certs)
+}
+
+/// Makes the TLS settings, with rustls on the *ring* provider: the server must present a
+/// certificate from the PEM CA certificates in `ca` (and only them); with `client` (a PEM
+/// certificate chain and its PEM private key: PKCS#8, PKCS#1 or SEC1), this client presents
+/// that certificate (mutual TLS, as AWS IoT Core and most managed brokers require).
+///
+/// Errors name the file and the cause: it cannot be read, holds a malformed PEM block, no
+/// certificate or no private key, or a key that does not go with the certificate.
+pub fn tls_config(
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certificates(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("'{}' holds an unusable certificate: {e}", ca.display()))?;
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS set-up failed: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = read_certificates(cert)?;
+            let name = key.display();
+            let pem = std::fs::read(key).map_err(|e| format!("cannot read '{name}': {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(&pem)
+                .map_err(|e| format!("'{name}' holds no usable PEM private key: {e}"))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                format!(
+                    "the client certificate '{}' and key '{name}' cannot be used: {e}",
+                    cert.display()
+                )
+            })?
+        }
+    };
     Ok(Arc::new(config))
 }
 
@@ -295,6 +359,10 @@ fn run(shared: &Shared, config: &Config, report: &dyn Fn(Report)) {
             tls.clone(),
         )));
     }
+    if let Some(status) = &config.status {
+        let will = status.message(false, Some("connection lost"), false);
+        options.set_last_will(LastWill::new(&status.topic, will, QoS::AtLeastOnce, true));
+    }
     runtime.block_on(sessions(shared, config, options, report));
 }
 
@@ -377,12 +445,15 @@ async fn connection(
     };
     let mut connected = false;
     // Lines handed to the client whose `Outgoing::Publish` has not come yet (rumqttc handles
-    // requests in order).
-    let mut handed: VecDeque<u64> = VecDeque::new();
+    // requests in order); `None` for a status message, which is not in the backlog.
+    let mut handed: VecDeque<Option<u64>> = VecDeque::new();
     // QoS 1: packet id -> line, waiting for the PUBACK.
     let mut unacked: HashMap<u16, u64> = HashMap::new();
     loop {
         if shared.quit.load(Ordering::SeqCst) {
+            if let (true, Some(status)) = (connected, &config.status) {
+                goodbye(client, &mut events, status).await;
+            }
             return Ended::Quit;
         }
         if connected {
@@ -396,7 +467,7 @@ async fn connection(
                         connected,
                     };
                 }
-                handed.push_back(seq);
+                handed.push_back(Some(seq));
             }
         }
         tokio::select! {
@@ -415,12 +486,24 @@ async fn connection(
                 Some(Ok(Event::Incoming(Incoming::ConnAck(_)))) => {
                     connected = true;
                     shared.connected.store(true, Ordering::SeqCst);
+                    if let Some(status) = &config.status {
+                        let online = status.message(true, None, true);
+                        if let Err(err) =
+                            client.try_publish(&status.topic, QoS::AtLeastOnce, true, online)
+                        {
+                            return Ended::Lost {
+                                error: format!("the MQTT client did not take a message: {err}"),
+                                connected,
+                            };
+                        }
+                        handed.push_back(None);
+                    }
                     let waiting = lock(&shared.backlog).len();
                     report(Report::Connected { after_outage: *outage, waiting });
                     *outage = false;
                 }
                 Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
-                    if let Some(seq) = handed.pop_front() {
+                    if let Some(Some(seq)) = handed.pop_front() {
                         if config.at_least_once {
                             unacked.insert(pkid, seq);
                         } else {
@@ -438,4 +521,29 @@ async fn connection(
             _ = shared.wake.notified() => {}
         }
     }
+}
+
+/// A clean stop: publishes the offline status (retained) and disconnects, so that the broker
+/// keeps "stopped" rather than sending the last will; waits at most [`GOODBYE_TIMEOUT`].
+async fn goodbye(
+    client: &AsyncClient,
+    events: &mut UnboundedReceiver<Result<Event, ConnectionError>>,
+    status: &StatusConfig,
+) {
+    let offline = status.message(false, Some("stopped"), true);
+    if client
+        .try_publish(&status.topic, QoS::AtLeastOnce, true, offline)
+        .is_err()
+        || client.try_disconnect().is_err()
+    {
+        return;
+    }
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        while let Some(Ok(event)) = events.recv().await {
+            if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+                return;
+            }
+        }
+    })
+    .await;
 }

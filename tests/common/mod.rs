@@ -151,3 +151,29 @@ impl Rng {
         (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
     }
 }
+
+/// The plugin library: the one cargo built with this test binary (`target/<profile>/deps`, where
+/// the cdylib lands; cargo copies it up one level only on `cargo build`), else the one
+/// `cargo build --release` left in `target/release`; fails the test naming them without one.
+pub fn built_plugin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let deps_dir = exe.parent().expect("the test binary's folder");
+    let candidates = [
+        deps_dir.join("libgstlogsad.so"),
+        deps_dir
+            .parent()
+            .unwrap_or(deps_dir)
+            .join("libgstlogsad.so"),
+        root().join("target/release/libgstlogsad.so"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "the plugin library is missing: none of {candidates:?} exists. Run `make build` \
+                 (`make deps` and `cargo build --release --locked`); `make test` does it first."
+            )
+        })
+}
