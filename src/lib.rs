@@ -11,11 +11,14 @@ pub mod detectors;
 pub mod engine;
 pub mod enroll;
 pub mod eval;
+pub mod fsname;
+pub mod glyphs;
 pub mod imageio;
 pub mod inspector;
 pub mod meta;
 pub mod profile;
 pub mod record;
+pub mod sync;
 pub mod synth;
 pub mod worker;
 

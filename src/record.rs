@@ -433,16 +433,7 @@ fn civil(unix_ns: i64) -> ((i64, u32, u32), (u32, u32, u32), u32) {
 /// `STREAM-YYYYMMDDTHHMMSS.mmmZ.EXT`. Characters other than ASCII letters, digits, `-`, `_`
 /// and `.` in the stream name become `_`, so that a name never leaves the clip folder.
 pub fn clip_file_name(stream: &str, unix_ns: i64, ext: &str) -> String {
-    let safe: String = stream
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let safe = crate::fsname::safe_file_name_part(stream);
     let safe = if safe.is_empty() || safe.chars().all(|c| c == '.') {
         "stream".to_string()
     } else {

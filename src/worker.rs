@@ -22,6 +22,7 @@ use crate::detect::preprocess::RgbImage;
 use crate::detect::tiling::Tiling;
 use crate::engine::{EngineError, EngineOptions, Manifest, ModelIdentity};
 use crate::inspector::{Extractor, FrameFeatures, InspectError, Inspector, ModelTime};
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -279,7 +280,7 @@ impl InferenceWorker {
         batching: Batching,
     ) -> Result<(Arc<Self>, Vec<String>), WorkerError> {
         // Held while loading, so that two elements starting at once load the model once.
-        let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        let mut registry = lock(&REGISTRY);
         registry.retain(|_, worker| worker.strong_count() > 0);
         if let Some(worker) = registry.get(id).and_then(Weak::upgrade) {
             worker.check_same_model(id, manifest_path)?;
@@ -313,11 +314,7 @@ impl InferenceWorker {
 
     /// The live worker registered as `id`, if any user still holds it.
     pub fn registered(id: &str) -> Option<Arc<Self>> {
-        REGISTRY
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .and_then(Weak::upgrade)
+        lock(&REGISTRY).get(id).and_then(Weak::upgrade)
     }
 
     /// Whether `manifest_path` names this worker's model: the same manifest file, or a
@@ -343,11 +340,7 @@ impl InferenceWorker {
 
     /// Sends `message` to the worker thread; returns it when the worker has stopped.
     fn send(&self, message: Message) -> Option<Message> {
-        let sender = self
-            .messages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let sender = lock(&self.messages).clone();
         match sender {
             Some(sender) => sender.send(message).err().map(|e| e.0),
             None => Some(message),
@@ -431,11 +424,8 @@ impl InferenceWorker {
 impl Drop for InferenceWorker {
     fn drop(&mut self) {
         // Closing the channel ends the thread once the queued frames are answered.
-        self.messages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        lock(&self.messages).take();
+        let thread = lock(&self.thread).take();
         // The last handle can be dropped by a reply running on the worker's own thread.
         if let Some(thread) = thread.filter(|_| std::thread::current().id() != self.thread_id) {
             let _ = thread.join();

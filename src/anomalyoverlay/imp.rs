@@ -295,28 +295,8 @@ impl Canvas<'_> {
     /// Draws `text` (ASCII; anything else becomes `?`) with its top-left corner at `(x, y)`,
     /// each font pixel being a `scale` x `scale` square.
     fn draw_text(&mut self, x: i64, y: i64, text: &str, scale: i64, c: [u8; 3]) {
-        let mut gx = x;
-        for ch in text.chars() {
-            if gx >= self.width as i64 {
-                break;
-            }
-            let code = if ch.is_ascii() {
-                ch as usize
-            } else {
-                '?' as usize
-            };
-            let glyph = font8x8::legacy::BASIC_LEGACY[code];
-            for (row, bits) in glyph.iter().enumerate() {
-                if *bits == 0 {
-                    continue;
-                }
-                for col in 0..8 {
-                    if bits & (1 << col) != 0 {
-                        self.fill_rect(gx + col * scale, y + row as i64 * scale, scale, scale, c);
-                    }
-                }
-            }
-            gx += 8 * scale;
+        for (px, py) in crate::glyphs::lit_pixels(text) {
+            self.fill_rect(x + px * scale, y + py * scale, scale, scale, c);
         }
     }
 

@@ -105,6 +105,7 @@
  * gst-launch-1.0 -q v4l2src ! videoconvert ! logsad ! anomalypublish only-anomalous=true ! fakesink
  * ]|
  */
+use crate::sync::lock;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -119,7 +120,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -157,11 +158,6 @@ const WARNING_INTERVAL: Duration = Duration::from_secs(1);
 const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often waits re-check for flushes and shutdowns.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// Locks a mutex, recovering the data if another thread panicked while holding it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[derive(Debug, Clone)]
 struct Settings {

@@ -17,6 +17,7 @@
 //! accepts it, and on a clean stop `"online": false, "reason": "stopped"` before disconnecting.
 
 use super::backlog::{Backlog, BrokerUrl};
+use crate::sync::lock;
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
@@ -25,7 +26,7 @@ use rumqttc::{
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -44,11 +45,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a clean stop waits for the broker to take the offline status.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Locks a mutex, recovering the data if another thread panicked while holding it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What the publisher needs, checked by the element at start.
 pub struct Config {

@@ -30,6 +30,7 @@
  *     anomalyrecord location=clips/cam1 stream-name=cam1 pre-seconds=5 post-seconds=5
  * ]|
  */
+use crate::sync::lock;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -39,7 +40,7 @@ use gst_base::subclass::prelude::*;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -68,11 +69,6 @@ pub const INDEX_NAME: &str = "clips.jsonl";
 /// How long finishing a clip may take after its last picture (muxing what is queued and
 /// writing the index of an MP4): longer means a stuck file system; the clip is given up.
 const FINISH_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(60);
-
-/// Locks a mutex, recovering the data if another thread panicked while holding it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[derive(Debug, Clone)]
 struct Settings {

@@ -105,20 +105,8 @@ impl Canvas {
 
     /// ASCII text (others become `?`), top-left corner at `(x, y)`, 8 px per character.
     fn text(&mut self, x: i64, y: i64, text: &str, c: [u8; 3]) {
-        for (i, ch) in text.chars().enumerate() {
-            let code = if ch.is_ascii() {
-                ch as usize
-            } else {
-                '?' as usize
-            };
-            let glyph = font8x8::legacy::BASIC_LEGACY[code];
-            for (row, bits) in glyph.iter().enumerate() {
-                for col in 0..8 {
-                    if bits & (1 << col) != 0 {
-                        self.set(x + 8 * i as i64 + col, y + row as i64, c);
-                    }
-                }
-            }
+        for (px, py) in crate::glyphs::lit_pixels(text) {
+            self.set(x + px, y + py, c);
         }
     }
 }

@@ -789,17 +789,7 @@ pub fn roc_curves(scores: &[ScoredImage]) -> Vec<(String, Vec<(f64, f64)>)> {
 /// `roc_<category>.png` with characters other than ASCII letters, digits, `-`, `_` and `.`
 /// replaced by `_`.
 pub fn roc_file_name(category: &str) -> String {
-    let safe: String = category
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("roc_{safe}.png")
+    format!("roc_{}.png", crate::fsname::safe_file_name_part(category))
 }
 
 /// Writes the ROC plot of a category into `dir`; returns its path.

@@ -99,19 +99,10 @@ fn fill(out: &mut image::RgbImage, x: u32, y: u32, w: u32, h: u32, colour: [u8; 
 
 /// ASCII text (others become `?`) in the 8x8 font, top-left corner at `(x, y)`, clipped.
 fn text(out: &mut image::RgbImage, x: u32, y: u32, text: &str, colour: [u8; 3]) {
-    for (i, ch) in text.chars().enumerate() {
-        let code = if ch.is_ascii() {
-            ch as usize
-        } else {
-            '?' as usize
-        };
-        for (row, bits) in font8x8::legacy::BASIC_LEGACY[code].iter().enumerate() {
-            for col in 0..8u32 {
-                let (px, py) = (x + 8 * i as u32 + col, y + row as u32);
-                if bits & (1 << col) != 0 && px < out.width() && py < out.height() {
-                    out.put_pixel(px, py, image::Rgb(colour));
-                }
-            }
+    for (dx, dy) in crate::glyphs::lit_pixels(text) {
+        let (px, py) = (x as i64 + dx, y as i64 + dy);
+        if px < out.width() as i64 && py < out.height() as i64 {
+            out.put_pixel(px as u32, py as u32, image::Rgb(colour));
         }
     }
 }
