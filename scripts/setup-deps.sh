@@ -14,6 +14,7 @@ TEXTILE_VERSION=0.1.4
 ONNX_VERSION=1.23.2
 NUMPY_VERSION=2.4.6
 PILLOW_VERSION=13.0.0
+JSONSCHEMA_VERSION=4.26.0
 
 APT_PACKAGES=(
   build-essential pkg-config unzip python3 python3-venv python3-pip
@@ -113,6 +114,10 @@ fi
 # default model.
 if ! "$PY" -c "import PIL" 2>/dev/null; then
   "$PY" -m pip install -q --disable-pip-version-check "pillow==$PILLOW_VERSION"
+fi
+# jsonschema, for tests/validate_schema.py (the message formats of docs/schema/).
+if ! "$PY" -c "import jsonschema" 2>/dev/null; then
+  "$PY" -m pip install -q --disable-pip-version-check "jsonschema==$JSONSCHEMA_VERSION"
 fi
 stale() { [ ! -s "$1/model.onnx" ] || [ ! -s "$1/manifest.json" ] || [ "$MODEL_DIR/model.onnx" -nt "$1/model.onnx" ]; }
 INT8_DIR="$DEPS/models/dinov2-vits14-224-int8"

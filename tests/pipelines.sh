@@ -4,7 +4,7 @@
 #   demo.sh           3 nominal + 2 local frames, default model, 2x2 tiles, 1 reference image
 #   logic-demo.sh     3 good trays + 2 logical anomalies, default model, logsad preset
 #   live-camera.sh    videotestsrc + fakesink, 5 buffers, tiny model; then 30 buffers at 30 fps
-#                     with the default model, where the leaky queue must drop frames
+#                     with the default model, where drop-policy=skip must skip frames
 #   record-defects.sh 5 textile images at 2 fps, tiny model, every frame anomalous: one clip
 #   multi-camera.sh   the textile demo, 4 cameras x 4 frames, demo profile, no display: JSON lines,
 #                     a clip of camera 2's local defect, the 2x2 mosaic written to mosaic.mp4
@@ -12,6 +12,8 @@
 #                     then 4 live test cameras x 30 frames at 30 fps, frames skipped, none lost
 #   read-meta.py      videotestsrc with the tiny model; a local defect with the default model
 #   read-meta.c       compiled with gcc, the same two runs
+#   message formats   every JSON line above, the MQTT status messages and `logsad score` lines
+#                     against the JSON Schemas of docs/schema/ (tests/validate_schema.py)
 #
 # Every output must exist, be non-empty and valid (JSON lines parse with the expected fields,
 # mp4 files demux). Prints "N passed, M failed" last and exits non-zero if anything failed.
@@ -381,10 +383,14 @@ if command -v mosquitto >/dev/null && command -v mosquitto_sub >/dev/null; then
         grep -q "Opening ipv4 listen socket on port $port" "$work/mosquitto.log" 2>/dev/null && break
         sleep 0.1
     done
-    mosquitto_sub -h 127.0.0.1 -p "$port" -t 'logsad/#' -q 1 -v -C 16 -W 300 >"$work/mqtt.out" 2>&1 &
+    # The data topics (logsad/camN); the cameras' online status (logsad/camN/status) apart.
+    mosquitto_sub -h 127.0.0.1 -p "$port" -t 'logsad/+' -q 1 -v -C 16 -W 300 >"$work/mqtt.out" 2>&1 &
     subscriber=$!
+    mosquitto_sub -h 127.0.0.1 -p "$port" -t 'logsad/+/status' -q 1 -C 8 -W 300 \
+        >"$work/status.out" 2>&1 &
+    status_subscriber=$!
     for _ in $(seq 50); do
-        grep -q "Received SUBSCRIBE" "$work/mosquitto.log" 2>/dev/null && break
+        [[ $(grep -c "Received SUBSCRIBE" "$work/mosquitto.log" 2>/dev/null) -ge 2 ]] && break
         sleep 0.1
     done
 fi
@@ -412,11 +418,11 @@ fi
 if [[ -n $broker ]]; then
     # The lines are confirmed before EOS goes on; give the subscriber a moment to print them.
     for _ in $(seq 100); do
-        kill -0 "$subscriber" 2>/dev/null || break
+        kill -0 "$subscriber" 2>/dev/null || kill -0 "$status_subscriber" 2>/dev/null || break
         sleep 0.1
     done
-    kill "$subscriber" "$broker" 2>/dev/null
-    wait "$subscriber" "$broker" 2>/dev/null
+    kill "$subscriber" "$status_subscriber" "$broker" 2>/dev/null
+    wait "$subscriber" "$status_subscriber" "$broker" 2>/dev/null
 fi
 # Every JSON line of every camera reached the broker on topic logsad/camN, byte for byte, in order.
 if msg=$(python3 - "$headless" "$work/mqtt.out" 2>&1 <<'EOF'
@@ -495,6 +501,53 @@ EOF
     pass "regions on a local defect: $msg"
 else
     fail "regions on a local defect" "${msg:-}"
+fi
+
+# --- message formats -----------------------------------------------------------------------------
+# Every JSON line written above, the cameras' MQTT status messages and the lines of `logsad score`
+# (an unreadable file included) follow the JSON Schemas of docs/schema/.
+VENV_PY=${LOGSAD_DATA_DIR:-$REPO/.deps}/venv/bin/python
+validate() { "$VENV_PY" "$REPO/tests/validate_schema.py" "$REPO/docs/schema/$1" "${@:2}" 2>&1; }
+lines=()
+for f in "$demo/demo.jsonl" "$logic/logic.jsonl" "$live/live.jsonl" "$rec/record.jsonl" \
+    "$headless"/cam*.jsonl; do
+    [[ -s $f ]] && lines+=("$f")
+done
+if ((${#lines[@]} >= 5)) && msg=$(validate anomalypublish-line.schema.json "${lines[@]}"); then
+    pass "anomalypublish lines follow docs/schema (${#lines[@]} files, $msg)"
+else
+    fail "anomalypublish lines against docs/schema" "${msg:-only ${#lines[@]} files written}"
+fi
+if [[ -s $work/status.out ]] && msg=$(validate mqtt-status.schema.json "$work/status.out") &&
+    msg=$(python3 - "$work/status.out" 2>&1 <<'EOF'
+import json, sys
+seen = {}
+for line in open(sys.argv[1]):
+    s = json.loads(line)
+    seen.setdefault(s["stream"], []).append((s["online"], s.get("reason")))
+want = {f"cam{i}": [(True, None), (False, "stopped")] for i in range(1, 5)}
+if seen != want:
+    sys.exit(f"status messages {seen}, expected online then stopped per camera")
+EOF
+    ); then
+    pass "MQTT status: each camera online, then stopped, as docs/schema says"
+else
+    fail "MQTT status messages" "${msg:-no status.out}"
+fi
+mkdir -p "$work/score-in"
+cp "$DATA/nominal/textile_0001.jpg" "$work/score-in/nominal.jpg" 2>/dev/null
+cp "$DATA/local/textile_0001.jpg" "$work/score-in/local.jpg" 2>/dev/null
+: >"$work/score-in/empty.png"
+if [[ -f $demo/demo.logsad ]]; then
+    "$LOGSAD_BIN" score --profile "$demo/demo.logsad" "$work/score-in" >"$work/score.jsonl" \
+        2>"$work/score.err"
+    rc=$?
+fi
+if [[ ${rc:-} == 1 ]] && [[ $(wc -l <"$work/score.jsonl") == 3 ]] &&
+    msg=$(validate score-line.schema.json "$work/score.jsonl"); then
+    pass "logsad score lines (an unreadable file among them) follow docs/schema: $msg"
+else
+    fail "logsad score lines against docs/schema" "${msg:-status ${rc:-none}, $(cat "$work/score.err" 2>/dev/null)}"
 fi
 
 echo "total $((SECONDS - total_start)) s"
