@@ -1,7 +1,8 @@
 //! Faithful raw scores against an independent port of the reference: `scripts/reference_scores.py`
 //! (NumPy + onnxruntime, float32 as torch, torch's antialiased bilinear resize written from its
 //! formulas) scores the same PNG images with the same references, and every raw score of the
-//! default (`--resample f32`) profile must agree within 1e-4. The 8-bit resampling path
+//! default (`--resample f32`) profile must agree within 5e-6 (measured: 6.0e-7 at most; the
+//! margin covers the summation order of other CPUs' kernels). The 8-bit resampling path
 //! (`--resample u8`) is compared too and its distance printed, not asserted.
 //!
 //! The images are textile JPEGs converted to PNG at test time (PNG: lossless, so both sides read
@@ -24,6 +25,10 @@ use std::process::Command;
 
 mod common;
 use common::{require_dinov2, require_python_modules, require_textile};
+
+/// The largest difference allowed between a faithful raw score and the port's (scores of
+/// about 0.06 to 0.1), the bound docs/method.md states.
+const PARITY_BOUND: f64 = 5e-6;
 
 /// A crop: left, top, width, height in pixels.
 type Crop = (u32, u32, u32, u32);
@@ -188,7 +193,7 @@ fn faithful_scores_match_the_numpy_reference() {
     );
     for (i, (_, _, name)) in cases.iter().enumerate() {
         assert!(
-            (float[i] - expected[i]).abs() <= 1e-4,
+            (float[i] - expected[i]).abs() <= PARITY_BOUND,
             "{name}: rust {} against numpy {}",
             float[i],
             expected[i]

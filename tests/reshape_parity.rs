@@ -4,6 +4,10 @@
 //! under the `faithful` and `multiscale-embedding` presets, enrolled on three references and
 //! three validation images; this test repeats the same commands and compares every number.
 //!
+//! A regression fixture, not a correctness check: the numbers were recorded from the code
+//! itself. The faithful scores' correctness is checked against an independent NumPy port in
+//! `tests/reference_parity.rs`, beside it.
+//!
 //! Needs the DINOv2 model and the textile images that `make deps` prepares (fails naming what is
 //! missing without them).
 

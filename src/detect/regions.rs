@@ -634,7 +634,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic]
+    #[should_panic(expected = "map size does not match width x height")]
     fn size_mismatch_panics() {
         regions_above(&[0.0; 5], 2, 2, 0.0, 1);
     }

@@ -257,7 +257,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic]
+    #[should_panic(expected = "map size mismatch")]
     fn size_mismatch_panics() {
         resize_bilinear_map(&[0.0; 5], 2, 2, 4, 4);
     }

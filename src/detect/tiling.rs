@@ -797,7 +797,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic]
+    #[should_panic(expected = "tile index 2 out of range")]
     fn wrong_tile_index_panics() {
         let mut s = Stitcher::new(&grid(1, 2, 0.0), (100, 50), (2, 2), (224, 224)).unwrap();
         s.add(2, &[0.0; 4]);
