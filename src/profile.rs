@@ -121,10 +121,12 @@ pub struct Profile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("cannot read profile {path}: {source}")]
+    /// The OS error is part of the message, not a `source`, so that error chains (`{:#}`)
+    /// do not print it twice.
+    #[error("cannot read profile {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} is not a valid logsad profile: {reason}")]
     Corrupt { path: PathBuf, reason: String },
@@ -168,18 +170,18 @@ impl Profile {
         out.extend_from_slice(&crc.to_le_bytes());
         // Write then rename, so a reader never sees half a profile.
         let tmp = path.with_extension("tmp");
-        let io = |source| ProfileError::Io {
+        let io = |error| ProfileError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         std::fs::write(&tmp, &out).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
     }
 
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
-        let bytes = std::fs::read(path).map_err(|source| ProfileError::Io {
+        let bytes = std::fs::read(path).map_err(|error| ProfileError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(&bytes).map_err(|reason| ProfileError::Corrupt {
             path: path.to_path_buf(),
@@ -196,9 +198,9 @@ impl Profile {
             path: path.to_path_buf(),
             reason,
         };
-        let io = |source| ProfileError::Io {
+        let io = |error| ProfileError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let mut file = std::fs::File::open(path).map_err(io)?;
         let mut start = [0u8; 20];

@@ -220,8 +220,10 @@ struct DetectorArgs {
     /// Detectors: faithful (the reference patch detector), multiscale (a tiled local maximum
     /// fused with a whole-frame global mean, each calibrated), multiscale-embedding (the
     /// tiled local maximum fused with the distance of the frame's mean-pooled features to the
-    /// nearest reference frame's) or logsad (the paper's patch, interest and composition
-    /// detectors on parts learned from the references, fused as its eq. 5).
+    /// nearest reference frame's), fast (multiscale-embedding with the local branch's tile
+    /// neighbourhood chosen on the validation images, the int8 model, median/MAD calibration
+    /// and a 5% coreset, where not set otherwise) or logsad (the paper's patch, interest and
+    /// composition detectors on parts learned from the references, fused as its eq. 5).
     #[arg(long, default_value = "faithful")]
     preset: String,
     /// Number of part classes, background included, for the logsad preset (default: the
@@ -722,9 +724,10 @@ fn run_score(args: ScoreArgs) -> Result<i32> {
         &args.engine.manifest_for(&args.profile)?,
         &args.engine.options(),
     )?;
+    // Regions as the element finds them with its default properties.
     let judging = JudgeOptions {
         threshold: args.threshold,
-        regions: None,
+        regions: Some(RegionOptions::default()),
     };
     for w in warnings {
         eprintln!("warning: {w}");
@@ -769,7 +772,12 @@ fn run_score(args: ScoreArgs) -> Result<i32> {
             "score": result.score,
             "calibrated": result.calibrated,
             "anomalous": result.anomalous,
+            "threshold": result.threshold,
             "detectors": detectors,
+            "regions": result.regions.iter().map(|r| {
+                let (x, y, width, height) = r.rect;
+                serde_json::json!({"x": x, "y": y, "width": width, "height": height, "score": r.score})
+            }).collect::<Vec<_>>(),
             "rules": result.rules.iter().map(|r| &r.rule).collect::<Vec<_>>(),
             "map_mean": map.map.iter().map(|&v| v as f64).sum::<f64>() / map.map.len() as f64,
         });
