@@ -62,12 +62,12 @@ use crate::worker::{Batching, InferenceWorker, StreamMember, WorkerError};
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::convert::Converter;
+use super::flight::{InFlight, Item, Stopped};
 use super::{LogsadDevice, LogsadDropPolicy, LogsadPeakScope};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -85,8 +85,6 @@ const DEFAULT_THRESHOLD: f64 = -1.0;
 const DEFAULT_MAX_IN_FLIGHT: u32 = 0;
 const DEFAULT_BATCH_SIZE: u32 = 1;
 const DEFAULT_BATCH_TIMEOUT_US: i64 = 0;
-/// The latency reported grows only when the measured one exceeds it by this factor.
-const LATENCY_GROWTH: f64 = 1.25;
 
 /// How many frames of a stream may be analysed at once: the `max-in-flight` setting, or for 0,
 /// 1 with a live source (the lowest latency: two frames in flight share the CPU, and a
@@ -218,67 +216,16 @@ enum Work {
     Skip(SkipReason),
 }
 
-enum Item {
-    Frame(Box<Frame>),
-    Event(gst::Event),
-}
+/// The frames in flight and the serialized events between them, on their way out.
+type Queue = InFlight<Box<Frame>, gst::Event, gst::FlowError>;
 
-impl Item {
-    fn ready(&self) -> bool {
-        match self {
-            Item::Frame(frame) => match &frame.work {
-                Work::Analyse { features, .. } => features.is_some(),
-                Work::Skip(_) => true,
-            },
-            Item::Event(_) => true,
+impl From<Stopped<gst::FlowError>> for gst::FlowError {
+    fn from(stopped: Stopped<gst::FlowError>) -> Self {
+        match stopped {
+            Stopped::Flushing => gst::FlowError::Flushing,
+            Stopped::Failed(err) => err,
         }
     }
-}
-
-/// The queue between the streaming thread, the worker's replies and the source pad task.
-struct Queue {
-    items: VecDeque<Item>,
-    flushing: bool,
-    /// Frames sent to the worker and not yet judged.
-    in_flight: usize,
-    /// The most frames in flight ([`in_flight_limit`]), once the source's liveness is known.
-    limit: usize,
-    /// The source pad task took an item from `items` and is pushing it: a serialized query
-    /// waits for this too, so that it goes downstream after that item.
-    pushing: bool,
-    /// Bumped by a flush, so that replies for frames flushed away are ignored.
-    generation: u64,
-    /// The last flow return of a push downstream, returned to upstream.
-    flow: Result<gst::FlowSuccess, gst::FlowError>,
-    /// The last result in stream order, carried to frames not analysed.
-    last: Option<AnomalyResult>,
-    /// Analysis time per frame (inference share plus judging), smoothed.
-    analysis_time: Option<Duration>,
-    /// The latency last reported in the latency query.
-    reported_latency: gst::ClockTime,
-}
-
-impl Default for Queue {
-    fn default() -> Self {
-        Queue {
-            items: VecDeque::new(),
-            flushing: true,
-            in_flight: 0,
-            limit: in_flight_limit(DEFAULT_MAX_IN_FLIGHT, false),
-            pushing: false,
-            generation: 0,
-            flow: Ok(gst::FlowSuccess::Ok),
-            last: None,
-            analysis_time: None,
-            reported_latency: gst::ClockTime::ZERO,
-        }
-    }
-}
-
-#[derive(Default)]
-struct Shared {
-    queue: Mutex<Queue>,
-    changed: Condvar,
 }
 
 pub struct Logsad {
@@ -286,7 +233,11 @@ pub struct Logsad {
     srcpad: gst::Pad,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
-    shared: Arc<Shared>,
+    /// Shared with the worker's replies.
+    queue: Arc<Queue>,
+    /// The last result in stream order, carried to frames not analysed; written by the source
+    /// pad task only.
+    last: Mutex<Option<AnomalyResult>>,
     /// The earliest running time downstream QoS still wants analysed.
     qos_earliest: Mutex<Option<gst::ClockTime>>,
     /// Counts profile swaps asked for, so that only the latest one is applied.
@@ -341,7 +292,8 @@ impl ObjectSubclass for Logsad {
             srcpad,
             settings: Mutex::default(),
             state: Mutex::default(),
-            shared: Arc::default(),
+            queue: Arc::new(Queue::new(in_flight_limit(DEFAULT_MAX_IN_FLIGHT, false))),
+            last: Mutex::default(),
             qos_earliest: Mutex::default(),
             swap_generation: Mutex::default(),
             provider: Mutex::default(),
@@ -554,11 +506,7 @@ impl ObjectImpl for Logsad {
             "batch-size" => s.batch_size = value.get().unwrap(),
             "batch-timeout" => s.batch_timeout_us = value.get().unwrap(),
             "max-in-flight" => s.max_in_flight = value.get().unwrap(),
-            "drop-policy" => {
-                s.drop_policy = value.get().unwrap();
-                // A waiting streaming thread looks again.
-                self.shared.changed.notify_all();
-            }
+            "drop-policy" => s.drop_policy = value.get().unwrap(),
             "qos" => s.qos = value.get().unwrap(),
             "threshold" => s.threshold = value.get().unwrap(),
             "interval" => s.interval = value.get().unwrap(),
@@ -743,12 +691,8 @@ impl Logsad {
         let inspector = Arc::new(inspector);
         let warm_up = self.warm_up(&worker, &inspector, &settings.judging());
         *lock(&self.provider) = Some(worker.provider().to_string());
-        {
-            let mut queue = lock(&self.shared.queue);
-            queue.analysis_time = warm_up;
-            queue.reported_latency = gst::ClockTime::ZERO;
-            queue.last = None;
-        }
+        self.queue.reset_latency(warm_up);
+        *lock(&self.last) = None;
         *lock(&self.qos_earliest) = None;
         let member = StreamMember::join(worker, in_flight_limit(settings.max_in_flight, false));
         *lock(&self.state) = Some(State {
@@ -797,11 +741,8 @@ impl Logsad {
     fn stop(&self) {
         *lock(&self.state) = None;
         *lock(&self.provider) = None;
-        let mut queue = lock(&self.shared.queue);
-        queue.items.clear();
-        queue.in_flight = 0;
-        queue.generation += 1;
-        queue.last = None;
+        self.queue.clear();
+        *lock(&self.last) = None;
     }
 
     /// Loads `path` (or the current profile again when `None`) in a thread of its own and
@@ -949,53 +890,26 @@ impl Logsad {
         true
     }
 
-    /// Queues `item` for the source pad task; false when flushing.
-    fn enqueue(&self, item: Item) -> bool {
-        let mut queue = lock(&self.shared.queue);
-        if queue.flushing {
-            return false;
-        }
-        queue.items.push_back(item);
-        self.shared.changed.notify_all();
-        true
-    }
-
     fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
         use gst::EventView;
         match event.view() {
             EventView::FlushStart(_) => {
                 self.stream_idle();
                 let forwarded = self.srcpad.push_event(event);
-                {
-                    let mut queue = lock(&self.shared.queue);
-                    queue.flushing = true;
-                    self.shared.changed.notify_all();
-                }
+                self.queue.start_flushing();
                 let _ = self.srcpad.pause_task();
                 forwarded
             }
             EventView::FlushStop(_) => {
-                {
-                    let mut queue = lock(&self.shared.queue);
-                    // Frames and the segment go; sticky events not pushed yet (caps, tags,
-                    // stream-start) still hold after the flush and go downstream first.
-                    queue.items.retain(|item| match item {
-                        Item::Event(e) => {
-                            e.is_sticky()
-                                && !matches!(
-                                    e.type_(),
-                                    gst::EventType::Segment | gst::EventType::Eos
-                                )
-                        }
-                        Item::Frame(_) => false,
-                    });
-                    queue.in_flight = 0;
-                    queue.generation += 1;
-                    queue.flow = Ok(gst::FlowSuccess::Ok);
-                    // The carried result describes a frame from before the seek.
-                    queue.last = None;
-                    queue.flushing = false;
-                }
+                // The carried result describes a frame from before the seek (the task is
+                // paused: it cannot set another before the flush ends).
+                *lock(&self.last) = None;
+                // Frames and the segment go; sticky events not pushed yet (caps, tags,
+                // stream-start) still hold after the flush and go downstream first.
+                self.queue.stop_flushing(|e| {
+                    e.is_sticky()
+                        && !matches!(e.type_(), gst::EventType::Segment | gst::EventType::Eos)
+                });
                 if let Some(state) = lock(&self.state).as_mut() {
                     state.need_fresh = true;
                 }
@@ -1008,7 +922,7 @@ impl Logsad {
             }
             EventView::Caps(c) => {
                 let caps = c.caps_owned();
-                self.set_caps(&caps) && self.enqueue(Item::Event(event))
+                self.set_caps(&caps) && self.queue.push(Item::Event(event))
             }
             EventView::Segment(s) => {
                 if let Some(state) = lock(&self.state).as_mut() {
@@ -1016,13 +930,13 @@ impl Logsad {
                         state.segment = segment;
                     }
                 }
-                self.enqueue(Item::Event(event))
+                self.queue.push(Item::Event(event))
             }
             EventView::Eos(_) => {
                 self.stream_idle();
-                self.enqueue(Item::Event(event))
+                self.queue.push(Item::Event(event))
             }
-            _ if event.is_serialized() => self.enqueue(Item::Event(event)),
+            _ if event.is_serialized() => self.queue.push(Item::Event(event)),
             _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
         }
     }
@@ -1038,20 +952,8 @@ impl Logsad {
     fn sink_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
         if query.is_serialized() {
             // Answered once the frames before it are out (an allocation or drain query must
-            // see the stream as downstream will).
-            let mut queue = lock(&self.shared.queue);
-            // A failed push pauses the task: the queue would never empty.
-            while (!queue.items.is_empty() || queue.pushing)
-                && !queue.flushing
-                && queue.flow.is_ok()
-            {
-                queue = self
-                    .shared
-                    .changed
-                    .wait(queue)
-                    .unwrap_or_else(|e| e.into_inner());
-            }
-            if queue.flushing || queue.flow.is_err() {
+            // see the stream as downstream will); not at all when flushing or failed.
+            if self.queue.wait_drained().is_err() {
                 return false;
             }
         }
@@ -1085,9 +987,9 @@ impl Logsad {
             }
             let (live, min, max) = upstream.result();
             let setting = lock(&self.settings).max_in_flight;
-            lock(&self.shared.queue).limit = in_flight_limit(setting, live);
-            let ours = self.latency();
-            lock(&self.shared.queue).reported_latency = ours;
+            // The latency this element adds: `max-in-flight` analysis times.
+            let ours = self.queue.report_latency(in_flight_limit(setting, live));
+            let ours = gst::ClockTime::from_nseconds(ours.as_nanos() as u64);
             gst::debug!(
                 CAT,
                 imp = self,
@@ -1097,13 +999,6 @@ impl Logsad {
             return true;
         }
         gst::Pad::query_default(pad, Some(&*self.obj()), query)
-    }
-
-    /// The latency this element adds: `max-in-flight` analysis times.
-    fn latency(&self) -> gst::ClockTime {
-        let queue = lock(&self.shared.queue);
-        let analysis = queue.analysis_time.unwrap_or_default() * queue.limit as u32;
-        gst::ClockTime::from_nseconds(analysis.as_nanos() as u64)
     }
 
     fn src_activatemode(
@@ -1116,18 +1011,10 @@ impl Logsad {
             return Err(gst::loggable_error!(CAT, "only push mode is supported"));
         }
         if active {
-            {
-                let mut queue = lock(&self.shared.queue);
-                queue.flushing = false;
-                queue.flow = Ok(gst::FlowSuccess::Ok);
-            }
+            self.queue.resume();
             self.start_task();
         } else {
-            {
-                let mut queue = lock(&self.shared.queue);
-                queue.flushing = true;
-                self.shared.changed.notify_all();
-            }
+            self.queue.start_flushing();
             self.srcpad
                 .stop_task()
                 .map_err(|e| gst::loggable_error!(CAT, "cannot stop the task: {e}"))?;
@@ -1157,30 +1044,15 @@ impl Logsad {
 
     /// The source pad task: pushes the next item once it is ready, in stream order.
     fn push_next(&self) {
-        let item = {
-            let mut queue = lock(&self.shared.queue);
-            loop {
-                if queue.flushing {
-                    drop(queue);
-                    let _ = self.srcpad.pause_task();
-                    return;
-                }
-                if queue.items.front().is_some_and(Item::ready) {
-                    queue.pushing = true;
-                    break queue.items.pop_front().expect("a front item");
-                }
-                queue = self
-                    .shared
-                    .changed
-                    .wait(queue)
-                    .unwrap_or_else(|e| e.into_inner());
-            }
+        let Some(item) = self.queue.next() else {
+            let _ = self.srcpad.pause_task();
+            return;
         };
         let flow = match item {
             Item::Event(event) => {
                 let eos = matches!(event.view(), gst::EventView::Eos(_));
                 if matches!(event.view(), gst::EventView::Caps(_)) {
-                    lock(&self.shared.queue).last = None;
+                    *lock(&self.last) = None;
                 }
                 self.srcpad.push_event(event);
                 if eos {
@@ -1191,17 +1063,11 @@ impl Logsad {
             }
             Item::Frame(frame) => self.finish_frame(*frame),
         };
-        // Serialized queries wait for the queue to empty and the last item to be pushed.
-        lock(&self.shared.queue).pushing = false;
-        self.shared.changed.notify_all();
+        // Serialized queries wait for the queue to empty and the last item to be pushed; a
+        // failure (not EOS, which only ends the stream) is returned to upstream.
+        let failure = flow.err().filter(|&err| err != gst::FlowError::Eos);
+        let flushing = self.queue.pushed(failure);
         if let Err(err) = flow {
-            let mut queue = lock(&self.shared.queue);
-            if err != gst::FlowError::Eos {
-                queue.flow = Err(err);
-            }
-            let flushing = queue.flushing;
-            drop(queue);
-            self.shared.changed.notify_all();
             match err {
                 gst::FlowError::Eos | gst::FlowError::Flushing => {}
                 _ if flushing => {}
@@ -1234,12 +1100,9 @@ impl Logsad {
         } = frame;
         let result = match work {
             Work::Skip(reason) => {
-                let carried = lock(&self.shared.queue)
-                    .last
-                    .as_ref()
-                    .map(|last| last.carried(reason));
-                // Not under the queue lock: `threshold_now` takes the state lock, and the
-                // streaming thread takes the queue lock while holding the state lock.
+                let carried = lock(&self.last).as_ref().map(|last| last.carried(reason));
+                // Not holding `last`: `threshold_now` takes the settings and state locks, and
+                // `last` is never held while taking another.
                 carried.unwrap_or_else(|| {
                     AnomalyResult::placeholder(index, self.threshold_now(), reason)
                 })
@@ -1263,7 +1126,7 @@ impl Logsad {
                                 Err(InspectError::Image("the detectors panicked".into()))
                             })
                         });
-                let done = self.frame_done(submitted);
+                let done = self.queue.frame_done(submitted.elapsed());
                 let judged = judged.map_err(|e| {
                     gst::element_imp_error!(
                         self,
@@ -1273,7 +1136,7 @@ impl Logsad {
                     gst::FlowError::Error
                 })?;
                 let result = AnomalyResult::from_frame(&judged, index, deinterlaced);
-                lock(&self.shared.queue).last = Some(result.clone());
+                *lock(&self.last) = Some(result.clone());
                 if let Some(grown) = done {
                     gst::debug!(CAT, imp = self, "analysis takes {grown:?}: latency changed");
                     let _ = self
@@ -1298,26 +1161,6 @@ impl Logsad {
         self.srcpad.push(buffer)
     }
 
-    /// Counts a judged frame out of flight and updates the analysis time; returns the new
-    /// time when the latency to report grew enough to ask the pipeline to ask again.
-    fn frame_done(&self, submitted: Instant) -> Option<Duration> {
-        let mut queue = lock(&self.shared.queue);
-        let in_flight = queue.limit.max(1);
-        queue.in_flight = queue.in_flight.saturating_sub(1);
-        self.shared.changed.notify_all();
-        // From submission, with the queueing behind earlier frames: what a frame waits.
-        let took = submitted.elapsed() / in_flight as u32;
-        let smoothed = match queue.analysis_time {
-            Some(t) => t.mul_f64(0.9) + took.mul_f64(0.1),
-            None => took,
-        };
-        queue.analysis_time = Some(smoothed);
-        let now = smoothed * in_flight as u32;
-        let reported = Duration::from_nanos(queue.reported_latency.nseconds());
-        (reported > Duration::ZERO && now.as_secs_f64() > reported.as_secs_f64() * LATENCY_GROWTH)
-            .then_some(smoothed)
-    }
-
     fn threshold_now(&self) -> f64 {
         let threshold = lock(&self.settings).threshold;
         if threshold >= 0.0 {
@@ -1334,7 +1177,7 @@ impl Logsad {
         _pad: &gst::Pad,
         buffer: gst::Buffer,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        lock(&self.shared.queue).flow?;
+        self.queue.flow()?;
         let settings = lock(&self.settings).clone();
         let mut guard = lock(&self.state);
         let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
@@ -1376,26 +1219,14 @@ impl Logsad {
             };
             let max = in_flight_limit(settings.max_in_flight, live);
             state.member.set_capacity(max);
-            let mut queue = lock(&self.shared.queue);
-            queue.limit = max;
             if policy == LogsadDropPolicy::Skip {
-                if queue.in_flight >= max {
+                if !self.queue.has_room(max) {
                     skip = Some(SkipReason::Busy);
                 }
             } else {
                 // The streaming thread waits here, not holding the state lock, for room.
                 drop(guard);
-                while queue.in_flight >= max && !queue.flushing && queue.flow.is_ok() {
-                    queue = self
-                        .shared
-                        .changed
-                        .wait(queue)
-                        .unwrap_or_else(|e| e.into_inner());
-                }
-                if queue.flushing {
-                    return Err(gst::FlowError::Flushing);
-                }
-                queue.flow?;
+                self.queue.wait_for_room(max)?;
                 guard = lock(&self.state);
             }
         }
@@ -1411,7 +1242,7 @@ impl Logsad {
             frame_size,
             work: Work::Skip(reason),
         };
-        if !self.enqueue(Item::Frame(Box::new(frame))) {
+        if !self.queue.push(Item::Frame(Box::new(frame))) {
             return Err(gst::FlowError::Flushing);
         }
         Ok(gst::FlowSuccess::Ok)
@@ -1468,36 +1299,21 @@ impl Logsad {
                 features: None,
             },
         };
-        let generation = {
-            let mut queue = lock(&self.shared.queue);
-            if queue.flushing {
-                return Err(gst::FlowError::Flushing);
-            }
-            queue.items.push_back(Item::Frame(Box::new(frame)));
-            queue.in_flight += 1;
-            queue.generation
-        };
-        // Sent after queueing, outside the lock: the reply may come at once.
-        let shared = self.shared.clone();
+        let ticket = self
+            .queue
+            .submit(Box::new(frame))
+            .ok_or(gst::FlowError::Flushing)?;
+        // Sent after queueing: the reply may come at once.
+        let queue = self.queue.clone();
         state.member.submit(
             image,
             tilings,
             Box::new(move |answer| {
-                let mut queue = lock(&shared.queue);
-                if queue.generation != generation {
-                    return;
-                }
-                let waiting = queue.items.iter_mut().find_map(|item| match item {
-                    Item::Frame(frame) if frame.index == index => match &mut frame.work {
-                        Work::Analyse { features, .. } => Some(features),
-                        Work::Skip(_) => None,
-                    },
-                    _ => None,
-                });
-                if let Some(features) = waiting {
-                    *features = Some(answer);
-                    shared.changed.notify_all();
-                }
+                queue.answer(ticket, |frame| {
+                    if let Work::Analyse { features, .. } = &mut frame.work {
+                        *features = Some(answer);
+                    }
+                })
             }),
         );
         Ok(gst::FlowSuccess::Ok)

@@ -4,6 +4,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod convert;
+mod flight;
 mod imp;
 
 glib::wrapper! {
