@@ -226,7 +226,7 @@ pub fn enroll_with(
     progress: &mut dyn FnMut(Phase, usize, usize),
 ) -> Result<(Profile, Vec<String>), InspectError> {
     if references.is_empty() {
-        return Err(InspectError::Image("no reference images".into()));
+        return Err(InspectError::Enrollment("no reference images".into()));
     }
     let rule_file = check_rule_file(options)?;
     if validation.len() < 2 {
@@ -246,14 +246,14 @@ pub fn enroll_with(
         .collect();
     let needs_parts = options.detectors.iter().any(DetectorSpec::needs_parts);
     if patch_specs.is_empty() {
-        return Err(InspectError::Image(
+        return Err(InspectError::Enrollment(
             "no patch detector: every profile needs one (its map is the one reported)".into(),
         ));
     }
     for spec in &patch_specs {
-        spec.tiling
-            .validate()
-            .map_err(|e| InspectError::Image(format!("detector {}: tiling: {e}", spec.name)))?;
+        spec.tiling.validate().map_err(|e| {
+            InspectError::Enrollment(format!("detector {}: tiling: {e}", spec.name))
+        })?;
     }
     let manifest = extractor.backbone().manifest();
     let (dim, stages) = (manifest.feature_dim, manifest.stage_outputs.len());
@@ -395,7 +395,7 @@ pub fn enroll_with(
         let image = load_rgb(path)?;
         let digest = pixel_digest(&image);
         if let Some(r) = reference_digests.iter().position(|d| *d == digest) {
-            return Err(InspectError::Image(format!(
+            return Err(InspectError::Enrollment(format!(
                 "validation image {} is a copy of reference {} (same pixels): use other \
                  anomaly-free images for --validation",
                 path.display(),
@@ -483,7 +483,7 @@ pub fn enroll_with(
                     }
                     _ => "",
                 };
-                InspectError::Image(format!("calibration of detector {name}: {e}{fix}"))
+                InspectError::Enrollment(format!("calibration of detector {name}: {e}{fix}"))
             })?;
         // Median/MAD already keeps one odd image from widening the spread much.
         let remedy = match options.calibration {
@@ -658,7 +658,7 @@ fn too_few_validation_images(distinct: usize, given: usize) -> InspectError {
     } else {
         String::new()
     };
-    InspectError::Image(format!(
+    InspectError::Enrollment(format!(
         "calibration needs at least 2 distinct validation images, got {distinct}{copies}: add \
          other anomaly-free images to --validation"
     ))

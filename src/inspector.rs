@@ -38,6 +38,14 @@ pub enum InspectError {
     },
     #[error("bad image: {0}")]
     Image(String),
+    /// Inputs or options an enrollment cannot stand on (no references, too few validation
+    /// images, a bad tiling, a calibration without spread); the message names the fix.
+    #[error("{0}")]
+    Enrollment(String),
+    /// The inference worker could not answer (it stopped, or the features it gave do not
+    /// match the profile).
+    #[error("inference: {0}")]
+    Inference(String),
     /// An image file that could not be read (names the file and the cause).
     #[error(transparent)]
     Load(#[from] crate::imageio::LoadError),
@@ -727,7 +735,7 @@ impl Inspector {
                 .find(|(t, _)| t == tiling)
                 .map(|(_, tiles)| tiles.as_slice())
                 .ok_or_else(|| {
-                    InspectError::Image(format!(
+                    InspectError::Inference(format!(
                         "no features for the tiling {tiling:?} the profile needs"
                     ))
                 })

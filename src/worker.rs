@@ -350,7 +350,7 @@ impl InferenceWorker {
     /// Queues `job`; a job the stopped worker cannot take is answered at once with an error.
     fn submit_job(&self, job: Job) {
         if let Some(Message::Job(job)) = self.send(Message::Job(job)) {
-            (job.reply)(Err(InspectError::Image(
+            (job.reply)(Err(InspectError::Inference(
                 "the inference worker has stopped".into(),
             )));
         }
@@ -417,7 +417,7 @@ impl InferenceWorker {
         });
         receiver
             .recv()
-            .map_err(|_| InspectError::Image("the inference worker has stopped".into()))?
+            .map_err(|_| InspectError::Inference("the inference worker has stopped".into()))?
     }
 }
 
@@ -535,7 +535,7 @@ fn run_batch(extractor: &mut Extractor, batch: Vec<Job>) {
                 input_size,
                 model_time,
             })
-            .map_err(InspectError::Image);
+            .map_err(InspectError::Inference);
         (job.reply)(answer);
     }
 }

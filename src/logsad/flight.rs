@@ -101,7 +101,7 @@ impl<F, E, X: Copy> InFlight<F, E, X> {
     /// Locks the queue, recovering it if a thread panicked holding the lock (a panic is
     /// caught at the element's boundary, and the queue stays consistent between statements).
     fn lock(&self) -> MutexGuard<'_, Queue<F, E, X>> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.queue)
     }
 
     fn wait<'a>(&self, queue: MutexGuard<'a, Queue<F, E, X>>) -> MutexGuard<'a, Queue<F, E, X>> {

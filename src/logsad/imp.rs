@@ -57,13 +57,14 @@ use crate::detect::regions::{RegionOptions, DEFAULT_PEAK_FRACTION};
 use crate::engine::{self, EngineError, EngineOptions, Manifest};
 use crate::inspector::{check_stages, FrameFeatures, InspectError, Inspector, JudgeOptions};
 use crate::meta::{AnomalyResult, SkipReason};
-use crate::profile::Profile;
+use crate::profile::{Profile, ProfileError};
+use crate::sync::lock;
 use crate::worker::{Batching, InferenceWorker, StreamMember, WorkerError};
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use super::convert::Converter;
@@ -96,10 +97,6 @@ fn in_flight_limit(setting: u32, live: bool) -> usize {
         0 => 2,
         n => n as usize,
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Debug, Clone)]
@@ -775,7 +772,10 @@ impl Logsad {
             .spawn(move || {
                 let loaded = std::panic::catch_unwind(|| worker.load_profile(&path))
                     .unwrap_or_else(|_| {
-                        Err(InspectError::Image("loading the profile panicked".into()))
+                        Err(InspectError::Profile(ProfileError::Corrupt {
+                            path: path.clone(),
+                            reason: "loading it panicked".into(),
+                        }))
                     });
                 if let Some(element) = element.upgrade() {
                     element.imp().finish_swap(&path, generation, loaded);
@@ -1123,7 +1123,7 @@ impl Logsad {
                                 inspector.judge_features(&features, &image, &judging)
                             }))
                             .unwrap_or_else(|_| {
-                                Err(InspectError::Image("the detectors panicked".into()))
+                                Err(InspectError::Inference("the detectors panicked".into()))
                             })
                         });
                 let done = self.queue.frame_done(submitted.elapsed());
