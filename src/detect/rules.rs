@@ -1769,6 +1769,16 @@ pub struct LearnOptions {
     /// Measure positions in the references' pose ([`ReferenceStats::pose`]), so that a part's
     /// place survives a shift or a turn of the whole object; false: in the frame.
     pub align_pose: bool,
+    /// Learn count rules (instances, components, instances per class) only where every
+    /// nominal layout has the same count: a product's logic fixes its counts (15 pins), and a
+    /// count that varies among good frames is the part stage splitting or merging instances,
+    /// whose range a few frames under-sample. false: the nominal range, however wide.
+    pub stable_counts_only: bool,
+    /// Widening of ratio ranges (area, distance, balance) on each side by this fraction of the
+    /// observed range, before `ratio_margin`: a ratio that varies much among a few good frames
+    /// varies more among many (its tails are under-sampled), one that does not keeps a tight
+    /// range. 0: `ratio_margin` alone.
+    pub spread_margin: f64,
 }
 
 impl Default for LearnOptions {
@@ -1783,6 +1793,8 @@ impl Default for LearnOptions {
             max_held_out_fires: Some(0),
             held_out_margin_scale: HELD_OUT_MARGIN_SCALE,
             align_pose: true,
+            stable_counts_only: true,
+            spread_margin: SPREAD_MARGIN,
         }
     }
 }
@@ -1841,6 +1853,17 @@ fn widen_position(lo: f64, hi: f64, margin: f64, clamp: bool) -> [f64; 2] {
     [floor3(lo), ceil3(hi)]
 }
 
+/// The default [`LearnOptions::spread_margin`], chosen on the tuning family of
+/// `logsad synth --loco` (0.25, 0.5 and 1.0 scored alike there; 0 let an area rule fire on a
+/// good frame).
+pub const SPREAD_MARGIN: f64 = 0.5;
+
+/// `[lo, hi]` widened on each side by `fraction` of its width.
+fn spread_out(lo: f64, hi: f64, fraction: f64) -> (f64, f64) {
+    let extra = (hi - lo) * fraction;
+    (lo - extra, hi + extra)
+}
+
 /// Smallest and largest of finite values; None when there are none.
 fn span(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64)> {
     values
@@ -1868,9 +1891,10 @@ fn count_bounds(lo: usize, hi: usize, slack: u32) -> (Option<f64>, Option<f64>, 
 /// background (the first layout's); a part that never has an instance gets no rule.
 ///
 /// Per part present in some layout:
-/// - `count`: its instance counts' range, widened by `count_slack`;
-/// - `area` (when present in every layout): the range of its area over the mean, widened by
-///   `ratio_margin`;
+/// - `count`: its instance count when the same in every layout (any range with
+///   `stable_counts_only` false), widened by `count_slack`;
+/// - `area` (when present in every layout): the range of its area over the mean, spread by
+///   `spread_margin` and widened by `ratio_margin`;
 /// - `position`: the box of its instance centroids, in the references' pose
 ///   ([`ReferenceStats::pose`]), widened by `position_margin`; and relative to the *anchor*
 ///   (of the parts present in every layout with the same count, the one with the largest mean
@@ -1879,16 +1903,16 @@ fn count_bounds(lo: usize, hi: usize, slack: u32) -> (Option<f64>, Option<f64>, 
 /// - `crossing` of the vertical and horizontal centre lines: when the number of its instances
 ///   crossing is the same, at least 1, in every layout.
 ///
-/// Over the whole frame: `components` (foreground components' range) and `balance` (when
-/// there is foreground on both sides in every layout).
+/// Over the whole frame: `components` (foreground components' count, stable as counts are)
+/// and `balance` (when there is foreground on both sides in every layout).
 ///
 /// Class groups: parts present in some layouts but not all, that never appear together and of
 /// which exactly one appears in every layout (found greedily: each group starts from the
 /// lowest free part and adds the free part, exclusive with the group so far, present in most
 /// layouts). Each group gets a `co-occurrence` rule (exactly 1 present); each two groups a
 /// `pairs` rule with the class pairs seen, when not every combination was seen; and every part
-/// outside all groups a `count-by-class` rule per group, by count when its per-class count
-/// ranges differ, by area when its widened per-class area ranges do not overlap (a looser
+/// outside all groups a `count-by-class` rule per group, by count when its per-class counts
+/// differ (each stable within its class, with `stable_counts_only`), by area when its widened per-class area ranges do not overlap (a looser
 /// relation on a few shots is more likely chance than logic).
 ///
 /// Errors: no layouts, a layout whose label map size does not match its width x height, a
@@ -1904,6 +1928,7 @@ pub fn learn_rules(
     for (name, value) in [
         ("ratio_margin", options.ratio_margin),
         ("position_margin", options.position_margin),
+        ("spread_margin", options.spread_margin),
     ] {
         if !(value.is_finite() && value >= 0.0) {
             return Err(LearnError::Options(name));
@@ -1953,14 +1978,16 @@ pub fn learn_rules(
     for &p in &parts {
         let counts = frames.iter().map(|f| f.count(p));
         let (lo, hi) = (counts.clone().min().unwrap_or(0), counts.max().unwrap_or(0));
-        let (equal, min, max) = count_bounds(lo, hi, slack);
-        rules.push(Rule::Count(CountRule {
-            name: None,
-            part: name(p),
-            equal,
-            min,
-            max,
-        }));
+        if lo == hi || !options.stable_counts_only {
+            let (equal, min, max) = count_bounds(lo, hi, slack);
+            rules.push(Rule::Count(CountRule {
+                name: None,
+                part: name(p),
+                equal,
+                min,
+                max,
+            }));
+        }
 
         // The area of a part absent from some good frames varies with its presence, not with
         // a logic of the product (classes that come and go have count-by-class rules).
@@ -1968,6 +1995,7 @@ pub fn learn_rules(
         if mean_area > 0.0 && always.contains(&p) {
             let areas = frames.iter().map(|f| f.area(p) as f64 / mean_area);
             if let Some((lo, hi)) = span(areas) {
+                let (lo, hi) = spread_out(lo, hi, options.spread_margin);
                 let (lo, hi) = widen_ratio(lo, hi, options.ratio_margin);
                 rules.push(Rule::Area(AreaRule {
                     name: None,
@@ -2028,6 +2056,7 @@ pub fn learn_rules(
                 _ => None,
             });
             if let Some((lo, hi)) = span(distances) {
+                let (lo, hi) = spread_out(lo, hi, options.spread_margin);
                 let (lo, hi) = widen_ratio(lo, hi, options.ratio_margin);
                 rules.push(Rule::Distance(DistanceRule {
                     name: None,
@@ -2066,19 +2095,22 @@ pub fn learn_rules(
         components.iter().copied().min().unwrap_or(0),
         components.iter().copied().max().unwrap_or(0),
     );
-    let (equal, min, max) = count_bounds(lo, hi, slack);
-    rules.push(Rule::Components(ComponentsRule {
-        name: None,
-        connectivity: options.connectivity,
-        min_cells: options.min_component_cells.max(1),
-        equal,
-        min,
-        max,
-    }));
+    if lo == hi || !options.stable_counts_only {
+        let (equal, min, max) = count_bounds(lo, hi, slack);
+        rules.push(Rule::Components(ComponentsRule {
+            name: None,
+            connectivity: options.connectivity,
+            min_cells: options.min_component_cells.max(1),
+            equal,
+            min,
+            max,
+        }));
+    }
     let balances: Vec<f64> = frames.iter().map(Frame::balance).collect();
     if balances.iter().all(|b| b.is_finite() && *b > 0.0) {
         if let Some((lo, hi)) = span(balances) {
-            let (lo, hi) = widen_ratio(lo, hi, options.ratio_margin);
+            let (lo, hi) = spread_out(lo, hi, options.spread_margin);
+                let (lo, hi) = widen_ratio(lo, hi, options.ratio_margin);
             rules.push(Rule::Balance(BalanceRule {
                 name: None,
                 min: Some(lo),
@@ -2179,6 +2211,7 @@ pub fn learn_held_out_rules(
     let strict = LearnOptions {
         ratio_margin: options.ratio_margin * options.held_out_margin_scale,
         position_margin: options.position_margin * options.held_out_margin_scale,
+        spread_margin: options.spread_margin * options.held_out_margin_scale,
         ..options.clone()
     };
     let mut fired: BTreeMap<String, usize> = BTreeMap::new();
@@ -2285,6 +2318,9 @@ fn learn_by_class(
         })
     };
     if counts.iter().any(|c| *c != counts[0]) {
+        if options.stable_counts_only && counts.iter().any(|&(lo, hi)| lo != hi) {
+            return None;
+        }
         let classes = group
             .iter()
             .zip(&counts)
@@ -2303,6 +2339,7 @@ fn learn_by_class(
         .iter()
         .map(|&c| {
             let (lo, hi) = span(of_class(c).map(|f| f.area(p) as f64 / mean)).unwrap_or((0.0, 0.0));
+            let (lo, hi) = spread_out(lo, hi, options.spread_margin);
             widen_ratio(lo, hi, options.ratio_margin)
         })
         .collect();
@@ -2932,14 +2969,51 @@ mod tests {
     }
 
     #[test]
+    fn counts_that_vary_among_good_frames_learn_no_count_rule() {
+        // Part 1 has one instance everywhere; part 4 has 2, 2, 3 and 3.
+        let (rules, _) = learn(&kit(), &LearnOptions::default());
+        let named = |name: &str| rules.rules.iter().find(|r| r.name() == name).cloned();
+        assert_eq!(
+            named("count(part1)"),
+            Some(Rule::Count(CountRule {
+                part: "part1".into(),
+                equal: Some(1.0),
+                ..Default::default()
+            }))
+        );
+        assert_eq!(named("count(part4)"), None, "part 4's count varies");
+        // The foreground components vary too (part 4's instances are apart).
+        assert_eq!(named("components"), None);
+        let (all, _) = learn(
+            &kit(),
+            &LearnOptions {
+                stable_counts_only: false,
+                ..Default::default()
+            },
+        );
+        assert!(all.rules.iter().any(|r| r.name() == "count(part4)"));
+        // Part 4's area over its mean (2.5 cells) is 0.8 to 1.2: spread by half that width
+        // (0.6..1.4), then by 15%, 0.51..1.61. Part 1's does not vary: the 15% alone.
+        let area = |name: &str| match named(name) {
+            Some(Rule::Area(area)) => (area.min, area.max),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(area("area(part4)"), (Some(0.51), Some(1.61)));
+        assert_eq!(area("area(part1)"), (Some(0.85), Some(1.15)));
+    }
+
+    #[test]
     fn learns_ranges_groups_and_count_by_class() {
         let scenes = kit();
-        // Positions in the frame, as computed by hand below.
+        // Positions in the frame, as computed by hand below; the nominal ranges of counts,
+        // varying ones included.
         let (rules, _) = learn(
             &scenes,
             &LearnOptions {
                 category: "kit".into(),
                 align_pose: false,
+                stable_counts_only: false,
+                spread_margin: 0.0,
                 ..Default::default()
             },
         );
@@ -3122,7 +3196,11 @@ mod tests {
             Scene::new(&["11.3..3.", "11......", "........"]),
         ];
         let layouts: Vec<FrameLayout> = nominal.iter().map(Scene::layout).collect();
-        let options = LearnOptions::default();
+        // Counts that vary learned too, so that the held-out check has one to leave out.
+        let options = LearnOptions {
+            stable_counts_only: false,
+            ..LearnOptions::default()
+        };
         let (all, _) = learn_rules(&layouts, &names(), &options).unwrap();
         let (kept, stats, unstable) =
             learn_held_out_rules(&layouts, &names(), &options, 0).unwrap();
