@@ -16,7 +16,9 @@
 //! - `detectors` (string): comma separated detector names; for each name N, `N-score` and
 //!   `N-calibrated` (double);
 //! - `map-width`, `map-height` (guint) and `map` (GBytes): the anomaly map, row-major native-endian
-//!   float32, covering the whole frame, in raw score units (same units as `score`);
+//!   float32, covering the whole frame, in the raw score units of the reported patch detector
+//!   (the units of `score` only for a profile with one detector; with several, `score` is the
+//!   fused calibrated value);
 //! - `map-threshold` (double): the raw map value at which a cell counts as anomalous;
 //! - `deinterlaced` (boolean): the analysed frame was interlaced and deinterlaced (bob) first;
 //! - `regions` (`GstValueArray` of `GstStructure`s named `region`): the connected regions above
