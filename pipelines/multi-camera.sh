@@ -71,7 +71,8 @@ Settings (environment variables, defaults in brackets):
   INSTANCE_ID        model-instance-id shared by the cameras [multi-camera]
   BATCH_SIZE         most frames of all cameras per inference call [number of cameras]
   BATCH_TIMEOUT      µs to wait for more frames after the first of a batch; 0: only frames
-                     already waiting, -1: a full batch [0]
+                     already waiting, -1: a full batch, or as full as the cameras
+                     still sending can make it [0]
   MAX_IN_FLIGHT      frames of one camera being analysed at once (0: 1 live, 2 otherwise) [0]
   DROP_POLICY        auto (skip when live, wait with files), skip or wait [auto]
   INTERVAL           analyse every Nth frame of each camera [1]
