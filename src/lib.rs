@@ -17,7 +17,6 @@ pub mod imageio;
 pub mod inspector;
 pub mod meta;
 pub mod profile;
-pub mod record;
 pub mod sync;
 pub mod synth;
 pub mod worker;

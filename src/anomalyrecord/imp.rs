@@ -46,7 +46,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Container;
 use crate::meta::AnomalyResult;
-use crate::record::{
+use super::plan::{
     clip_file_name, Action, ClipRecord, ClipSummary, Config, Planner, Unit, Verdict,
 };
 

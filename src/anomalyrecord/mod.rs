@@ -2,12 +2,13 @@
 //! event, from the verdicts `logsad` attached.
 //!
 //! See the element documentation in [`imp`] for the properties, the clip rules and the index;
-//! the planning itself is [`crate::record`].
+//! the planning itself, GStreamer-free, is [`plan`].
 
 use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+pub(crate) mod plan;
 
 glib::wrapper! {
     /// Sink writing one playable clip per anomalous event, with a JSON-lines index.

@@ -8,7 +8,7 @@
 //! else its DTS, else the latest time seen); its *decode time* is its DTS, else its time. Pictures
 //! arrive in decode order.
 //!
-//! Rules (the element's README section says the same for users):
+//! Rules (docs/defect-clips.md says the same for users):
 //! - The ring keeps whole GOPs: a key frame starts a new GOP, other pictures join the newest one,
 //!   and pictures before the first key frame are dropped (they cannot be decoded). The oldest GOP
 //!   goes as soon as the next one starts at or before `latest time - pre`, so the ring holds
@@ -229,16 +229,19 @@ impl<T: Clone> Planner<T> {
     }
 
     /// Whether a clip is open (being written).
+    #[cfg(test)]
     pub fn is_open(&self) -> bool {
         matches!(self.clip, ClipState::Open(_))
     }
 
     /// Bytes held by the ring.
+    #[cfg(test)]
     pub fn ring_bytes(&self) -> usize {
         self.ring_bytes
     }
 
     /// Pictures held by the ring.
+    #[cfg(test)]
     pub fn ring_len(&self) -> usize {
         self.ring.iter().map(|g| g.units.len()).sum()
     }
