@@ -44,11 +44,11 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::Container;
-use crate::meta::AnomalyResult;
 use super::plan::{
     clip_file_name, Action, ClipRecord, ClipSummary, Config, Planner, Unit, Verdict,
 };
+use super::Container;
+use crate::meta::AnomalyResult;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(

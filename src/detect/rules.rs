@@ -2110,7 +2110,7 @@ pub fn learn_rules(
     if balances.iter().all(|b| b.is_finite() && *b > 0.0) {
         if let Some((lo, hi)) = span(balances) {
             let (lo, hi) = spread_out(lo, hi, options.spread_margin);
-                let (lo, hi) = widen_ratio(lo, hi, options.ratio_margin);
+            let (lo, hi) = widen_ratio(lo, hi, options.ratio_margin);
             rules.push(Rule::Balance(BalanceRule {
                 name: None,
                 min: Some(lo),
