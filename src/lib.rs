@@ -19,6 +19,7 @@ pub mod meta;
 pub mod profile;
 pub mod sync;
 pub mod synth;
+pub mod utc;
 pub mod worker;
 
 mod anomalyoverlay;

@@ -1035,7 +1035,7 @@ impl AnomalyPublish {
         let record = Record {
             timestamp: pts.map(|t| t.nseconds()),
             pts: pts.map(|t| format_pts(t.nseconds())),
-            wall_time: super::wall_time_now(),
+            wall_time: crate::utc::now(),
             frame,
             stream,
             analysed: r.is_some(),

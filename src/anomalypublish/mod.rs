@@ -9,12 +9,6 @@ mod backlog;
 mod imp;
 mod mqtt;
 
-/// The wall-clock time now, UTC, as RFC 3339 with milliseconds (`2026-12-08T01:23:56.123Z`):
-/// the `wall_time` of published lines and status messages.
-fn wall_time_now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 glib::wrapper! {
     /// Passthrough element writing the anomaly metadata of every buffer as JSON lines.
     pub struct AnomalyPublish(ObjectSubclass<imp::AnomalyPublish>)

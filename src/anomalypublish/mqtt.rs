@@ -81,7 +81,7 @@ impl StatusConfig {
             message["reason"] = reason.into();
         }
         if now {
-            message["wall_time"] = super::wall_time_now().into();
+            message["wall_time"] = crate::utc::now().into();
         }
         message.to_string()
     }
